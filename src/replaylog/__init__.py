@@ -1,0 +1,89 @@
+"""replaylog: an embedded, offline-first event store.
+
+Append-only JSONL logs are the truth; a SQLite index (``queue.db``) is derived from
+them and drives batched HTTP replay. Names are imported on first use, so that
+``import replaylog`` (and the ``replaylog append`` command) stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+__all__ = [
+    "EVENTS_FILENAME",
+    "AuthenticationError",
+    "BadIndexError",
+    "DeliveryError",
+    "Event",
+    "EventStore",
+    "ReplaylogError",
+    "StoreError",
+    "TransientDeliveryError",
+    "UsageError",
+    "__version__",
+    "append_event",
+    "append_events",
+    "generate_event_id",
+    "iter_events",
+    "read_events",
+    "read_events_raw",
+    "validate_ulid_format",
+]
+
+_WHERE = {
+    "EVENTS_FILENAME": "log",
+    "append_event": "log",
+    "append_events": "log",
+    "iter_events": "log",
+    "read_events": "log",
+    "read_events_raw": "log",
+    "Event": "event",
+    "generate_event_id": "event",
+    "validate_ulid_format": "event",
+    "EventStore": "store",
+    "AuthenticationError": "errors",
+    "BadIndexError": "errors",
+    "DeliveryError": "errors",
+    "ReplaylogError": "errors",
+    "StoreError": "errors",
+    "TransientDeliveryError": "errors",
+    "UsageError": "errors",
+}
+
+if TYPE_CHECKING:
+    from .errors import (
+        AuthenticationError,
+        BadIndexError,
+        DeliveryError,
+        ReplaylogError,
+        StoreError,
+        TransientDeliveryError,
+        UsageError,
+    )
+    from .event import Event, generate_event_id, validate_ulid_format
+    from .log import (
+        EVENTS_FILENAME,
+        append_event,
+        append_events,
+        iter_events,
+        read_events,
+        read_events_raw,
+    )
+    from .store import EventStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'replaylog' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

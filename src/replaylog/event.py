@@ -1,0 +1,354 @@
+"""The event record (SPEC section 2): fields, validation, ULIDs and the canonical line.
+
+This module is on every hot path (the CLI append, the reader), so it imports nothing
+heavier than the standard library. ULIDs are encoded here in a few lines rather than
+with python-ulid, whose import alone costs more than a whole ``replaylog append``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = [
+    "EVENT_FIELDS",
+    "MAX_LINE_BYTES",
+    "Event",
+    "EventValidationError",
+    "generate_event_id",
+    "local_node_id",
+    "validate_ulid_format",
+]
+
+#: A whole line, newline included, is at most this many bytes.
+MAX_LINE_BYTES = 1024 * 1024
+MAX_NAME_CHARS = 200
+
+EVENT_FIELDS = (
+    "event_id",
+    "event_type",
+    "aggregate_id",
+    "payload",
+    "timestamp",
+    "node_id",
+    "lamport_clock",
+    "causation_id",
+    "correlation_id",
+)
+_FIELD_SET = frozenset(EVENT_FIELDS)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+_TIMESTAMP_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|\+00:00)"
+)
+
+
+class EventValidationError(UsageError):
+    """An event breaks a rule of SPEC section 2. The message names the field and why."""
+
+
+# --------------------------------------------------------------------------- ULIDs
+
+_ulid_lock = threading.Lock()
+_last_ulid = 0  # the last id this process made, as a 128-bit int
+
+
+def _encode_ulid(value: int) -> str:
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def generate_event_id() -> str:
+    """A new ULID. Ids made by one process strictly increase, even within one millisecond."""
+    global _last_ulid
+    with _ulid_lock:
+        value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+        if value <= _last_ulid:
+            # Same millisecond (or a clock step back): count up from the last id.
+            value = _last_ulid + 1
+        _last_ulid = value
+    return _encode_ulid(value)
+
+
+def validate_ulid_format(value: object) -> bool:
+    """True if ``value`` is a 26-character upper-case Crockford base32 ULID."""
+    return isinstance(value, str) and _ULID_RE.fullmatch(value) is not None
+
+
+# --------------------------------------------------------------------------- node id
+
+_node_id_cache: str | None = None
+
+
+def local_node_id() -> str:
+    """This machine user's node id: ``REPLAYLOG_NODE_ID``, else a hash of machine and user.
+
+    It is stable across index rebuilds (nothing is stored) and never reveals the raw
+    host or user name.
+    """
+    global _node_id_cache
+    override = os.environ.get("REPLAYLOG_NODE_ID")
+    if override:
+        return override
+    if _node_id_cache is None:
+        machine = ""
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            try:
+                with open(path, encoding="ascii") as f:
+                    machine = f.read().strip()
+                    break
+            except OSError:
+                continue
+        if not machine:
+            import socket
+
+            machine = socket.gethostname()
+        seed = f"replaylog-node\0{machine}\0{os.getuid() if hasattr(os, 'getuid') else 0}"
+        _node_id_cache = hashlib.sha256(seed.encode()).hexdigest()[:16]
+    return _node_id_cache
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with a ``Z`` suffix, in microseconds."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _name(value: object, name: str) -> str:
+    if type(value) is not str or not value or len(value) > MAX_NAME_CHARS:
+        raise EventValidationError(
+            f"field '{name}' must be a non-empty string of at most {MAX_NAME_CHARS} characters,"
+            f" got {_show(value)}"
+        )
+    return value
+
+
+def _optional_id(value: object, name: str) -> str | None:
+    if value is not None and type(value) is not str:
+        raise EventValidationError(f"field '{name}' must be a string or null, got {_show(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_plain(value: object, depth: int = 0) -> bool:
+    """True if ``value`` is already what ``json.loads`` would give back (so lines round-trip)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if depth > 200:
+        return False
+    if kind is dict:
+        return all(
+            type(k) is str and _is_plain(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    if kind is list:
+        return all(_is_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+def normalize_payload(payload: object) -> dict[str, Any]:
+    """Check a payload is a JSON object without NaN/Infinity and return it in plain form."""
+    if payload is None:
+        return {}
+    if not isinstance(payload, Mapping):
+        raise EventValidationError(
+            f"field 'payload' must be a JSON object, got {type(payload).__name__}"
+        )
+    if type(payload) is dict and _is_plain(payload):
+        return payload
+    try:
+        plain = json.loads(json.dumps(dict(payload), allow_nan=False))
+    except ValueError as exc:
+        raise EventValidationError(
+            "field 'payload' holds NaN or Infinity, which JSON cannot carry"
+        ) from exc
+    except (TypeError, RecursionError) as exc:
+        raise EventValidationError(f"field 'payload' is not JSON-serializable: {exc}") from exc
+    return plain  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- the record
+
+
+@dataclass(frozen=True, eq=True)
+class Event:
+    """One event of a log. ``extra`` holds any other keys of the line, unchanged."""
+
+    event_id: str
+    event_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    timestamp: str
+    node_id: str
+    lamport_clock: int
+    causation_id: str | None = None
+    correlation_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_fields(self.__dict__)
+        for key in self.extra:
+            if key in _FIELD_SET:
+                raise EventValidationError(f"extra key '{key}' collides with an event field")
+        object.__setattr__(self, "payload", normalize_payload(self.payload))
+        object.__setattr__(self, "extra", normalize_payload(self.extra))
+
+    def __hash__(self) -> int:
+        return hash((self.event_id, self.lamport_clock))
+
+    @classmethod
+    def new(
+        cls,
+        event_type: str,
+        aggregate_id: str,
+        payload: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Event:
+        """A new event with a fresh id, the current time and this node's id.
+
+        ``lamport_clock`` is 0 until a store assigns one on append.
+        """
+        unknown = set(fields) - _FIELD_SET - {"extra"}
+        if unknown:
+            raise EventValidationError(f"unknown event field(s): {', '.join(sorted(unknown))}")
+        fields.setdefault("event_id", generate_event_id())
+        fields.setdefault("timestamp", utc_now())
+        fields.setdefault("node_id", local_node_id())
+        fields.setdefault("lamport_clock", 0)
+        return cls(
+            event_type=event_type,
+            aggregate_id=aggregate_id,
+            payload=payload,  # type: ignore[arg-type]
+            **fields,
+        )
+
+    def with_clock(self, lamport_clock: int) -> Event:
+        """A copy of this event with another Lamport value."""
+        return replace(self, lamport_clock=lamport_clock)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The line object: every field, ``None`` ids included, plus the extra keys."""
+        d = {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "aggregate_id": self.aggregate_id,
+            "payload": self.payload,
+            "timestamp": self.timestamp,
+            "node_id": self.node_id,
+            "lamport_clock": self.lamport_clock,
+            "causation_id": self.causation_id,
+            "correlation_id": self.correlation_id,
+        }
+        if self.extra:
+            d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Event:
+        """Build and validate an event from a line object. Unknown keys go to ``extra``."""
+        if not isinstance(data, Mapping):
+            raise EventValidationError(f"an event must be a JSON object, got {type(data).__name__}")
+        return _from_line_object(dict(data))
+
+    def to_line(self) -> bytes:
+        """The canonical line, newline included, as the log stores it."""
+        return canonical_line(self.to_dict())
+
+
+def canonical_line(obj: Mapping[str, Any]) -> bytes:
+    """``json.dumps(obj, sort_keys=True, allow_nan=False)`` plus a newline, size-checked."""
+    try:
+        text = json.dumps(obj, sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        raise EventValidationError("the event holds NaN or Infinity") from exc
+    if len(text) >= MAX_LINE_BYTES:  # ensure_ascii: one byte per character, plus "\n"
+        raise EventValidationError(
+            f"the event's line is {len(text) + 1} bytes; a line may be at most"
+            f" {MAX_LINE_BYTES} bytes (1 MiB)"
+        )
+    return (text + "\n").encode("ascii")
+
+
+def _check_fields(d: Mapping[str, Any]) -> None:
+    """Validate the nine fields of SPEC section 2 in ``d``; raise naming the first bad one."""
+    eid = d.get("event_id")
+    if type(eid) is not str or _ULID_RE.fullmatch(eid) is None:
+        raise EventValidationError(f"field 'event_id' must be a ULID, got {_show(eid)}")
+    _name(d.get("event_type"), "event_type")
+    _name(d.get("aggregate_id"), "aggregate_id")
+    ts = d.get("timestamp")
+    if type(ts) is not str or _TIMESTAMP_RE.fullmatch(ts) is None:
+        raise EventValidationError(
+            f"field 'timestamp' must be ISO-8601 UTC ending in Z or +00:00, got {_show(ts)}"
+        )
+    node = d.get("node_id")
+    if type(node) is not str or not node:
+        raise EventValidationError(f"field 'node_id' must be a non-empty string, got {_show(node)}")
+    clock = d.get("lamport_clock")
+    if type(clock) is not int or clock < 0:
+        raise EventValidationError(
+            f"field 'lamport_clock' must be a non-negative integer, got {_show(clock)}"
+        )
+    _optional_id(d.get("causation_id"), "causation_id")
+    _optional_id(d.get("correlation_id"), "correlation_id")
+
+
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+
+def check_line_object(d: Mapping[str, Any]) -> None:
+    """Validate a parsed line object without changing it; raise naming the first bad field."""
+    if not d.keys() >= _FIELD_SET:
+        missing = next(k for k in EVENT_FIELDS if k not in d)
+        hint = " (it must be present, null when unset)" if missing.endswith("tion_id") else ""
+        raise EventValidationError(f"missing field '{missing}'{hint}")
+    _check_fields(d)
+    if type(d["payload"]) is not dict:
+        raise EventValidationError(
+            f"field 'payload' must be a JSON object, got {_show(d['payload'])}"
+        )
+
+
+def build_event(d: dict[str, Any]) -> Event:
+    """Turn an already validated line object (a dict this function consumes) into an Event.
+
+    The reader's hot path: it skips dataclass ``__init__`` and reuses the parsed dict as
+    the instance dict, moving unknown keys into ``extra``.
+    """
+    if len(d) == 9:
+        d["extra"] = {}
+    else:
+        d["extra"] = {k: d.pop(k) for k in [k for k in d if k not in _FIELD_SET]}
+    event: Event = _new_object(Event)
+    _set_attr(event, "__dict__", d)
+    return event
+
+
+def _from_line_object(d: dict[str, Any]) -> Event:
+    check_line_object(d)
+    return build_event(d)

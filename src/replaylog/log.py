@@ -1,0 +1,711 @@
+"""The canonical JSONL log (SPEC sections 1 and 3): lock, durable append, strict read, repair.
+
+Writers take an exclusive ``flock`` and write on an ``O_APPEND`` descriptor; readers take
+a shared one, so a reader never sees half of an append. Reading is strict: a bad line
+stops the read with a :class:`StoreError` naming the line, and memory stays bounded
+whatever the file holds. This module knows nothing of the index (no SQLAlchemy).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import json
+import operator
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any, NamedTuple
+
+from .errors import StoreError, UsageError
+from .event import (
+    EVENT_FIELDS,
+    MAX_LINE_BYTES,
+    MAX_NAME_CHARS,
+    Event,
+    EventValidationError,
+    build_event,
+    check_line_object,
+)
+
+_new_object = object.__new__
+_set_attr = object.__setattr__
+
+try:  # orjson parses several times faster; json is the fallback and the tie-breaker.
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency
+    _fast_loads = json.loads
+
+__all__ = [
+    "EVENTS_FILENAME",
+    "LogLine",
+    "LogWriter",
+    "Problem",
+    "append_event",
+    "append_events",
+    "iter_events",
+    "log_path",
+    "read_events",
+    "read_events_raw",
+    "repair_log",
+    "scan_log",
+    "validate_feature_name",
+    "verify_log",
+]
+
+EVENTS_FILENAME = "status.events.jsonl"
+_FEATURE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20
+_SNIPPET = 80
+
+
+def validate_feature_name(name: object) -> str:
+    """Return ``name`` if it is a valid feature name, else raise :class:`UsageError`."""
+    if not isinstance(name, str) or name in (".", "..") or not _FEATURE_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid feature name {name!r}: use 1-128 characters from A-Z a-z 0-9 . _ -,"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def log_path(feature_dir: str | os.PathLike[str]) -> str:
+    """The path of the log inside a feature folder."""
+    return os.path.join(os.fspath(feature_dir), EVENTS_FILENAME)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class LogLine(NamedTuple):
+    """One non-blank line of a log: where it is and what it holds."""
+
+    number: int  # 1-based physical line number
+    offset: int  # byte offset of the line's first byte
+    end: int  # byte offset just past the line's newline (or end of file when torn)
+    obj: dict[str, Any]  # the parsed JSON object
+    terminated: bool  # False only for a torn last line that still parses
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something ``verify`` found: an error (the log cannot be read) or a warning."""
+
+    path: str
+    line: int | None
+    message: str
+    level: str = "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "line": self.line, "message": self.message, "level": self.level}
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw[:_SNIPPET].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def parse_line(raw: bytes) -> Any:
+    """Parse one line strictly: orjson first, then json for what orjson cannot hold."""
+    try:
+        return _fast_loads(raw)
+    except ValueError:
+        pass
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    # json.loads accepts integers wider than 64 bits, which orjson refuses; it must
+    # still refuse NaN/Infinity and invalid UTF-8 as orjson does.
+    return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+
+
+def _open_log(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"{path} is a symbolic link; replaylog refuses to follow it."
+                " Replace it with the real file.",
+                path=path,
+            ) from exc
+        raise
+
+
+def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, bytes, bool]]:
+    """Yield ``(offset, line_without_newline, terminated)`` from ``start`` in bounded memory.
+
+    A line longer than the limit is yielded as its first bytes with ``terminated`` False
+    and the scan stops there: nothing past it can be trusted to be a line boundary.
+    """
+    offset = start
+    carry = b""
+    pos = start
+    end = limit
+    while True:
+        want = _CHUNK if end is None else min(_CHUNK, end - pos)
+        chunk = os.pread(fd, want, pos) if want > 0 else b""
+        pos += len(chunk)
+        if not chunk:
+            if carry:
+                yield offset, carry, False
+            return
+        data = carry + chunk if carry else chunk
+        parts = data.split(b"\n")
+        carry = parts.pop()
+        for part in parts:
+            yield offset, part, True
+            offset += len(part) + 1
+        if len(carry) >= MAX_LINE_BYTES:
+            yield offset, carry[: MAX_LINE_BYTES + 1], False
+            return
+
+
+def _flock(fd: int, kind: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, kind)
+    except OSError as exc:  # pragma: no cover - flock on a local file does not fail
+        raise StoreError(f"{path}: cannot lock the log: {exc}", path=path) from exc
+
+
+def scan_log(
+    path: str,
+    *,
+    start: int = 0,
+    start_line: int = 0,
+    lock: bool = True,
+    dedup: bool = True,
+    on_problem: Callable[[StoreError], None] | None = None,
+    on_duplicate: Callable[[int, int, str], None] | None = None,
+    limit: int | None = None,
+) -> Iterator[LogLine]:
+    """Yield every event line of the log at ``path``, strictly.
+
+    A bad line raises :class:`StoreError` (``Line N: invalid JSON: ...`` or ``Line N:
+    invalid event structure: ...``) unless ``on_problem`` is given, which then receives
+    each problem and the scan goes on (``verify`` uses that). With ``dedup``, a second
+    identical line of an ``event_id`` is skipped (``on_duplicate(line, first_line, id)``
+    hears of it) and a different one is a problem. ``lock=False`` is for a caller that
+    already holds the log's lock. A missing file yields nothing.
+    """
+    try:
+        fd = _open_log(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+    try:
+        if lock:
+            _flock(fd, fcntl.LOCK_SH, path)
+        seen: dict[str, tuple[int, int]] = {}
+        number = start_line
+        for offset, raw, terminated in _raw_lines(fd, start, limit):
+            number += 1
+            if not raw.strip():
+                continue
+            problem: StoreError | None = None
+            obj: Any = None
+            if len(raw) > MAX_LINE_BYTES - 1:
+                problem = StoreError(
+                    f"Line {number}: invalid JSON: {_snippet(raw)} (the line is longer than"
+                    f" the 1 MiB limit)",
+                    path=path,
+                    line=number,
+                )
+            else:
+                try:
+                    obj = parse_line(raw)
+                except (ValueError, RecursionError):
+                    problem = StoreError(
+                        f"Line {number}: invalid JSON: {_snippet(raw)}", path=path, line=number
+                    )
+            if problem is None and type(obj) is not dict:
+                problem = StoreError(
+                    f"Line {number}: invalid event structure: a line must hold a JSON object,"
+                    f" not {type(obj).__name__ if obj is not None else 'null'}",
+                    path=path,
+                    line=number,
+                )
+            if problem is None:
+                try:
+                    check_line_object(obj)
+                except EventValidationError as exc:
+                    problem = StoreError(
+                        f"Line {number}: invalid event structure: {exc}", path=path, line=number
+                    )
+            if problem is None and dedup:
+                eid = obj["event_id"]
+                first = seen.get(eid)
+                if first is None:
+                    seen[eid] = (number, offset)
+                else:
+                    first_line, first_offset = first
+                    if _line_object_at(fd, first_offset) == obj:
+                        if on_duplicate is not None:
+                            on_duplicate(number, first_line, eid)
+                        continue
+                    problem = StoreError(
+                        f"Line {number}: invalid event structure: event_id {eid} already"
+                        f" appears at line {first_line} with different content",
+                        path=path,
+                        line=number,
+                    )
+            if problem is not None:
+                if not terminated and len(raw) < MAX_LINE_BYTES:
+                    problem = StoreError(
+                        f"{problem} (the last line is torn: it has no newline; run"
+                        f" `replaylog repair` to move it aside)",
+                        path=path,
+                        line=number,
+                    )
+                if on_problem is None:
+                    raise problem
+                on_problem(problem)
+                if len(raw) > MAX_LINE_BYTES - 1:
+                    return
+                continue
+            end = offset + len(raw) + (1 if terminated else 0)
+            yield LogLine(number, offset, end, obj, terminated)
+    finally:
+        os.close(fd)
+
+
+def _line_object_at(fd: int, offset: int) -> Any:
+    """Parse the line that starts at ``offset`` (used to compare duplicate ids)."""
+    for _, raw, _terminated in _raw_lines(fd, offset, None):
+        return parse_line(raw)
+    return None
+
+
+_TYPE_STR = frozenset({str})
+_TYPE_OPT_STR = frozenset({str, type(None)})
+_TYPE_INT = frozenset({int})
+_TYPE_DICT = frozenset({dict})
+_FIELD_GETTERS = [operator.itemgetter(name) for name in EVENT_FIELDS]
+_ULIDS_RE = re.compile(r"(?:[0-7][0-9A-HJKMNP-TV-Z]{25}\n)*")
+_STAMPS_RE = re.compile(
+    r"(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|\+00:00)\n)*"
+)
+
+
+def _fast_read(path: str) -> list[dict[str, Any]] | None:
+    """Read a clean log with every check done column-wise in C; None on any doubt.
+
+    A log as the store writes it (no blank, bad, duplicate or oversized line) is parsed
+    and validated here several times faster than line by line. Anything unusual returns
+    None and the caller reads again with :func:`scan_log`, which finds and names the
+    exact problem. So this path accepts only what ``scan_log`` would accept.
+    """
+    try:
+        fd = _open_log(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    try:
+        _flock(fd, fcntl.LOCK_SH, path)
+        objs: list[dict[str, Any]] = []
+        carry = b""
+        pos = 0
+        while True:
+            chunk = os.pread(fd, _READ_CHUNK, pos)
+            if not chunk:
+                break
+            pos += len(chunk)
+            parts = (carry + chunk).split(b"\n")
+            carry = parts.pop()
+            if len(carry) >= MAX_LINE_BYTES or (parts and max(map(len, parts)) >= MAX_LINE_BYTES):
+                return None
+            try:
+                objs.extend(map(_fast_loads, parts))
+            except ValueError:
+                return None
+        if carry:
+            return None  # a torn tail: let scan_log judge it
+    finally:
+        os.close(fd)
+    if not objs:
+        return objs
+    if set(map(type, objs)) != _TYPE_DICT:
+        return None
+    try:
+        eids, types, aggs, payloads, stamps, nodes, clocks, causes, corrs = (
+            list(map(getter, objs)) for getter in _FIELD_GETTERS
+        )
+    except KeyError:
+        return None
+    for texts in (types, aggs):
+        if set(map(type, texts)) != _TYPE_STR or min(map(len, texts)) < 1:
+            return None
+        if max(map(len, texts)) > MAX_NAME_CHARS:
+            return None
+    if set(map(type, nodes)) != _TYPE_STR or min(map(len, nodes)) < 1:
+        return None
+    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0:
+        return None
+    if not set(map(type, causes)) <= _TYPE_OPT_STR or not set(map(type, corrs)) <= _TYPE_OPT_STR:
+        return None
+    if set(map(type, payloads)) != _TYPE_DICT:
+        return None
+    if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
+        return None
+    if _ULIDS_RE.fullmatch("\n".join(eids) + "\n") is None:
+        return None
+    if _STAMPS_RE.fullmatch("\n".join(stamps) + "\n") is None:
+        return None
+    if len(set(eids)) != len(eids):
+        return None  # duplicates: scan_log reads identical ones once, or names the conflict
+    return objs
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Reading makes many small objects, none of them cyclic: the cycle collector would
+    # only walk them again and again (about half the time of a large read).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def read_events_raw(feature_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every event of a feature's log as the JSON objects of its lines, in file order."""
+    path = log_path(feature_dir)
+    with _gc_paused():
+        objs = _fast_read(path)
+        if objs is None:
+            objs = [line.obj for line in scan_log(path)]
+    return objs
+
+
+def iter_events(feature_dir: str | os.PathLike[str]) -> Iterator[Event]:
+    """Stream the events of a feature's log in file order, in bounded memory."""
+    for line in scan_log(log_path(feature_dir)):
+        yield build_event(line.obj)
+
+
+def read_events(feature_dir: str | os.PathLike[str]) -> list[Event]:
+    """Every event of a feature's log, in file order; ``[]`` when there is no log."""
+    objs = read_events_raw(feature_dir)
+    with _gc_paused():
+        if set(map(len, objs)) - {9}:
+            return [build_event(d) for d in objs]
+        # Nine keys each, so no extra keys: build the events in C, no Python call each.
+        list(map(dict.__setitem__, objs, repeat("extra"), iter(dict, None)))
+        events: list[Event] = list(map(_new_object, repeat(Event, len(objs))))
+        list(map(_set_attr, events, repeat("__dict__"), objs))
+    return events
+
+
+def verify_log(path: str) -> list[Problem]:
+    """Every problem of one log: errors for unreadable lines, warnings for identical duplicates."""
+    problems: list[Problem] = []
+
+    def problem(err: StoreError) -> None:
+        problems.append(Problem(path, err.line, str(err)))
+
+    def duplicate(number: int, first: int, eid: str) -> None:
+        problems.append(
+            Problem(
+                path,
+                number,
+                f"Line {number}: duplicate of line {first} (event_id {eid}); read once",
+                "warning",
+            )
+        )
+
+    try:
+        for _ in scan_log(path, on_problem=problem, on_duplicate=duplicate):
+            pass
+    except StoreError as err:
+        problems.append(Problem(path, err.line, str(err)))
+    return problems
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(path: str, fsync: bool) -> None:
+    """``mkdir -p`` that also fsyncs each parent whose entries it changed."""
+    missing = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
+        if fsync:
+            _fsync_dir(os.path.dirname(directory))
+
+
+def _tail_state(fd: int, size: int) -> tuple[int, bytes | None]:
+    """Look at the end of the log: ``(start of last line, torn bytes or None)``."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size, None
+    # Walk back to the last newline, at most one line's limit: a longer tail is torn garbage.
+    pos = size
+    while pos > 0 and size - pos <= MAX_LINE_BYTES:
+        step = min(65536, pos)
+        block = os.pread(fd, step, pos - step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            start = pos - step + newline + 1
+            return start, os.pread(fd, min(size - start, MAX_LINE_BYTES + 1), start)
+        pos -= step
+    if pos == 0:
+        return 0, os.pread(fd, min(size, MAX_LINE_BYTES + 1), 0)
+    return -1, b""  # longer than any line may be
+
+
+class LogWriter:
+    """An open, exclusively locked log, ready to take whole lines.
+
+    Used as a context manager; ``size`` is the log's size once locked, and
+    ``torn_tail`` the parsed object of a valid but unterminated last line, which the next
+    ``write`` completes with a newline first. An invalid torn tail makes ``__enter__``
+    raise :class:`StoreError` that names ``replaylog repair``.
+    """
+
+    def __init__(self, feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.feature_dir = os.fspath(feature_dir)
+        self.path = log_path(self.feature_dir)
+        self.fsync = fsync
+        self.fd = -1
+        self.size = 0
+        self.created = False
+        self.torn_tail: dict[str, Any] | None = None
+        self._needs_newline = False
+
+    def __enter__(self) -> LogWriter:
+        flags = os.O_RDWR | os.O_APPEND  # read access to inspect the tail
+        try:
+            try:
+                self.fd = _open_log(self.path, flags)
+            except FileNotFoundError:
+                _makedirs(self.feature_dir, self.fsync)
+                try:
+                    self.fd = _open_log(self.path, flags | os.O_CREAT | os.O_EXCL)
+                    self.created = True
+                except FileExistsError:
+                    self.fd = _open_log(self.path, flags)
+        except StoreError:
+            raise
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the log for appending: {exc.strerror}", path=self.path
+            ) from exc
+        try:
+            _flock(self.fd, fcntl.LOCK_EX, self.path)
+            if self.created and self.fsync:
+                _fsync_dir(self.feature_dir)
+            self.size = os.fstat(self.fd).st_size
+            self._check_tail()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _check_tail(self) -> None:
+        start, torn = _tail_state(self.fd, self.size)
+        if torn is None:
+            return
+        obj: Any = None
+        if start >= 0 and len(torn) <= MAX_LINE_BYTES - 1:
+            try:
+                obj = parse_line(torn)
+            except (ValueError, RecursionError):
+                obj = None
+        if obj is None:
+            raise StoreError(
+                f"{self.path}: the last line is torn (it has no newline and is not valid JSON);"
+                f" appends are refused until `replaylog repair"
+                f" {os.path.basename(self.feature_dir)}` moves it aside",
+                path=self.path,
+            )
+        self._needs_newline = True
+        self.torn_tail = obj if isinstance(obj, dict) else None
+
+    def write(self, lines: Iterable[bytes]) -> int:
+        """Append whole lines in one ``write`` (each already ``\\n``-terminated) and fsync.
+
+        Returns the offset where the first line starts. On failure the log is cut back
+        to its size before the call, so nothing half-written is left behind.
+        """
+        data = b"".join(lines)
+        if self._needs_newline:
+            data = b"\n" + data
+        before = self.size
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            if self.fsync:
+                os.fsync(self.fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self.fd, before)
+            except OSError:
+                pass
+            raise StoreError(
+                f"{self.path}: cannot append to the log: {exc.strerror}; nothing was written",
+                path=self.path,
+            ) from exc
+        self.size = before + len(data)
+        first = before + (1 if self._needs_newline else 0)
+        self._needs_newline = False
+        self.torn_tail = None
+        return first
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = -1
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _max_clock(writer: LogWriter) -> int:
+    """The largest Lamport value in the log (a full scan; the store keeps it in the index)."""
+    best = 0
+    for line in scan_log(writer.path, lock=False, dedup=False):
+        value = line.obj.get("lamport_clock")
+        if type(value) is int and value > best:
+            best = value
+    if writer.torn_tail is not None:
+        value = writer.torn_tail.get("lamport_clock")
+        if type(value) is int and value > best:
+            best = value
+    return best
+
+
+def append_events(
+    feature_dir: str | os.PathLike[str], events: Iterable[Event], *, fsync: bool = True
+) -> list[Event]:
+    """Append events to a feature's log with one lock, one write and one fsync.
+
+    Events whose ``lamport_clock`` is 0 are given values above every value in the log;
+    this reads the whole log, which :class:`~replaylog.EventStore` avoids with its index.
+    """
+    events = list(events)
+    if not events:
+        return []
+    with LogWriter(feature_dir, fsync=fsync) as writer:
+        if any(e.lamport_clock < 1 for e in events):
+            clock = _max_clock(writer)
+            stamped = []
+            for event in events:
+                if event.lamport_clock < 1:
+                    clock += 1
+                    event = event.with_clock(clock)
+                else:
+                    clock = max(clock, event.lamport_clock)
+                stamped.append(event)
+            events = stamped
+        writer.write([e.to_line() for e in events])
+    return events
+
+
+def append_event(
+    feature_dir: str | os.PathLike[str], event: Event, *, fsync: bool = True
+) -> Event:
+    """Append one event durably; returns it as written (with its Lamport value)."""
+    return append_events(feature_dir, [event], fsync=fsync)[0]
+
+
+# --------------------------------------------------------------------------- repair
+
+
+def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> str | None:
+    """Fix a torn tail (SPEC section 3). Returns the path the torn bytes went to, or None.
+
+    A valid but unterminated last line only gets its newline. An invalid one is moved
+    to ``status.events.jsonl.torn-<UTC timestamp>`` beside the log and the log is cut
+    back to its last complete line. A bad line in the middle is never touched.
+    """
+    path = log_path(feature_dir)
+    try:
+        fd = _open_log(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        _flock(fd, fcntl.LOCK_EX, path)
+        size = os.fstat(fd).st_size
+        start, torn = _tail_state(fd, size)
+        if torn is None:
+            return None
+        valid = False
+        if start >= 0 and len(torn) <= MAX_LINE_BYTES - 1:
+            try:
+                parse_line(torn)
+                valid = True
+            except (ValueError, RecursionError):
+                valid = False
+        if valid:
+            os.write(fd, b"\n")
+            if fsync:
+                os.fsync(fd)
+            return None
+        if start < 0:  # a torn tail longer than a line may be: find its start the slow way
+            start = _last_newline(fd, size) + 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = f"{path}.torn-{stamp}"
+        n = 1
+        while os.path.lexists(target):
+            n += 1
+            target = f"{path}.torn-{stamp}-{n}"
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            pos = start
+            while pos < size:
+                block = os.pread(fd, min(_CHUNK, size - pos), pos)
+                os.write(out, block)
+                pos += len(block)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.ftruncate(fd, start)
+        if fsync:
+            os.fsync(fd)
+            _fsync_dir(os.fspath(feature_dir))
+        return target
+    finally:
+        os.close(fd)
+
+
+def _last_newline(fd: int, size: int) -> int:
+    pos = size
+    while pos > 0:
+        step = min(_CHUNK, pos)
+        block = os.pread(fd, step, pos - step)
+        newline = block.rfind(b"\n")
+        if newline >= 0:
+            return pos - step + newline
+        pos -= step
+    return -1
