@@ -128,7 +128,7 @@ def parse_line(raw: bytes) -> Any:
 
 def _open_log(path: str, flags: int) -> int:
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreError(
@@ -185,6 +185,7 @@ def scan_log(
     on_problem: Callable[[StoreError], None] | None = None,
     on_duplicate: Callable[[int, int, str], None] | None = None,
     limit: int | None = None,
+    position: list[int] | None = None,
 ) -> Iterator[LogLine]:
     """Yield every event line of the log at ``path``, strictly.
 
@@ -193,7 +194,9 @@ def scan_log(
     each problem and the scan goes on (``verify`` uses that). With ``dedup``, a second
     identical line of an ``event_id`` is skipped (``on_duplicate(line, first_line, id)``
     hears of it) and a different one is a problem. ``lock=False`` is for a caller that
-    already holds the log's lock. A missing file yields nothing.
+    already holds the log's lock. ``position``, when given as ``[offset, line]``, is kept
+    at the end of the last whole (newline-terminated) line read, blank ones included:
+    where an incremental reader resumes. A missing file yields nothing.
     """
     try:
         fd = _open_log(path, os.O_RDONLY)
@@ -208,6 +211,9 @@ def scan_log(
         number = start_line
         for offset, raw, terminated in _raw_lines(fd, start, limit):
             number += 1
+            if position is not None and terminated:
+                position[0] = offset + len(raw) + 1
+                position[1] = number
             if not raw.strip():
                 continue
             problem: StoreError | None = None

@@ -1,0 +1,514 @@
+"""The ``replaylog`` command (SPEC section 6): parse, call one EventStore method, print.
+
+Exit codes: 0 ok; 1 data or I/O error; 2 usage; 3 replay left events pending after
+transient failures; 4 authentication refused. An error is one ``Error: ...`` line on
+stderr, or with ``--json`` an ``{"error": {"type", "message"}}`` object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from ._version import __version__
+from .errors import ReplaylogError, StoreError, UsageError
+from .store import DEFAULT_LOGS_DIR, EventStore, find_root
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_CODES = """\b
+Exit codes:
+  0  ok
+  1  data or I/O error (corrupt log, bad index, replay stopped)
+  2  usage error (bad feature name, bad JSON payload, missing URL)
+  3  replay left events pending after transient failures
+  4  authentication refused by the server"""
+
+
+def _json_out(obj: Any) -> None:
+    click.echo(json.dumps(obj, sort_keys=True))
+
+
+def _fail(exc: BaseException, code: int, as_json: bool) -> NoReturn:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, StoreError) and exc.path and exc.path not in message:
+        message = f"{exc.path}: {message}"
+    message = " ".join(message.split("\n"))
+    if as_json:
+        _json_out({"error": {"type": type(exc).__name__, "message": message}})
+    else:
+        click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Turn every failure into one line (or JSON object) and its documented exit code."""
+    try:
+        yield
+    except ReplaylogError as exc:
+        _fail(exc, exc.exit_code, as_json)
+    except click.ClickException:
+        raise
+    except (OSError, ValueError) as exc:
+        _fail(exc, 1, as_json)
+
+
+class _Context:
+    def __init__(self, root: str | None, logs_dir: str, index: str | None) -> None:
+        self.root = os.path.abspath(root) if root else find_root()
+        self.logs_dir = logs_dir
+        self.index = index
+
+    def store(self) -> EventStore:
+        fsync = os.environ.get("REPLAYLOG_FSYNC", "1").strip().lower() not in ("0", "false", "no")
+        return EventStore(self.root, logs_dir=self.logs_dir, index_path=self.index, fsync=fsync)
+
+
+pass_ctx = click.make_pass_decorator(_Context)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+
+
+@click.group(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replaylog")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    envvar="REPLAYLOG_ROOT",
+    help="Project root. Default: REPLAYLOG_ROOT, else the nearest folder above with"
+    " .git or .replaylog, else the working directory.",
+)
+@click.option(
+    "--logs-dir",
+    default=DEFAULT_LOGS_DIR,
+    envvar="REPLAYLOG_LOGS_DIR",
+    show_default=True,
+    help="Folder under the root that holds one folder per feature (REPLAYLOG_LOGS_DIR).",
+)
+@click.option(
+    "--index",
+    type=click.Path(dir_okay=False),
+    envvar="REPLAYLOG_INDEX",
+    help="The index file (REPLAYLOG_INDEX). Default: <root>/.replaylog/queue.db.",
+)
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, logs_dir: str, index: str | None) -> None:
+    """replaylog: an offline-first event store.
+
+    Each feature keeps an append-only log, <root>/<logs-dir>/<feature>/status.events.jsonl,
+    which is the truth. The index, .replaylog/queue.db, is derived from the logs and
+    drives replay of pending events to a server.
+    """
+    ctx.obj = _Context(root, logs_dir, index)
+
+
+def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, Any] | None:
+    if payload is not None and payload_file is not None:
+        raise UsageError("give --payload or --payload-file, not both")
+    if payload_file is not None:
+        where = "standard input" if payload_file == "-" else payload_file
+        try:
+            if payload_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(payload_file, encoding="utf-8") as f:
+                    text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the payload from {where}: {exc}") from exc
+    elif payload is not None:
+        where, text = "--payload", payload
+    else:
+        return None
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed in a payload")
+
+    try:
+        value = json.loads(text, parse_constant=no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"the payload from {where} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"the payload from {where} must be a JSON object, not {type(value).__name__}"
+        )
+    return value
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature")
+@click.option("--type", "event_type", required=True, help="The event type.")
+@click.option("--aggregate", "aggregate_id", required=True, help="The aggregate id.")
+@click.option("--payload", help="The payload, a JSON object.")
+@click.option(
+    "--payload-file", help="Read the payload (a JSON object) from a file, or - for stdin."
+)
+@click.option("--causation-id", help="The id of the event that caused this one.")
+@click.option("--correlation-id", help="An id shared by related events.")
+@click.option("--sync", is_flag=True, help="After appending, try to deliver within --sync-timeout.")
+@click.option("--sync-timeout", type=float, default=2.0, show_default=True, help="Seconds, in all.")
+@click.option("--url", envvar="REPLAYLOG_URL", help="Server base URL for --sync (REPLAYLOG_URL).")
+@click.option(
+    "--token-env",
+    default="REPLAYLOG_TOKEN",
+    show_default=True,
+    help="Environment variable that holds the bearer token.",
+)
+@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
+@json_option
+@pass_ctx
+def append(
+    ctx: _Context,
+    feature: str,
+    event_type: str,
+    aggregate_id: str,
+    payload: str | None,
+    payload_file: str | None,
+    causation_id: str | None,
+    correlation_id: str | None,
+    sync: bool,
+    sync_timeout: float,
+    url: str | None,
+    token_env: str,
+    allow_insecure_http: bool,
+    as_json: bool,
+) -> None:
+    """Append one event to FEATURE's log and print its id.
+
+    The event is on disk (fsync) when the command returns. With --sync it is then sent
+    to the server; offline or failing, it stays pending, a warning is printed, and the
+    command still succeeds.
+    """
+    with _errors(as_json):
+        if sync and not url:
+            raise UsageError("--sync needs a server: give --url or set REPLAYLOG_URL")
+        body = _read_payload(payload, payload_file)
+        with ctx.store() as store:
+            if sync:
+                assert url is not None
+                result = store.emit(
+                    feature,
+                    event_type,
+                    aggregate_id,
+                    body,
+                    url=url,
+                    token=os.environ.get(token_env) or None,
+                    sync_timeout=sync_timeout,
+                    causation_id=causation_id,
+                    correlation_id=correlation_id,
+                    allow_insecure_http=allow_insecure_http,
+                )
+                event = result.event
+                if result.warning:
+                    click.echo(f"Warning: {result.warning}", err=True)
+            else:
+                event = store.append(
+                    feature,
+                    event_type,
+                    aggregate_id,
+                    body,
+                    causation_id=causation_id,
+                    correlation_id=correlation_id,
+                )
+        if as_json:
+            _json_out(event.to_dict())
+        else:
+            click.echo(event.event_id)
+
+
+@cli.command("log", epilog=EXIT_CODES)
+@click.argument("feature")
+@click.option("--type", "event_type", help="Only events of this type.")
+@click.option("--aggregate", "aggregate_id", help="Only events of this aggregate.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most N events.")
+@json_option
+@pass_ctx
+def log_command(
+    ctx: _Context,
+    feature: str,
+    event_type: str | None,
+    aggregate_id: str | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Print FEATURE's events in file order."""
+    with _errors(as_json):
+        store = ctx.store()
+        shown = 0
+        for event in store.iter_events(feature):
+            if limit is not None and shown >= limit:
+                break
+            if event_type is not None and event.event_type != event_type:
+                continue
+            if aggregate_id is not None and event.aggregate_id != aggregate_id:
+                continue
+            shown += 1
+            if as_json:
+                _json_out(event.to_dict())
+            else:
+                payload = json.dumps(event.payload, sort_keys=True, ensure_ascii=False)
+                click.echo(
+                    f"{event.lamport_clock:>6}  {event.event_id}  {event.timestamp}  "
+                    f"{event.event_type}  {event.aggregate_id}  {payload}"
+                )
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature", required=False)
+@json_option
+@pass_ctx
+def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
+    """Per feature: events, pending, delivered and failed; and the Lamport clock."""
+    with _errors(as_json), ctx.store() as store:
+        report = store.status(feature)
+        if as_json:
+            _json_out(report)
+            return
+        width = max([len("feature")] + [len(f) for f in report["features"]])
+        click.echo(
+            f"{'feature':<{width}}  {'events':>8} {'pending':>8} {'delivered':>9} {'failed':>7}"
+        )
+        rows = list(report["features"].items()) + [("total", report["totals"])]
+        for name, c in rows:
+            click.echo(
+                f"{name:<{width}}  {c['events']:>8} {c['pending']:>8} {c['delivered']:>9}"
+                f" {c['failed']:>7}"
+            )
+        click.echo(f"lamport clock: {report['lamport_clock']}")
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.option("--url", envvar="REPLAYLOG_URL", help="Server base URL (REPLAYLOG_URL).")
+@click.option("--feature", help="Only this feature's events.")
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option(
+    "--backoff-base",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds; retry k sleeps backoff_base * 2**k * U(0.5, 1).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds per request.",
+)
+@click.option(
+    "--token-env",
+    default="REPLAYLOG_TOKEN",
+    show_default=True,
+    help="Environment variable that holds the bearer token.",
+)
+@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
+@json_option
+@pass_ctx
+def replay(
+    ctx: _Context,
+    url: str | None,
+    feature: str | None,
+    batch_size: int,
+    max_retries: int,
+    backoff_base: float,
+    timeout: float,
+    token_env: str,
+    allow_insecure_http: bool,
+    as_json: bool,
+) -> None:
+    """Send pending events to the server, in Lamport order, in batches."""
+    with _errors(as_json):
+        if not url:
+            raise UsageError("no server URL: give --url or set REPLAYLOG_URL")
+        with ctx.store() as store, _progress("replaying", as_json) as on_batch:
+            report = store.replay(
+                url,
+                token=os.environ.get(token_env) or None,
+                batch_size=batch_size,
+                max_retries=max_retries,
+                backoff_base=backoff_base,
+                timeout=timeout,
+                feature=feature,
+                allow_insecure_http=allow_insecure_http,
+                on_batch=on_batch,
+            )
+        if as_json:
+            _json_out(report.to_dict())
+        else:
+            click.echo(
+                f"accepted {report.accepted}, rejected {report.rejected},"
+                f" pending {report.pending}, batches {report.batches}"
+            )
+
+
+@contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal (stderr), nothing otherwise."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    bar: Any = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=max(total, 1), label=label, file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+@cli.command("rebuild-index", epilog=EXIT_CODES)
+@click.option("--reset-delivery", is_flag=True, help="Forget delivery state: all events pending.")
+@json_option
+@pass_ctx
+def rebuild_index(ctx: _Context, reset_delivery: bool, as_json: bool) -> None:
+    """Build queue.db again from the logs, and swap it in atomically."""
+    with _errors(as_json), ctx.store() as store:
+        total = len(store.features())
+        with _progress("indexing", as_json) as bar:
+            seen: list[str] = []
+
+            def step(feature: str, events: int) -> None:
+                seen.append(feature)
+                if bar is not None:
+                    bar(len(seen), total)
+
+            result = store.rebuild_index(reset_delivery=reset_delivery, progress=step)
+        if as_json:
+            _json_out(result)
+        else:
+            click.echo(f"indexed {result['events']} events in {result['features']} features")
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("features", nargs=-1)
+@json_option
+@pass_ctx
+def verify(ctx: _Context, features: tuple[str, ...], as_json: bool) -> None:
+    """Check every log (or the FEATURES named); print PATH:LINE: message per problem.
+
+    Exits 1 if a log cannot be read as it is; warnings (such as identical duplicate
+    lines) alone exit 0.
+    """
+    with _errors(as_json):
+        store = ctx.store()
+        report = store.verify(list(features) if features else None)
+        if as_json:
+            _json_out(report.to_dict())
+        else:
+            for p in report.problems:
+                where = f"{os.path.relpath(p.path)}:{p.line}" if p.line else os.path.relpath(p.path)
+                prefix = "warning: " if p.level == "warning" else ""
+                click.echo(f"{where}: {prefix}{p.message}")
+            if report.ok:
+                checked = len(features) if features else len(store.features())
+                click.echo(f"ok: {checked} log(s) verified", err=True)
+        if not report.ok:
+            sys.exit(1)
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature")
+@json_option
+@pass_ctx
+def repair(ctx: _Context, feature: str, as_json: bool) -> None:
+    """Fix a torn last line of FEATURE's log.
+
+    A torn line that is not valid JSON is moved to status.events.jsonl.torn-<UTC time>
+    beside the log, and the log is cut back to its last complete line. A bad line in the
+    middle of a log is never changed: `replaylog verify` shows it for you to fix.
+    """
+    with _errors(as_json):
+        repaired = ctx.store().repair(feature)
+        if as_json:
+            _json_out({"repaired": repaired})
+        else:
+            click.echo("repaired" if repaired else "nothing to repair")
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature", required=False)
+@click.option("--event", "event_id", help="Only this event id.")
+@json_option
+@pass_ctx
+def requeue(ctx: _Context, feature: str | None, event_id: str | None, as_json: bool) -> None:
+    """Make failed events pending again, so the next replay sends them."""
+    with _errors(as_json), ctx.store() as store:
+        count = store.requeue(feature, event_id=event_id)
+        if as_json:
+            _json_out({"requeued": count})
+        else:
+            click.echo(f"requeued {count}")
+
+
+@cli.command("merge-driver", epilog=EXIT_CODES)
+@click.argument("base")
+@click.argument("ours")
+@click.argument("theirs")
+@click.argument("path", required=False)
+def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
+    """The git merge driver for logs (git calls it as %O %A %B %P).
+
+    Writes OURS followed by the lines of THEIRS whose event_id OURS lacks. The same
+    event_id with different content on the two sides is a conflict: exit 1, OURS as it was.
+    """
+    from .gitmerge import merge_logs
+
+    with _errors(False):
+        merge_logs(base, ours, theirs, path)
+
+
+@cli.command("git-setup", epilog=EXIT_CODES)
+@json_option
+@pass_ctx
+def git_setup(ctx: _Context, as_json: bool) -> None:
+    """Configure this clone so that git merges logs with `replaylog merge-driver`."""
+    from .gitmerge import git_setup as setup
+
+    with _errors(as_json):
+        changed = setup(ctx.root)
+        if as_json:
+            _json_out(changed)
+        else:
+            click.echo(
+                f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
+                f" git config: {'updated' if changed['config'] else 'already set'}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``replaylog`` and ``python -m replaylog``."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="replaylog", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except click.UsageError as exc:
+        # One line, as for every other error; --help shows the whole usage.
+        _fail(UsageError(exc.format_message()), 2, "--json" in args)
+    except click.ClickException as exc:
+        _fail(exc, exc.exit_code, "--json" in args)
+    except click.exceptions.Abort:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,164 @@
+"""Delivery state in the index (SPEC sections 4 and 5), on SQLAlchemy Core.
+
+Counts for ``status``, the pending queue in ``(lamport_clock, event_id)`` order, the
+outcome of each replayed batch, and ``requeue``. The store calls these after the index
+has caught up with the logs; each function that writes runs in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, create_engine, func, or_, select, tuple_, update
+from sqlalchemy.pool import StaticPool
+
+from .schema import events
+
+__all__ = ["Delivery", "PendingRow"]
+
+_STATUSES = ("pending", "delivered", "failed")
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    feature: str
+    event_id: str
+    lamport: int
+    offset: int
+    length: int
+
+
+class Delivery:
+    """SQLAlchemy Core over the index's own ``sqlite3`` connection.
+
+    The connection runs in autocommit mode and replaylog opens its transactions itself
+    (``Index.write``), so SQLAlchemy here builds and runs statements only.
+    """
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.engine = create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
+        self.conn: Connection = self.engine.connect()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.engine.dispose()
+
+    def counts(self, features: Iterable[str] | None = None) -> dict[str, dict[str, int]]:
+        """``{feature: {"events", "pending", "delivered", "failed"}}`` for each feature."""
+        query = select(
+            events.c.feature,
+            func.count(),
+            *(func.sum(case((events.c.status == s, 1), else_=0)) for s in _STATUSES),
+        ).group_by(events.c.feature)
+        if features is not None:
+            query = query.where(events.c.feature.in_(list(features)))
+        result: dict[str, dict[str, int]] = {}
+        for feature, total, pending, delivered, failed in self.conn.execute(query):
+            result[feature] = {
+                "events": int(total),
+                "pending": int(pending or 0),
+                "delivered": int(delivered or 0),
+                "failed": int(failed or 0),
+            }
+        return result
+
+    def pending(
+        self, features: list[str] | None = None, *, page: int = 1000
+    ) -> Iterator[PendingRow]:
+        """Pending events in ``(lamport, event_id)`` order, page by page (keyset paging).
+
+        Each page is a range scan of the partial index on pending rows, so its cost
+        does not grow with the number of delivered events.
+        """
+        after: tuple[int, str] | None = None
+        while True:
+            query = (
+                select(
+                    events.c.feature,
+                    events.c.event_id,
+                    events.c.lamport,
+                    events.c.offset,
+                    events.c.length,
+                )
+                .where(events.c.status == "pending")
+                .order_by(events.c.lamport, events.c.event_id)
+                .limit(page)
+            )
+            if features is not None:
+                query = query.where(events.c.feature.in_(features))
+            if after is not None:
+                query = query.where(tuple_(events.c.lamport, events.c.event_id) > tuple_(*after))
+            rows = self.conn.execute(query).all()
+            for feature, event_id, lamport, offset, length in rows:
+                yield PendingRow(feature, event_id, lamport, offset, length)
+            if len(rows) < page:
+                return
+            after = (rows[-1][2], rows[-1][1])
+
+    def record(
+        self,
+        *,
+        accepted: Iterable[str],
+        rejected: dict[str, str],
+        transient: tuple[Iterable[str], str] | None,
+        now: str,
+        features: list[str] | None,
+    ) -> None:
+        """Apply one batch's answer. Call inside ``Index.write`` (one transaction)."""
+        scope = [events.c.status == "pending"]
+        if features is not None:
+            scope.append(events.c.feature.in_(features))
+        accepted = list(accepted)
+        for i in range(0, len(accepted), 500):
+            self.conn.execute(
+                update(events)
+                .where(and_(events.c.event_id.in_(accepted[i : i + 500]), *scope))
+                .values(status="delivered", last_error=None)
+            )
+        for event_id, reason in rejected.items():
+            self.conn.execute(
+                update(events)
+                .where(and_(events.c.event_id == event_id, *scope))
+                .values(
+                    status="failed",
+                    retry_count=events.c.retry_count + 1,
+                    last_retry_at=now,
+                    last_error=reason,
+                )
+            )
+        if transient is not None:
+            ids, error = list(transient[0]), transient[1]
+            for i in range(0, len(ids), 500):
+                self.conn.execute(
+                    update(events)
+                    .where(and_(events.c.event_id.in_(ids[i : i + 500]), *scope))
+                    .values(
+                        retry_count=events.c.retry_count + 1,
+                        last_retry_at=now,
+                        last_error=error,
+                    )
+                )
+
+    def requeue(self, features: list[str] | None = None, event_id: str | None = None) -> int:
+        """``failed`` back to ``pending``. Call inside ``Index.write``."""
+        query = update(events).where(events.c.status == "failed").values(status="pending")
+        if features is not None:
+            query = query.where(events.c.feature.in_(features))
+        if event_id is not None:
+            query = query.where(events.c.event_id == event_id)
+        return int(self.conn.execute(query).rowcount)
+
+    def states(self) -> list[tuple[Any, ...]]:
+        """Every event's delivery state, for carrying it over a rebuild."""
+        query = select(
+            events.c.feature,
+            events.c.event_id,
+            events.c.status,
+            events.c.retry_count,
+            events.c.last_retry_at,
+            events.c.last_error,
+        ).where(or_(events.c.status != "pending", events.c.retry_count > 0))
+        return [tuple(r) for r in self.conn.execute(query)]

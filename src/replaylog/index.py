@@ -1,0 +1,483 @@
+"""The replay index, ``queue.db`` (SPEC section 4): open, migrate, catch up, clock, rebuild.
+
+The index is a cache of the logs. Before it reports or uses anything, it catches up
+with what the logs gained since it last looked, reading only the new bytes; a log whose
+indexed prefix changed (checkout, rebase) is indexed again from the start, keeping the
+delivery state of the events that are still there.
+
+Ingesting lines is the hot path of ``replaylog append`` and of ``rebuild-index``, so it
+runs on the standard ``sqlite3`` module: importing SQLAlchemy alone takes several times
+longer than a whole append. Everything else (status, pending, delivery updates) is in
+:mod:`replaylog.queries`, on SQLAlchemy Core. Lock order is always: a log's ``flock``
+first, then the SQLite write lock, never two logs at once, so processes cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadIndexError, StoreError
+from .log import _line_object_at, _open_log, scan_log
+
+__all__ = ["HEAD_REVISION", "Index", "IndexedLine", "REVISIONS"]
+
+#: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
+REVISIONS = ("0001",)
+HEAD_REVISION = REVISIONS[-1]
+
+_HEAD_BYTES = 64 * 1024
+_BATCH = 20_000
+_REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
+
+_INSERT = (
+    'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
+    " aggregate_id, node_id, lamport) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class IndexedLine:
+    """What the index stores of one new line."""
+
+    line: int
+    offset: int
+    length: int
+    obj: dict[str, Any]
+
+
+def _row(feature: str, line: IndexedLine) -> tuple[Any, ...]:
+    o = line.obj
+    return (
+        feature,
+        line.line,
+        line.offset,
+        line.length,
+        o["event_id"],
+        o["event_type"],
+        o["aggregate_id"],
+        o["node_id"],
+        o["lamport_clock"],
+    )
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_id(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class Index:
+    """An open ``queue.db``. Not shared between threads; one per process is plenty."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn = self._connect(path)
+        self._in_write = False
+
+    # ------------------------------------------------------------------ opening
+
+    @staticmethod
+    def _prepare_dir(path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        if os.path.basename(directory) == ".replaylog":
+            ignore = os.path.join(directory, ".gitignore")
+            if not os.path.exists(ignore):
+                with open(ignore, "w", encoding="ascii") as f:
+                    f.write("*\n")
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        try:
+            self._prepare_dir(path)
+            # Create the file ourselves so that it is 0600 from its first byte; SQLite
+            # gives its -wal and -shm files the same mode.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+        except OSError as exc:
+            raise BadIndexError(f"{path}: cannot create the index: {exc.strerror}") from exc
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+        except sqlite3.Error as exc:
+            raise BadIndexError(f"{path}: cannot open the index ({exc}); {_REBUILD_HINT}") from exc
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode is None or mode[0].lower() != "wal":
+                raise sqlite3.DatabaseError("cannot switch the index to WAL mode")
+            # The index can always be rebuilt from the logs, so a commit need not wait
+            # for the disk; WAL keeps it consistent after a crash all the same.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._check_schema(conn, path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise BadIndexError(
+                f"{path} is not a usable replaylog index ({exc}); {_REBUILD_HINT}"
+            ) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _revision(conn: sqlite3.Connection) -> tuple[str | None, set[str]]:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "alembic_version" not in tables:
+            return None, tables
+        row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        return (row[0] if row else None), tables
+
+    def _check_schema(self, conn: sqlite3.Connection, path: str) -> None:
+        revision, tables = self._revision(conn)
+        if revision == HEAD_REVISION:
+            return
+        if revision is None and tables - {"alembic_version"}:
+            raise BadIndexError(
+                f"{path} holds tables that are not a replaylog index"
+                f" ({', '.join(sorted(tables))}); {_REBUILD_HINT}"
+            )
+        if revision is not None and revision not in REVISIONS:
+            raise BadIndexError(
+                f"{path} was written by a newer replaylog (schema revision {revision});"
+                f" upgrade replaylog, or {_REBUILD_HINT}"
+            )
+        run_migrations(conn, path)
+        if self._revision(conn)[0] != HEAD_REVISION:  # pragma: no cover - a broken migration
+            raise BadIndexError(f"{path}: migration did not reach {HEAD_REVISION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): all of it or nothing."""
+        if self._in_write:
+            yield self.conn
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_write = True
+        try:
+            yield self.conn
+        except BaseException:
+            self._in_write = False
+            self.conn.execute("ROLLBACK")
+            raise
+        self._in_write = False
+        self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ clock
+
+    def clock(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'lamport'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _see(self, value: int) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('lamport', ?) ON CONFLICT(key)"
+            " DO UPDATE SET value = max(value, excluded.value)",
+            (value,),
+        )
+
+    def reserve_clock(self, count: int, *, above: int = 0) -> int:
+        """Issue ``count`` clock values; returns the first. Call inside :meth:`write`."""
+        first = max(self.clock(), above) + 1
+        self._see(first + count - 1)
+        return first
+
+    # ------------------------------------------------------------------ catch-up
+
+    def known_features(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT feature FROM logs ORDER BY feature")]
+
+    def catch_up(self, feature: str, path: str, *, locked: bool = False) -> None:
+        """Index what the log at ``path`` gained since last time (or all of it, if rewritten).
+
+        ``locked``: the caller holds the log's exclusive lock. Otherwise a quick look
+        (one ``stat``) settles the common case where nothing changed.
+        """
+        if not locked:
+            row = self.conn.execute(
+                "SELECT file_id FROM logs WHERE feature = ?", (feature,)
+            ).fetchone()
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if row is None:
+                    return
+                st = None
+            if row is not None and st is not None and row[0] == _file_id(st):
+                return
+        with self.write():
+            self._catch_up_locked(feature, path, lock_log=not locked)
+
+    def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
+        conn = self.conn
+        row = conn.execute(
+            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id"
+            " FROM logs WHERE feature = ?",
+            (feature,),
+        ).fetchone()
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            # The log is gone (a checkout to a branch without it): so are its events.
+            conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
+            conn.execute("DELETE FROM logs WHERE feature = ?", (feature,))
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{path} is a symbolic link; replaylog refuses to follow it."
+                " Replace it with the real file.",
+                path=path,
+            )
+        if row is not None and row[6] == _file_id(st):
+            return
+        start, start_line = 0, 0
+        saved: list[tuple[Any, ...]] = []
+        if row is not None:
+            if self._prefix_unchanged(path, row, st.st_size):
+                start, start_line = row[0], row[1]
+            else:
+                saved = conn.execute(
+                    "SELECT status, retry_count, last_retry_at, last_error, event_id FROM events"
+                    " WHERE feature = ? AND (status != 'pending' OR retry_count > 0)",
+                    (feature,),
+                ).fetchall()
+                conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
+        self.ingest(feature, path, start=start, start_line=start_line, lock_log=lock_log, prior=row)
+        if saved:
+            conn.executemany(
+                "UPDATE events SET status = ?, retry_count = ?, last_retry_at = ?,"
+                " last_error = ? WHERE feature = ? AND event_id = ?",
+                [(s, rc, at, err, feature, eid) for s, rc, at, err, eid in saved],
+            )
+
+    @staticmethod
+    def _prefix_unchanged(path: str, row: Sequence[Any], size_now: int) -> bool:
+        size, _lines, head_hash, tail_offset, tail_hash = row[0], row[1], row[2], row[3], row[4]
+        if size_now < size:
+            return False
+        try:
+            fd = _open_log(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            head = os.pread(fd, min(size, _HEAD_BYTES), 0)
+            tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+        finally:
+            os.close(fd)
+        return bool(_sha(head) == head_hash and _sha(tail) == tail_hash)
+
+    def ingest(
+        self,
+        feature: str,
+        path: str,
+        *,
+        start: int = 0,
+        start_line: int = 0,
+        lock_log: bool = True,
+        prior: Sequence[Any] | None = None,
+        fresh: bool = False,
+    ) -> int:
+        """Index the lines of ``path`` from byte ``start``; returns how many were added.
+
+        Call inside :meth:`write`. ``fresh``: the index holds nothing of this feature
+        yet (a rebuild), so duplicates need no look-up in the table.
+        """
+        position = [start, start_line]
+        max_lamport = prior[5] if prior is not None and start > 0 else 0
+        check_existing = start > 0 and not fresh
+        added = 0
+        batch: list[tuple[Any, ...]] = []
+        last_line_start = prior[3] if prior is not None and start > 0 else 0
+        for line in scan_log(
+            path, start=start, start_line=start_line, lock=lock_log, position=position
+        ):
+            obj = line.obj
+            clock = obj["lamport_clock"]
+            if clock > max_lamport:
+                max_lamport = clock
+            if line.terminated:
+                last_line_start = line.offset
+            batch.append(
+                (
+                    feature,
+                    line.number,
+                    line.offset,
+                    line.end - line.offset - (1 if line.terminated else 0),
+                    obj["event_id"],
+                    obj["event_type"],
+                    obj["aggregate_id"],
+                    obj["node_id"],
+                    clock,
+                )
+            )
+            if len(batch) >= _BATCH:
+                added += self._insert(feature, path, batch, check_existing)
+                batch = []
+        if batch:
+            added += self._insert(feature, path, batch, check_existing)
+        self._see(max_lamport)
+        self._record_progress(feature, path, position[0], position[1], last_line_start, max_lamport)
+        return added
+
+    def _insert(
+        self, feature: str, path: str, rows: list[tuple[Any, ...]], check_existing: bool
+    ) -> int:
+        if check_existing:
+            rows = self._drop_known(feature, path, rows)
+        self.conn.executemany(_INSERT, rows)
+        return len(rows)
+
+    def _drop_known(
+        self, feature: str, path: str, rows: list[tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """Leave out lines whose event is indexed already (an identical duplicate line).
+
+        The same id with different content is a broken log: raise naming both lines.
+        """
+        known: dict[str, tuple[int, int]] = {}
+        ids = [r[4] for r in rows]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for eid, line, offset in self.conn.execute(
+                f'SELECT event_id, line, "offset" FROM events WHERE feature = ?'
+                f" AND event_id IN ({marks})",
+                [feature, *chunk],
+            ):
+                known[eid] = (line, offset)
+        if not known:
+            return rows
+        keep = []
+        fd = _open_log(path, os.O_RDONLY)
+        try:
+            for r in rows:
+                first = known.get(r[4])
+                if first is None or first[0] == r[1]:
+                    if first is None:
+                        keep.append(r)
+                    continue
+                if _line_object_at(fd, first[1]) != _line_object_at(fd, r[2]):
+                    raise StoreError(
+                        f"Line {r[1]}: invalid event structure: event_id {r[4]} already"
+                        f" appears at line {first[0]} with different content",
+                        path=path,
+                        line=r[1],
+                    )
+        finally:
+            os.close(fd)
+        return keep
+
+    def _record_progress(
+        self,
+        feature: str,
+        path: str,
+        size: int,
+        lines: int,
+        tail_offset: int,
+        max_lamport: int,
+    ) -> None:
+        try:
+            fd = _open_log(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, min(size, _HEAD_BYTES), 0)
+            if tail_offset > size:
+                tail_offset = size
+            tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+        finally:
+            os.close(fd)
+        # A file that holds more than what was indexed (a torn tail) must be looked at
+        # again next time, so its file id is not recorded as seen.
+        file_id = _file_id(st) if st.st_size == size else "-"
+        self.conn.execute(
+            "INSERT INTO logs (feature, size, lines, head_hash, tail_offset, tail_hash,"
+            " max_lamport, file_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(feature) DO"
+            " UPDATE SET size = excluded.size, lines = excluded.lines,"
+            " head_hash = excluded.head_hash, tail_offset = excluded.tail_offset,"
+            " tail_hash = excluded.tail_hash, max_lamport = excluded.max_lamport,"
+            " file_id = excluded.file_id",
+            (feature, size, lines, _sha(head), tail_offset, _sha(tail), max_lamport, file_id),
+        )
+
+    def progress(self, feature: str) -> tuple[int, int, int] | None:
+        """``(size, lines, max_lamport)`` indexed of a feature's log, or None."""
+        row = self.conn.execute(
+            "SELECT size, lines, max_lamport FROM logs WHERE feature = ?", (feature,)
+        ).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else None
+
+    def add_appended(
+        self,
+        feature: str,
+        path: str,
+        lines: Iterable[IndexedLine],
+        *,
+        size: int,
+        line_count: int,
+    ) -> None:
+        """Record lines this process has just appended (no need to read them back)."""
+        rows = [_row(feature, line) for line in lines]
+        if not rows:
+            return
+        with self.write():
+            prior = self.conn.execute(
+                "SELECT size, max_lamport FROM logs WHERE feature = ?", (feature,)
+            ).fetchone()
+            self.conn.executemany(_INSERT, rows)
+            top = max(r[8] for r in rows)
+            if prior is not None:
+                top = max(top, prior[1])
+            self._see(top)
+            self._record_progress(feature, path, size, line_count, rows[-1][2], top)
+
+
+def find_migrations() -> str:
+    """The Alembic script folder: shipped inside the package, or the repository's."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (
+        os.path.join(here, "migrations"),
+        os.path.join(os.path.dirname(os.path.dirname(here)), "migrations"),
+    ):
+        if os.path.isfile(os.path.join(candidate, "env.py")):
+            return candidate
+    raise BadIndexError("the replaylog migrations are missing from this installation")
+
+
+def run_migrations(conn: sqlite3.Connection, path: str) -> None:
+    """Upgrade the index on ``conn`` to the head revision with Alembic (imported only now)."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    config = Config()
+    config.set_main_option("script_location", find_migrations())
+    engine = create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
+    # One transaction around the whole upgrade, taken before looking at the revision
+    # again: two processes opening a new index at once must not both create it.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if Index._revision(conn)[0] != HEAD_REVISION:
+            with engine.connect() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise BadIndexError(f"{path}: cannot upgrade the index ({exc}); {_REBUILD_HINT}") from exc

@@ -1,0 +1,81 @@
+"""The index schema (SPEC section 4), defined with SQLAlchemy for Alembic and for queries.
+
+``queue.db`` is a cache of the logs. It holds, per event, where its line is and its
+delivery state; per log, how far it has been indexed; and the Lamport clock.
+Migrations in ``migrations/versions`` create exactly these tables; a test checks that
+both agree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+__all__ = ["events", "logs", "meta", "metadata"]
+
+metadata = MetaData()
+
+#: One row per distinct event of a log (identical duplicate lines are indexed once).
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("feature", String, nullable=False),
+    Column("line", Integer, nullable=False),  # 1-based physical line number in the log
+    Column("offset", Integer, nullable=False),  # byte offset of the line, to read it back
+    Column("length", Integer, nullable=False),  # bytes of the line without its newline
+    Column("event_id", String, nullable=False),
+    Column("event_type", String, nullable=False),
+    Column("aggregate_id", String, nullable=False),
+    Column("node_id", String, nullable=False),
+    Column("lamport", Integer, nullable=False),
+    Column("status", String, nullable=False, server_default=text("'pending'")),
+    Column("retry_count", Integer, nullable=False, server_default=text("0")),
+    Column("last_retry_at", String, nullable=True),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("feature", "event_id", name="uq_events_feature_event_id"),
+    CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_events_status"),
+)
+
+# Replay takes the next batch from this partial index: its cost depends on the number
+# of pending events only, never on how many were delivered before.
+Index(
+    "ix_events_pending",
+    events.c.lamport,
+    events.c.event_id,
+    sqlite_where=events.c.status == "pending",
+)
+Index("ix_events_feature_line", events.c.feature, events.c.line)
+
+#: How far each log has been indexed, and what its indexed prefix looked like, so that
+#: a rewritten log (checkout, rebase) is told apart from one that only grew.
+logs = Table(
+    "logs",
+    metadata,
+    Column("feature", String, primary_key=True),
+    Column("size", Integer, nullable=False),  # bytes indexed: the end of the last whole line
+    Column("lines", Integer, nullable=False),  # physical lines in those bytes
+    Column("head_hash", String, nullable=False),  # sha256 of the first 64 KiB indexed
+    Column("tail_offset", Integer, nullable=False),  # where the last indexed line starts
+    Column("tail_hash", String, nullable=False),  # sha256 of that last line
+    Column("max_lamport", Integer, nullable=False),
+    Column("file_id", String, nullable=False),  # "inode:mtime_ns:size" when last seen
+)
+
+#: Key/value pairs; ``lamport`` is the clock: the largest value issued or seen.
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("value", Integer, nullable=False),
+)

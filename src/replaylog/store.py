@@ -1,0 +1,569 @@
+"""EventStore (SPEC section 7): the logs, the index and replay, tied together.
+
+The log is the truth; the index follows it. Every method that reports or uses index
+state first catches up with the logs. An append locks the feature's log, catches the
+index up with it, takes its Lamport values from the index, writes and fsyncs the log,
+and only then records the new lines in the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import log as _log
+from .errors import (
+    DeliveryError,
+    ReplaylogError,
+    StoreError,
+    TransientDeliveryError,
+    UsageError,
+)
+from .event import Event, build_event, canonical_line, local_node_id, utc_now
+from .index import Index, IndexedLine
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .delivery import Delivery
+
+__all__ = ["EmitResult", "EventStore", "ReplayReport", "VerifyReport", "find_root"]
+
+DEFAULT_LOGS_DIR = "kitty-specs"
+
+
+def find_root(start: str | None = None) -> str:
+    """The nearest ancestor of ``start`` holding ``.git`` or ``.replaylog``, else ``start``."""
+    here = os.path.abspath(start or os.getcwd())
+    current = here
+    while True:
+        if os.path.exists(os.path.join(current, ".git")) or os.path.isdir(
+            os.path.join(current, ".replaylog")
+        ):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return here
+        current = parent
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What one replay run did: counted in this run, and what is still pending after it."""
+
+    accepted: int
+    rejected: int
+    pending: int
+    batches: int
+    attempts: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "pending": self.pending,
+            "batches": self.batches,
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    problems: list[_log.Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.level == "error" for p in self.problems)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems]}
+
+
+@dataclass(frozen=True)
+class EmitResult:
+    """An emitted event, whether it reached the server, and the warning if it did not."""
+
+    event: Event
+    delivered: bool
+    warning: str | None = None
+
+
+class EventStore:
+    """The event store of one project root. Use as a context manager, or call ``close``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        logs_dir: str = DEFAULT_LOGS_DIR,
+        index_path: str | os.PathLike[str] | None = None,
+        node_id: str | None = None,
+        fsync: bool = True,
+    ) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.logs_root = os.path.join(self.root, logs_dir)
+        self.index_path = (
+            os.path.abspath(os.fspath(index_path))
+            if index_path is not None
+            else os.path.join(self.root, ".replaylog", "queue.db")
+        )
+        self.node_id = node_id or local_node_id()
+        self.fsync = fsync
+        self._index: Index | None = None
+        self._delivery: Delivery | None = None
+
+    def __repr__(self) -> str:
+        return f"EventStore(root={self.root!r}, index_path={self.index_path!r})"
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the index. The logs need no closing: every append is complete on return."""
+        if self._delivery is not None:
+            self._delivery.close()
+            self._delivery = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # ------------------------------------------------------------------ paths
+
+    def feature_dir(self, feature: str) -> str:
+        """The folder of a feature's log; refuses a bad name before touching anything."""
+        return os.path.join(self.logs_root, _log.validate_feature_name(feature))
+
+    def log_path(self, feature: str) -> str:
+        return _log.log_path(self.feature_dir(feature))
+
+    def features(self) -> list[str]:
+        """Every feature that has a log, sorted by name."""
+        try:
+            names = os.listdir(self.logs_root)
+        except FileNotFoundError:
+            return []
+        except NotADirectoryError as exc:
+            raise StoreError(f"{self.logs_root} is not a folder", path=self.logs_root) from exc
+        found = []
+        for name in names:
+            try:
+                _log.validate_feature_name(name)
+            except UsageError:
+                continue
+            if os.path.lexists(os.path.join(self.logs_root, name, _log.EVENTS_FILENAME)):
+                found.append(name)
+        return sorted(found)
+
+    # ------------------------------------------------------------------ index
+
+    @property
+    def index(self) -> Index:
+        if self._index is None:
+            self._index = Index(self.index_path)
+        return self._index
+
+    @property
+    def delivery(self) -> Delivery:
+        if self._delivery is None:
+            from .delivery import Delivery
+
+            self._delivery = Delivery(self.index.conn)
+        return self._delivery
+
+    def catch_up(self, features: Iterable[str] | None = None) -> None:
+        """Bring the index up to date with the logs (all of them, or the ones named)."""
+        index = self.index
+        if features is None:
+            names = set(self.features()) | set(index.known_features())
+        else:
+            names = {_log.validate_feature_name(f) for f in features}
+        for name in sorted(names):
+            index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+
+    # ------------------------------------------------------------------ writing
+
+    def append(
+        self,
+        feature: str,
+        event_type: str,
+        aggregate_id: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Event:
+        """Append one event durably and return it with its id and Lamport value."""
+        event = Event.new(
+            event_type,
+            aggregate_id,
+            payload,
+            node_id=self.node_id,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+        return self._append(feature, [event])[0]
+
+    def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
+        """Append several events with one lock and one fsync; all or none are written.
+
+        Items are :class:`Event` objects (written with their id and payload, and a new
+        Lamport value) or mappings with ``event_type``, ``aggregate_id``, ``payload`` and
+        optional ``causation_id`` and ``correlation_id``.
+        """
+        prepared = []
+        for item in events:
+            if isinstance(item, Event):
+                prepared.append(item)
+            elif isinstance(item, Mapping):
+                unknown = set(item) - {
+                    "event_type",
+                    "aggregate_id",
+                    "payload",
+                    "causation_id",
+                    "correlation_id",
+                }
+                if unknown:
+                    raise UsageError(f"unknown key(s) in an event: {', '.join(sorted(unknown))}")
+                if "event_type" not in item or "aggregate_id" not in item:
+                    raise UsageError("each event needs 'event_type' and 'aggregate_id'")
+                prepared.append(
+                    Event.new(
+                        item["event_type"],
+                        item["aggregate_id"],
+                        item.get("payload"),
+                        node_id=self.node_id,
+                        causation_id=item.get("causation_id"),
+                        correlation_id=item.get("correlation_id"),
+                    )
+                )
+            else:
+                raise UsageError(
+                    f"an event must be an Event or a mapping, not {type(item).__name__}"
+                )
+        return self._append(feature, prepared)
+
+    def _append(self, feature: str, events: list[Event]) -> list[Event]:
+        feature_dir = self.feature_dir(feature)
+        if not events:
+            return []
+        # Everything that can be refused is refused before the log is touched.
+        objs = [e.to_dict() for e in events]
+        for obj in objs:
+            obj["lamport_clock"] = 1
+            canonical_line(obj)
+        index = self.index
+        with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
+            with index.write():
+                index._catch_up_locked(feature, writer.path, lock_log=False)
+                first = index.reserve_clock(len(events))
+            progress = index.progress(feature)
+            size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
+            lines = []
+            for k, obj in enumerate(objs):
+                obj["lamport_clock"] = first + k
+                lines.append(canonical_line(obj))
+            offset = writer.write(lines)
+            # A torn (but valid) last line was completed by this write: it is a line too.
+            number = lines_before + (1 if size_before < offset else 0)
+            indexed = []
+            for line, obj in zip(lines, objs, strict=True):
+                number += 1
+                indexed.append(IndexedLine(number, offset, len(line) - 1, obj))
+                offset += len(line)
+            index.add_appended(feature, writer.path, indexed, size=writer.size, line_count=number)
+        return [build_event(dict(obj)) for obj in objs]
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, feature: str) -> list[Event]:
+        """Every event of a feature, in file order (identical duplicate lines once)."""
+        return _log.read_events(self.feature_dir(feature))
+
+    def iter_events(self, feature: str) -> Iterator[Event]:
+        """Stream a feature's events in file order, in bounded memory."""
+        return _log.iter_events(self.feature_dir(feature))
+
+    def read_raw(self, feature: str) -> list[dict[str, Any]]:
+        """A feature's line objects exactly as in the log, in file order."""
+        return _log.read_events_raw(self.feature_dir(feature))
+
+    def status(self, feature: str | None = None) -> dict[str, Any]:
+        """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
+        names = [feature] if feature is not None else None
+        self.catch_up(names)
+        counts = self.delivery.counts(names)
+        listed = names if names is not None else sorted(set(self.features()) | set(counts))
+        zero = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
+        per = {name: counts.get(name, dict(zero)) for name in listed}
+        totals = {k: sum(c[k] for c in per.values()) for k in zero}
+        return {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
+
+    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Event]:
+        """Pending events in replay order, ``(lamport_clock, event_id)``."""
+        names = [feature] if feature is not None else None
+        self.catch_up(names)
+        out: list[Event] = []
+        with _LineReader(self) as reader:
+            for row in self.delivery.pending(names):
+                out.append(build_event(_log.parse_line(reader.line(row))))
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    # ------------------------------------------------------------------ maintenance
+
+    def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
+        """Check every log (or the ones named): errors, and warnings such as duplicates."""
+        names = list(features) if features is not None else self.features()
+        problems: list[_log.Problem] = []
+        for name in names:
+            path = self.log_path(name)
+            if not os.path.lexists(path):
+                problems.append(_log.Problem(path, None, f"feature {name!r} has no log"))
+                continue
+            problems.extend(_log.verify_log(path))
+        try:
+            from .gitmerge import driver_warning
+
+            warning = driver_warning(self.root)
+        except (ImportError, ReplaylogError, OSError):
+            warning = None
+        if warning:
+            problems.append(
+                _log.Problem(os.path.join(self.root, ".gitattributes"), None, warning, "warning")
+            )
+        return VerifyReport(problems)
+
+    def repair(self, feature: str) -> bool:
+        """Move a torn, invalid last line aside (SPEC section 3). True if anything changed."""
+        feature_dir = self.feature_dir(feature)
+        path = _log.log_path(feature_dir)
+        before = os.path.getsize(path) if os.path.exists(path) else 0
+        moved = _log.repair_log(feature_dir, fsync=self.fsync)
+        after = os.path.getsize(path) if os.path.exists(path) else 0
+        return moved is not None or after != before
+
+    def requeue(self, feature: str | None = None, *, event_id: str | None = None) -> int:
+        """Make ``failed`` events ``pending`` again; returns how many."""
+        names = [feature] if feature is not None else None
+        self.catch_up(names)
+        with self.index.write():
+            return self.delivery.requeue(names, event_id)
+
+    def rebuild_index(
+        self,
+        *,
+        reset_delivery: bool = False,
+        progress: Callable[[str, int], None] | None = None,
+    ) -> dict[str, int]:
+        """Build a fresh index from every log and put it in place of the old one.
+
+        The new index is built in a temporary file and renamed over the old one, so a
+        crash leaves the old index as it was. Delivery state of events that still exist
+        is carried over from the old index when it is readable, unless ``reset_delivery``.
+        """
+        from .rebuild import rebuild
+
+        self.close()
+        return rebuild(self, reset_delivery=reset_delivery, progress=progress)
+
+    # ------------------------------------------------------------------ replay
+
+    def replay(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        batch_size: int = 100,
+        max_retries: int = 3,
+        backoff_base: float = 1.0,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        feature: str | None = None,
+        allow_insecure_http: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+        deadline: float | None = None,
+        wait_for_lock: bool = True,
+    ) -> ReplayReport:
+        """Send pending events to ``url`` in Lamport order (SPEC section 5).
+
+        Raises :class:`TransientDeliveryError` when retries are spent (events stay
+        pending), :class:`AuthenticationError` on 401/403 and :class:`DeliveryError`
+        on 404 and other stops. ``on_batch(events_done, events_total)`` reports progress.
+        """
+        from .replay import PendingEvent, ReplayConfig, Replayer
+
+        config = ReplayConfig(
+            url=url,
+            token=token,
+            batch_size=batch_size,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            timeout=timeout,
+            allow_insecure_http=allow_insecure_http,
+            deadline=deadline,
+        )
+        names = [feature] if feature is not None else None
+        with self._replay_lock(wait_for_lock):
+            self.catch_up(names)
+            delivery = self.delivery
+            total = self._count_pending(names)
+            accepted = rejected = batches = attempts = done = 0
+            stopped: str | None = None
+            with _LineReader(self) as reader, Replayer(config, transport=transport) as replayer:
+                queue = (
+                    PendingEvent(row.event_id, reader.line(row)) for row in delivery.pending(names)
+                )
+                for result in replayer.run(queue):
+                    attempts += result.attempts
+                    with self.index.write():
+                        delivery.record(
+                            accepted=result.accepted,
+                            rejected=result.rejected,
+                            transient=(
+                                (result.event_ids, result.transient_error)
+                                if result.transient_error
+                                else None
+                            ),
+                            now=utc_now(),
+                            features=names,
+                        )
+                    if result.transient_error:
+                        stopped = result.transient_error
+                        break
+                    batches += 1
+                    accepted += len(result.accepted)
+                    rejected += len(result.rejected)
+                    done += len(result.event_ids)
+                    if on_batch is not None:
+                        on_batch(done, total)
+            report = ReplayReport(accepted, rejected, self._count_pending(names), batches, attempts)
+        if stopped is not None:
+            error = TransientDeliveryError(
+                f"replay stopped: {stopped}; {report.pending} event(s) stay pending and will"
+                " be sent by the next replay"
+            )
+            error.report = report  # type: ignore[attr-defined]
+            raise error
+        return report
+
+    def _count_pending(self, names: list[str] | None) -> int:
+        return sum(c["pending"] for c in self.delivery.counts(names).values())
+
+    @contextlib.contextmanager
+    def _replay_lock(self, wait: bool) -> Iterator[None]:
+        """One replay at a time per index, so no event is in two runs' batches at once."""
+        directory = os.path.dirname(self.index_path)
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(
+            os.path.join(directory, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                raise DeliveryError("another replay is running for this index") from exc
+            yield
+        finally:
+            os.close(fd)
+
+    def emit(
+        self,
+        feature: str,
+        event_type: str,
+        aggregate_id: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        url: str,
+        token: str | None = None,
+        sync_timeout: float = 2.0,
+        causation_id: str | None = None,
+        correlation_id: str | None = None,
+        allow_insecure_http: bool = False,
+        transport: httpx.BaseTransport | None = None,
+    ) -> EmitResult:
+        """Append durably, then try to deliver within ``sync_timeout`` seconds in all.
+
+        Delivery failing for any reason (offline, refused, slow) is not an error: the
+        event is safe in the log, stays pending, and ``warning`` says what happened.
+        """
+        started = time.monotonic()
+        event = self.append(
+            feature,
+            event_type,
+            aggregate_id,
+            payload,
+            causation_id=causation_id,
+            correlation_id=correlation_id,
+        )
+        deadline = started + sync_timeout
+        try:
+            self.replay(
+                url,
+                token=token,
+                max_retries=0,
+                timeout=max(0.05, deadline - time.monotonic()),
+                allow_insecure_http=allow_insecure_http,
+                transport=transport,
+                deadline=deadline,
+                wait_for_lock=False,
+            )
+        except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
+            return EmitResult(event, False, f"event {event.event_id} saved, not delivered: {exc}")
+        row = self.index.conn.execute(
+            "SELECT status FROM events WHERE feature = ? AND event_id = ?",
+            (feature, event.event_id),
+        ).fetchone()
+        if row and row[0] == "delivered":
+            return EmitResult(event, True)
+        return EmitResult(
+            event, False, f"event {event.event_id} saved, not delivered yet; it stays pending"
+        )
+
+
+class _LineReader:
+    """Reads indexed lines back from the logs by offset, one open file per feature."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.fds: dict[str, int] = {}
+
+    def __enter__(self) -> _LineReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def line(self, row: Any) -> bytes:
+        fd = self.fds.get(row.feature)
+        path = self.store.log_path(row.feature)
+        if fd is None:
+            try:
+                fd = _log._open_log(path, os.O_RDONLY)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise StoreError(
+                        f"{path} disappeared while its events were being read; run again",
+                        path=path,
+                    ) from exc
+                raise
+            self.fds[row.feature] = fd
+        data = os.pread(fd, row.length, row.offset)
+        if len(data) != row.length or row.event_id.encode() not in data:
+            # Only a log rewritten since the index caught up can get here.
+            raise StoreError(
+                f"{path} changed while its events were being read (expected event"
+                f" {row.event_id} at byte {row.offset}); run again",
+                path=path,
+            )
+        return data
