@@ -49,10 +49,16 @@ EVENT_FIELDS = (
 _FIELD_SET = frozenset(EVENT_FIELDS)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ULID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
-_TIMESTAMP_RE = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|\+00:00)"
+#: A ULID as text; log.py matches whole columns of ids with the same pattern.
+ULID_PATTERN = r"[0-7][0-9A-HJKMNP-TV-Z]{25}"
+#: ISO-8601 UTC. ASCII digits only (``\d`` would take any script's digits) and each
+#: part within its range, so that what passes can be parsed as a date and time.
+TIMESTAMP_PATTERN = (
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]{1,9})?(?:Z|\+00:00)"
 )
+_ULID_RE = re.compile(ULID_PATTERN)
+_TIMESTAMP_RE = re.compile(TIMESTAMP_PATTERN)
 
 
 class EventValidationError(UsageError):
@@ -83,6 +89,17 @@ def generate_event_id() -> str:
             value = _last_ulid + 1
         _last_ulid = value
     return _encode_ulid(value)
+
+
+def _forget_last_ulid() -> None:
+    # A forked child must not count up from its parent's last id: both would make the
+    # same ids within one millisecond. It starts afresh from the clock and new randomness.
+    global _last_ulid
+    _last_ulid = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_last_ulid)
 
 
 def validate_ulid_format(value: object) -> bool:
@@ -170,24 +187,26 @@ def _is_plain(value: object, depth: int = 0) -> bool:
     return False
 
 
-def normalize_payload(payload: object) -> dict[str, Any]:
+def normalize_payload(payload: object, name: str = "payload") -> dict[str, Any]:
     """Check a payload is a JSON object without NaN/Infinity and return it in plain form."""
     if payload is None:
         return {}
     if not isinstance(payload, Mapping):
         raise EventValidationError(
-            f"field 'payload' must be a JSON object, got {type(payload).__name__}"
+            f"field '{name}' must be a JSON object, got {type(payload).__name__}"
         )
     if type(payload) is dict and _is_plain(payload):
         return payload
     try:
         plain = json.loads(json.dumps(dict(payload), allow_nan=False))
     except ValueError as exc:
+        if "Circular reference" in str(exc):
+            raise EventValidationError(f"field '{name}' contains itself") from exc
         raise EventValidationError(
-            "field 'payload' holds NaN or Infinity, which JSON cannot carry"
+            f"field '{name}' holds NaN or Infinity, which JSON cannot carry"
         ) from exc
     except (TypeError, RecursionError) as exc:
-        raise EventValidationError(f"field 'payload' is not JSON-serializable: {exc}") from exc
+        raise EventValidationError(f"field '{name}' is not JSON-serializable: {exc}") from exc
     return plain  # type: ignore[no-any-return]
 
 
@@ -211,11 +230,11 @@ class Event:
 
     def __post_init__(self) -> None:
         _check_fields(self.__dict__)
+        object.__setattr__(self, "payload", normalize_payload(self.payload))
+        object.__setattr__(self, "extra", normalize_payload(self.extra, "extra"))
         for key in self.extra:
             if key in _FIELD_SET:
                 raise EventValidationError(f"extra key '{key}' collides with an event field")
-        object.__setattr__(self, "payload", normalize_payload(self.payload))
-        object.__setattr__(self, "extra", normalize_payload(self.extra))
 
     def __hash__(self) -> int:
         return hash((self.event_id, self.lamport_clock))
@@ -272,7 +291,14 @@ class Event:
         """Build and validate an event from a line object. Unknown keys go to ``extra``."""
         if not isinstance(data, Mapping):
             raise EventValidationError(f"an event must be a JSON object, got {type(data).__name__}")
-        return _from_line_object(dict(data))
+        d = dict(data)
+        check_line_object(d)
+        if not _is_plain(d):
+            # Not what json.loads gives (NaN, a set, a tuple...): let __init__ check and
+            # normalize the payload and extra keys as it does for a new event.
+            extra = {k: v for k, v in d.items() if k not in _FIELD_SET}
+            return cls(**{k: d[k] for k in EVENT_FIELDS}, extra=extra)
+        return build_event(d)
 
     def to_line(self) -> bytes:
         """The canonical line, newline included, as the log stores it."""
@@ -284,7 +310,11 @@ def canonical_line(obj: Mapping[str, Any]) -> bytes:
     try:
         text = json.dumps(obj, sort_keys=True, allow_nan=False)
     except ValueError as exc:
-        raise EventValidationError("the event holds NaN or Infinity") from exc
+        raise EventValidationError(
+            f"the event cannot be written as JSON (NaN, Infinity or a cycle): {exc}"
+        ) from exc
+    except (TypeError, RecursionError) as exc:  # a payload changed after it was checked
+        raise EventValidationError(f"the event is not JSON-serializable: {exc}") from exc
     if len(text) >= MAX_LINE_BYTES:  # ensure_ascii: one byte per character, plus "\n"
         raise EventValidationError(
             f"the event's line is {len(text) + 1} bytes; a line may be at most"
@@ -348,7 +378,3 @@ def build_event(d: dict[str, Any]) -> Event:
     _set_attr(event, "__dict__", d)
     return event
 
-
-def _from_line_object(d: dict[str, Any]) -> Event:
-    check_line_object(d)
-    return build_event(d)

@@ -12,9 +12,11 @@ import errno
 import fcntl
 import gc
 import json
+import math
 import operator
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +29,8 @@ from .event import (
     EVENT_FIELDS,
     MAX_LINE_BYTES,
     MAX_NAME_CHARS,
+    TIMESTAMP_PATTERN,
+    ULID_PATTERN,
     Event,
     EventValidationError,
     build_event,
@@ -39,7 +43,7 @@ _set_attr = object.__setattr__
 try:  # orjson parses several times faster; json is the fallback and the tie-breaker.
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency
-    _fast_loads = json.loads
+    _fast_loads = json.loads  # type: ignore[assignment]
 
 __all__ = [
     "EVENTS_FILENAME",
@@ -63,6 +67,15 @@ _FEATURE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1 << 20
 _READ_CHUNK = 4 << 20
 _SNIPPET = 80
+_JSON_SPACE = b" \t\r"  # a line of only these (or nothing) is blank
+
+# orjson reads an integer wider than 64 bits as a float, silently. Such a number is a run
+# of at least 19 digits after "-", a bracket, a comma, a colon or white space: mapping
+# those bytes to "!" and every digit to "0" finds one with a single bytes.find.
+_WIDE_INT = b"!" + b"0" * 19
+_NUMBER_MAP = bytes(
+    0x21 if b in b"-[,: \t\r\n" else 0x30 if 0x30 <= b <= 0x39 else b for b in range(256)
+)
 
 
 def validate_feature_name(name: object) -> str:
@@ -107,28 +120,51 @@ class Problem:
 
 
 def _snippet(raw: bytes) -> str:
-    text = raw[:_SNIPPET].decode("utf-8", "replace")
+    text = raw[: 4 * _SNIPPET].decode("utf-8", "replace")[:_SNIPPET]
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _has_wide_int(data: bytes) -> bool:
+    """True if ``data`` may hold an integer orjson would turn into a float."""
+    return data.translate(_NUMBER_MAP).find(_WIDE_INT) >= 0
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON syntax, but no event may hold it
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def parse_line(raw: bytes) -> Any:
     """Parse one line strictly: orjson first, then json for what orjson cannot hold."""
+    if not _has_wide_int(raw):
+        try:
+            return _fast_loads(raw)
+        except ValueError:
+            pass
+    # json.loads keeps integers wider than 64 bits exact (orjson reads them as floats or
+    # refuses them); it must still refuse NaN/Infinity and invalid UTF-8 as orjson does.
+    return json.loads(
+        raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float
+    )
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON: unlike ``==``, ``true`` is not ``1`` and ``1.0`` is not ``1``."""
     try:
-        return _fast_loads(raw)
-    except ValueError:
-        pass
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
-    # json.loads accepts integers wider than 64 bits, which orjson refuses; it must
-    # still refuse NaN/Infinity and invalid UTF-8 as orjson does.
-    return json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _open_log(path: str, flags: int) -> int:
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreError(
@@ -137,6 +173,10 @@ def _open_log(path: str, flags: int) -> int:
                 path=path,
             ) from exc
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens read-only, then fails
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file", path=path)
+    return fd
 
 
 def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, bytes, bool]]:
@@ -207,16 +247,17 @@ def scan_log(
     try:
         if lock:
             _flock(fd, fcntl.LOCK_SH, path)
-        seen: dict[str, tuple[int, int]] = {}
+        seen: dict[str, tuple[int, int, int]] = {}
         number = start_line
         for offset, raw, terminated in _raw_lines(fd, start, limit):
             number += 1
             if position is not None and terminated:
                 position[0] = offset + len(raw) + 1
                 position[1] = number
-            if not raw.strip():
+            if not raw.strip(_JSON_SPACE):
                 continue
             problem: StoreError | None = None
+            bad_json = True
             obj: Any = None
             if len(raw) > MAX_LINE_BYTES - 1:
                 problem = StoreError(
@@ -228,6 +269,7 @@ def scan_log(
             else:
                 try:
                     obj = parse_line(raw)
+                    bad_json = False
                 except (ValueError, RecursionError):
                     problem = StoreError(
                         f"Line {number}: invalid JSON: {_snippet(raw)}", path=path, line=number
@@ -250,10 +292,10 @@ def scan_log(
                 eid = obj["event_id"]
                 first = seen.get(eid)
                 if first is None:
-                    seen[eid] = (number, offset)
+                    seen[eid] = (number, offset, len(raw))
                 else:
-                    first_line, first_offset = first
-                    if _line_object_at(fd, first_offset) == obj:
+                    first_line, first_offset, first_size = first
+                    if _same_json(_line_object_at(fd, first_offset, first_size), obj):
                         if on_duplicate is not None:
                             on_duplicate(number, first_line, eid)
                         continue
@@ -264,7 +306,7 @@ def scan_log(
                         line=number,
                     )
             if problem is not None:
-                if not terminated and len(raw) < MAX_LINE_BYTES:
+                if not terminated and bad_json and len(raw) < MAX_LINE_BYTES:
                     problem = StoreError(
                         f"{problem} (the last line is torn: it has no newline; run"
                         f" `replaylog repair` to move it aside)",
@@ -283,8 +325,10 @@ def scan_log(
         os.close(fd)
 
 
-def _line_object_at(fd: int, offset: int) -> Any:
-    """Parse the line that starts at ``offset`` (used to compare duplicate ids)."""
+def _line_object_at(fd: int, offset: int, size: int | None = None) -> Any:
+    """Parse the line at ``offset``, ``size`` bytes when known (to compare duplicate ids)."""
+    if size is not None:
+        return parse_line(os.pread(fd, size, offset))
     for _, raw, _terminated in _raw_lines(fd, offset, None):
         return parse_line(raw)
     return None
@@ -295,10 +339,15 @@ _TYPE_OPT_STR = frozenset({str, type(None)})
 _TYPE_INT = frozenset({int})
 _TYPE_DICT = frozenset({dict})
 _FIELD_GETTERS = [operator.itemgetter(name) for name in EVENT_FIELDS]
-_ULIDS_RE = re.compile(r"(?:[0-7][0-9A-HJKMNP-TV-Z]{25}\n)*")
-_STAMPS_RE = re.compile(
-    r"(?:\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|\+00:00)\n)*"
-)
+_ULIDS_RE = re.compile(f"(?:{ULID_PATTERN}\n)*")
+_STAMPS_RE = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
+
+
+def _all_match(pattern: re.Pattern[str], texts: list[str]) -> bool:
+    """True if every text matches: one regex over the texts joined by newlines."""
+    joined = "\n".join(texts) + "\n"
+    # A text holding a newline could pass as two texts: the count rules that out.
+    return joined.count("\n") == len(texts) and pattern.fullmatch(joined) is not None
 
 
 def _fast_read(path: str) -> list[dict[str, Any]] | None:
@@ -325,7 +374,10 @@ def _fast_read(path: str) -> list[dict[str, Any]] | None:
             if not chunk:
                 break
             pos += len(chunk)
-            parts = (carry + chunk).split(b"\n")
+            data = carry + chunk
+            if _has_wide_int(data):
+                return None  # parse_line reads wide integers exactly; orjson would not
+            parts = data.split(b"\n")
             carry = parts.pop()
             if len(carry) >= MAX_LINE_BYTES or (parts and max(map(len, parts)) >= MAX_LINE_BYTES):
                 return None
@@ -362,9 +414,7 @@ def _fast_read(path: str) -> list[dict[str, Any]] | None:
         return None
     if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
         return None
-    if _ULIDS_RE.fullmatch("\n".join(eids) + "\n") is None:
-        return None
-    if _STAMPS_RE.fullmatch("\n".join(stamps) + "\n") is None:
+    if not _all_match(_ULIDS_RE, eids) or not _all_match(_STAMPS_RE, stamps):
         return None
     if len(set(eids)) != len(eids):
         return None  # duplicates: scan_log reads identical ones once, or names the conflict
@@ -541,12 +591,14 @@ class LogWriter:
         if torn is None:
             return
         obj: Any = None
+        valid = False
         if start >= 0 and len(torn) <= MAX_LINE_BYTES - 1:
             try:
                 obj = parse_line(torn)
+                valid = True  # JSON null is valid too: repair_log only adds its newline
             except (ValueError, RecursionError):
-                obj = None
-        if obj is None:
+                valid = False
+        if not valid:
             raise StoreError(
                 f"{self.path}: the last line is torn (it has no newline and is not valid JSON);"
                 f" appends are refused until `replaylog repair"
@@ -674,7 +726,7 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
             except (ValueError, RecursionError):
                 valid = False
         if valid:
-            os.write(fd, b"\n")
+            os.pwrite(fd, b"\n", size)  # fd is not O_APPEND: a plain write would go to 0
             if fsync:
                 os.fsync(fd)
             return None
