@@ -175,16 +175,18 @@ class EventStore:
         if self._delivery is None:
             from .delivery import Delivery
 
+            # SQLAlchemy's first connect ends any open transaction of the connection.
+            if self.index.conn.in_transaction:
+                raise RuntimeError("the delivery layer must be opened outside a transaction")
             self._delivery = Delivery(self.index.conn)
         return self._delivery
 
     def catch_up(self, features: Iterable[str] | None = None) -> None:
         """Bring the index up to date with the logs (all of them, or the ones named)."""
+        # Names are checked before the index is opened: a bad one touches no file (section 1).
+        checked = None if features is None else {_log.validate_feature_name(f) for f in features}
         index = self.index
-        if features is None:
-            names = set(self.features()) | set(index.known_features())
-        else:
-            names = {_log.validate_feature_name(f) for f in features}
+        names = set(self.features()) | set(index.known_features()) if checked is None else checked
         for name in sorted(names):
             index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
 
@@ -259,10 +261,21 @@ class EventStore:
         for obj in objs:
             obj["lamport_clock"] = 1
             canonical_line(obj)
+        # One id with two contents would make the log unreadable (SPEC section 3).
+        ids = [obj["event_id"] for obj in objs]
+        if len(set(ids)) != len(ids):
+            twice = next(eid for eid in ids if ids.count(eid) > 1)
+            raise UsageError(f"event_id {twice} appears twice in the events to append")
         index = self.index
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             with index.write():
                 index._catch_up_locked(feature, writer.path, lock_log=False)
+                known = index.known_event_ids(feature, ids)
+                if known:
+                    raise UsageError(
+                        f"event_id {known[0]} is already in the log of feature {feature!r};"
+                        " an event is appended once"
+                    )
                 first = index.reserve_clock(len(events))
             progress = index.progress(feature)
             size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
@@ -355,8 +368,9 @@ class EventStore:
         """Make ``failed`` events ``pending`` again; returns how many."""
         names = [feature] if feature is not None else None
         self.catch_up(names)
+        delivery = self.delivery
         with self.index.write():
-            return self.delivery.requeue(names, event_id)
+            return delivery.requeue(names, event_id)
 
     def rebuild_index(
         self,

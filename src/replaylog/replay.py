@@ -1,0 +1,617 @@
+"""The HTTP transport of replay (SPEC.md section 5): batches, httpx and the retry policy.
+
+This module touches no file and no database. :class:`Replayer` takes events that are
+already in replay order and yields one :class:`BatchResult` per batch that got a final
+answer; the store applies each result to the index before it asks for the next one.
+
+How an answer is handled::
+
+    2xx, {"accepted", "rejected"} or {"results"}   -> BatchResult (accepted / rejected / pending)
+    2xx with any other body                        -> transient (below)
+    network error, timeout, 408, 425, 429, 5xx     -> retried; when spent: BatchResult with
+                                                      transient_error, then the run stops
+    401, 403                                       -> AuthenticationError
+    404, 3xx, other statuses                       -> DeliveryError naming the URL
+    413                                            -> batch split in halves; a single event
+                                                      still refused is rejected
+    any other 4xx                                  -> every event of the batch rejected
+
+The token is only ever put in the ``Authorization`` header: it is kept out of reprs,
+exception messages and results.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import gzip
+import hashlib
+import ipaddress
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ._version import __version__
+from .errors import AuthenticationError, DeliveryError, UsageError
+
+__all__ = [
+    "BATCH_PATH",
+    "BatchResult",
+    "PendingEvent",
+    "ReplayConfig",
+    "Replayer",
+    "batch_body",
+    "endpoint_url",
+    "idempotency_key",
+]
+
+BATCH_PATH = "/api/v1/events/batch/"
+MAX_BATCH_SIZE = 1000
+GZIP_THRESHOLD = 1024  # bodies strictly larger than this are gzipped
+RETRY_AFTER_CAP = 60.0
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a 2xx answer bigger than this is not a valid answer
+SNIPPET_CHARS = 200
+MAX_REASON_CHARS = 1000
+
+_BODY_HEAD = b'{"events": ['
+_BODY_SEP = b", "
+_BODY_TAIL = b"]}"
+_ACCEPTED_STATUSES = frozenset({"success", "duplicate"})
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Where and how to replay. Invalid values raise :class:`UsageError` at construction.
+
+    ``deadline`` is a ``time.monotonic()`` value after which nothing more is attempted
+    (offline emit uses it): each request's timeout is ``min(timeout, time left)`` and no
+    sleep goes past it.
+    """
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    batch_size: int = 100
+    max_retries: int = 3
+    backoff_base: float = 1.0
+    timeout: float = 10.0
+    allow_insecure_http: bool = False
+    max_batch_bytes: int = 256 * 1024
+    deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        _validate_url(self.url, allow_insecure_http=self.allow_insecure_http)
+        if self.token == "":
+            raise UsageError("the token is empty; set REPLAYLOG_TOKEN to the token, or unset it")
+        if self.token is not None and not _is_header_safe(self.token):
+            # Never echo the token: say what is wrong with it, not what it is.
+            raise UsageError(
+                "the token contains characters that cannot go in an HTTP header "
+                "(only printable ASCII without spaces is allowed); check REPLAYLOG_TOKEN"
+            )
+        if isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise UsageError(
+                f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {self.batch_size!r}"
+            )
+        if self.max_retries < 0:
+            raise UsageError(f"max retries must be 0 or more, got {self.max_retries!r}")
+        if not self.backoff_base >= 0:
+            raise UsageError(f"backoff base must be 0 or more seconds, got {self.backoff_base!r}")
+        if not self.timeout > 0:
+            raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
+        if self.max_batch_bytes < 1:
+            raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
+
+    def __repr__(self) -> str:
+        token = "None" if self.token is None else "'***'"
+        return (
+            f"ReplayConfig(url={self.url!r}, token={token}, batch_size={self.batch_size!r}, "
+            f"max_retries={self.max_retries!r}, backoff_base={self.backoff_base!r}, "
+            f"timeout={self.timeout!r}, allow_insecure_http={self.allow_insecure_http!r}, "
+            f"max_batch_bytes={self.max_batch_bytes!r}, deadline={self.deadline!r})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def endpoint(self) -> str:
+        """The URL batches are POSTed to."""
+        return endpoint_url(self.url)
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """One event to send: its id and its log line without the trailing newline."""
+
+    event_id: str
+    line: bytes
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The final answer for one batch (or one half of a batch split after a 413).
+
+    ``accepted`` ids become delivered, ``rejected`` ones failed with the reason as
+    last error. With ``transient_error`` set every id stays pending (retry count + 1)
+    and it is the last result of the run. Ids in none of these stay pending untouched.
+    ``attempts`` counts HTTP requests; the requests that got a 413 are counted in the
+    first result that follows them, so the sum over a run is every request made.
+    """
+
+    event_ids: tuple[str, ...]
+    accepted: tuple[str, ...]
+    rejected: dict[str, str]
+    transient_error: str | None
+    attempts: int
+
+
+def endpoint_url(url: str) -> str:
+    """``<url>/api/v1/events/batch/``, keeping a path prefix and avoiding ``//``."""
+    return url.rstrip("/") + BATCH_PATH
+
+
+def idempotency_key(event_ids: Iterable[str]) -> str:
+    """Hex sha256 of the event ids joined by newlines, in batch order."""
+    return hashlib.sha256("\n".join(event_ids).encode("utf-8")).hexdigest()
+
+
+def batch_body(lines: Iterable[bytes]) -> bytes:
+    """The JSON body of a batch, built from the raw log lines (never re-serialized)."""
+    return _BODY_HEAD + _BODY_SEP.join(lines) + _BODY_TAIL
+
+
+class Replayer:
+    """Sends events in batches to one server; one HTTP client per replayer.
+
+    Use as a context manager, or call :meth:`close`. ``transport`` replaces the network
+    (``httpx.MockTransport`` in tests); ``sleep`` and ``rng`` make the backoff testable.
+    """
+
+    def __init__(
+        self,
+        config: ReplayConfig,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._endpoint = config.endpoint
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._client = httpx.Client(
+            transport=transport,
+            timeout=config.timeout,
+            follow_redirects=False,  # a redirect could carry the token elsewhere; we stop instead
+            headers={"User-Agent": f"replaylog/{__version__}"},
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Replayer(url={self.config.url!r}, closed={self._closed!r})"
+
+    __str__ = __repr__
+
+    def __enter__(self) -> Replayer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client and its connections. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def run(self, events: Iterable[PendingEvent]) -> Iterator[BatchResult]:
+        """Send ``events`` (already in replay order) batch by batch.
+
+        Validation happens now; the returned iterator sends a batch only when the next
+        result is asked for. It raises :class:`AuthenticationError` on 401/403 and
+        :class:`DeliveryError` on 404 and other answers that retrying will not fix.
+        """
+        if self._closed:
+            raise UsageError("this Replayer is closed; make a new one")
+        _validate_url(self.config.url, allow_insecure_http=self.config.allow_insecure_http)
+        return self._run(events)
+
+    # -- the run ---------------------------------------------------------------
+
+    def _run(self, events: Iterable[PendingEvent]) -> Iterator[BatchResult]:
+        for batch in _chunk(events, self.config.batch_size, self.config.max_batch_bytes):
+            stopped = yield from self._send_batch(batch, carried_attempts=0)
+            if stopped:
+                return
+
+    def _send_batch(
+        self, batch: list[PendingEvent], *, carried_attempts: int
+    ) -> Generator[BatchResult, None, bool]:
+        """Send one batch until it has a final answer; yield its result(s).
+
+        Returns True when the run must stop (transient failure or deadline passed).
+        """
+        ids = tuple(event.event_id for event in batch)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(ids)}
+        if self.config.token is not None:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        body = batch_body(event.line for event in batch)
+        if len(body) > GZIP_THRESHOLD:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+
+        attempts = 0
+        retries = 0
+        last_failure = ""
+        while True:
+            request_timeout = self._time_left(self.config.timeout)
+            if request_timeout is None:
+                if attempts == 0:
+                    # Nothing was tried for this batch: it is not an answer, leave it alone.
+                    return True
+                yield self._transient(ids, last_failure, attempts, carried_attempts)
+                return True
+            attempts += 1
+            retry_after: float | None = None
+            outcome = self._attempt(body, headers, request_timeout)
+            if isinstance(outcome, _Answer):
+                status = outcome.status
+                if 200 <= status < 300:
+                    parsed = _parse_answer(outcome.content, ids)
+                    if parsed is not None:
+                        accepted, reasons = parsed
+                        rejected = {
+                            i: self._clean(r)[:MAX_REASON_CHARS] for i, r in reasons.items()
+                        }
+                        yield BatchResult(
+                            ids, accepted, rejected, None, attempts + carried_attempts
+                        )
+                        return False
+                    last_failure = f"HTTP {status} with an answer that is not a batch result"
+                elif status in (401, 403):
+                    raise AuthenticationError(self._auth_message(status))
+                elif status == 404:
+                    raise DeliveryError(
+                        f"HTTP 404 Not Found from {self._endpoint}: the server has no replay "
+                        "endpoint there; check the URL (--url or REPLAYLOG_URL)"
+                    )
+                elif status == 413:
+                    return (
+                        yield from self._split(batch, ids, outcome, attempts + carried_attempts)
+                    )
+                elif status in RETRYABLE_STATUSES or 500 <= status < 600:
+                    last_failure = f"HTTP {status}"
+                    retry_after = _parse_retry_after(outcome.retry_after)
+                elif 400 <= status < 500:
+                    reason = f"HTTP {status}: {self._snippet(outcome.content)}"
+                    rejected = dict.fromkeys(ids, reason)
+                    yield BatchResult(ids, (), rejected, None, attempts + carried_attempts)
+                    return False
+                elif 300 <= status < 400:
+                    location = outcome.location or "no Location header"
+                    raise DeliveryError(
+                        f"HTTP {status} redirect from {self._endpoint} ({location}); replay does "
+                        "not follow redirects: set the URL to the final address"
+                    )
+                else:
+                    snippet = self._snippet(outcome.content)
+                    raise DeliveryError(
+                        f"unexpected HTTP {status} from {self._endpoint}: {snippet}"
+                    )
+            else:
+                last_failure = outcome
+
+            if retries >= self.config.max_retries:
+                yield self._transient(ids, last_failure, attempts, carried_attempts)
+                return True
+            if retry_after is not None:
+                delay = retry_after
+            else:
+                delay = self.config.backoff_base * 2**retries * self._rng.uniform(0.5, 1.0)
+            if (
+                self.config.deadline is not None
+                and time.monotonic() + delay >= self.config.deadline
+            ):
+                # Sleeping would end past the deadline: there is no time left for a retry.
+                yield self._transient(ids, last_failure, attempts, carried_attempts)
+                return True
+            if delay > 0:
+                self._sleep(delay)
+            retries += 1
+
+    def _split(
+        self,
+        batch: list[PendingEvent],
+        ids: tuple[str, ...],
+        answer: _Answer,
+        attempts: int,
+    ) -> Generator[BatchResult, None, bool]:
+        if len(batch) == 1:
+            detail = self._snippet(answer.content)
+            reason = "HTTP 413: event too large for the server" + (f": {detail}" if detail else "")
+            yield BatchResult(ids, (), {ids[0]: reason}, None, attempts)
+            return False
+        middle = (len(batch) + 1) // 2
+        stopped = yield from self._send_batch(batch[:middle], carried_attempts=attempts)
+        if stopped:
+            return True
+        return (yield from self._send_batch(batch[middle:], carried_attempts=0))
+
+    def _attempt(self, body: bytes, headers: dict[str, str], timeout: float) -> _Answer | str:
+        """One POST. Returns the answer, or a one-line description of a retryable failure."""
+        try:
+            with self._client.stream(
+                "POST", self._endpoint, content=body, headers=headers, timeout=timeout
+            ) as response:
+                status = response.status_code
+                if status in RETRYABLE_STATUSES or 500 <= status < 600:
+                    content = b""  # retried: the body is not needed
+                else:
+                    content, complete = self._read_capped(response)
+                    if not complete:
+                        return f"HTTP {status} with an answer larger than {MAX_ANSWER_BYTES} bytes"
+                return _Answer(
+                    status,
+                    content,
+                    response.headers.get("Retry-After"),
+                    response.headers.get("Location"),
+                )
+        except httpx.TimeoutException as exc:
+            return _describe_network_error(exc)
+        except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
+            return _describe_network_error(exc)
+        except httpx.DecodingError:
+            return "answer could not be decoded"
+        except httpx.HTTPError as exc:
+            # LocalProtocolError, UnsupportedProtocol, ...: retrying would not help.
+            raise DeliveryError(
+                f"could not send to {self._endpoint}: {type(exc).__name__}: {self._clean(exc)}"
+            ) from exc
+
+    def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                return b"", False
+            if self.config.deadline is not None and time.monotonic() > self.config.deadline:
+                raise httpx.ReadTimeout("deadline passed while reading the answer")
+        return b"".join(chunks), True
+
+    def _time_left(self, timeout: float) -> float | None:
+        """The timeout for the next request, or None when the deadline has passed."""
+        if self.config.deadline is None:
+            return timeout
+        left = self.config.deadline - time.monotonic()
+        if left <= 0:
+            return None
+        return min(timeout, left)
+
+    def _transient(
+        self, ids: tuple[str, ...], failure: str, attempts: int, carried_attempts: int
+    ) -> BatchResult:
+        plural = "attempt" if attempts == 1 else "attempts"
+        message = self._clean(f"{failure} after {attempts} {plural}")
+        return BatchResult(ids, (), {}, message, attempts + carried_attempts)
+
+    def _auth_message(self, status: int) -> str:
+        if self.config.token is None:
+            hint = "no token is set; put one in REPLAYLOG_TOKEN (or the variable of --token-env)"
+        else:
+            hint = "check the token in REPLAYLOG_TOKEN (or the variable of --token-env)"
+        return f"authentication failed: HTTP {status} from {self._endpoint}; {hint}"
+
+    def _snippet(self, content: bytes) -> str:
+        """The first characters of an answer body, on one line, token masked."""
+        return self._clean(content.decode("utf-8", errors="replace"))[:SNIPPET_CHARS]
+
+    def _clean(self, text: object) -> str:
+        """One line of text, with the token (should it ever appear) masked."""
+        line = _WHITESPACE.sub(" ", str(text)).strip()
+        token = self.config.token
+        if token:
+            line = line.replace(token, "***")
+        return line
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    content: bytes
+    retry_after: str | None
+    location: str | None
+
+
+def _chunk(
+    events: Iterable[PendingEvent], batch_size: int, max_bytes: int
+) -> Iterator[list[PendingEvent]]:
+    """Group events lazily: at most ``batch_size`` events and ``max_bytes`` of JSON body.
+
+    A single event whose body alone exceeds ``max_bytes`` goes in a batch of its own.
+    """
+    empty = len(_BODY_HEAD) + len(_BODY_TAIL)
+    batch: list[PendingEvent] = []
+    size = empty
+    for event in events:
+        added = len(event.line) + (len(_BODY_SEP) if batch else 0)
+        if batch and (len(batch) >= batch_size or size + added > max_bytes):
+            yield batch
+            batch = []
+            size = empty
+            added = len(event.line)
+        batch.append(event)
+        size += added
+    if batch:
+        yield batch
+
+
+def _parse_answer(
+    content: bytes, ids: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict[str, str]] | None:
+    """Accepted ids and rejected reasons (batch order), or None if the body is neither shape.
+
+    Ids that are not in the batch are ignored. An id both accepted and rejected counts
+    as accepted: the server has it.
+    """
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    accepted: set[str] = set()
+    rejected: dict[str, str] = {}
+    if "results" in data:
+        results = data["results"]
+        if not isinstance(results, list):
+            return None
+        for item in results:
+            if not isinstance(item, dict):
+                return None
+            event_id, status = item.get("event_id"), item.get("status")
+            if not isinstance(event_id, str) or not isinstance(status, str):
+                return None
+            if status in _ACCEPTED_STATUSES:
+                accepted.add(event_id)
+            else:
+                error = item.get("error")
+                rejected.setdefault(event_id, _reason(error) if error is not None else status)
+    elif "accepted" in data or "rejected" in data:
+        accepted_list = data.get("accepted", [])
+        rejected_list = data.get("rejected", [])
+        if not isinstance(accepted_list, list) or not isinstance(rejected_list, list):
+            return None
+        for event_id in accepted_list:
+            if not isinstance(event_id, str):
+                return None
+            accepted.add(event_id)
+        for item in rejected_list:
+            if isinstance(item, str):
+                rejected.setdefault(item, "rejected by the server")
+            elif isinstance(item, dict) and isinstance(item.get("event_id"), str):
+                reason = item.get("reason")
+                text = _reason(reason) if reason is not None else "rejected by the server"
+                rejected.setdefault(item["event_id"], text)
+            else:
+                return None
+    else:
+        return None
+    accepted_ids = tuple(dict.fromkeys(i for i in ids if i in accepted))
+    rejected_ids = {
+        i: rejected[i] for i in dict.fromkeys(ids) if i in rejected and i not in accepted
+    }
+    return accepted_ids, rejected_ids
+
+
+def _reason(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), capped at 60."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+def _describe_network_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        kind = "connect timed out"
+    elif isinstance(exc, httpx.TimeoutException):
+        kind = "timed out"
+    elif isinstance(exc, httpx.ConnectError):
+        kind = "connection refused" if "refused" in str(exc).lower() else "could not connect"
+    elif isinstance(exc, httpx.RemoteProtocolError):
+        kind = "connection closed without a complete answer"
+    elif isinstance(exc, httpx.ProxyError):
+        kind = "proxy error"
+    else:
+        kind = "connection error"
+    detail = _WHITESPACE.sub(" ", str(exc)).strip()[:SNIPPET_CHARS]
+    return f"{kind} ({detail})" if detail and detail.lower() != kind else kind
+
+
+def _is_header_safe(value: str) -> bool:
+    return value != "" and all(33 <= ord(ch) <= 126 for ch in value)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _validate_url(url: str, *, allow_insecure_http: bool) -> None:
+    """Refuse what cannot be a replay base URL; the message says what to give instead."""
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError("no replay URL given: pass --url or set REPLAYLOG_URL")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise UsageError(
+            f"invalid replay URL {url!r}: it contains white space or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise UsageError(f"invalid replay URL {url!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(
+            f"invalid replay URL {url!r}: the scheme must be http or https, "
+            "e.g. https://events.example.com"
+        )
+    if not host:
+        raise UsageError(f"invalid replay URL {url!r}: it has no host")
+    if parts.username is not None or parts.password is not None:
+        # Such a URL would be printed in errors; credentials belong in the token.
+        raise UsageError(
+            "the replay URL must not contain a user name or password; "
+            "put the token in REPLAYLOG_TOKEN instead"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise UsageError(
+            f"invalid replay URL {url!r}: it must not have a query or fragment; "
+            f"give the base URL, {BATCH_PATH} is added to it"
+        )
+    try:
+        httpx.URL(endpoint_url(url))
+    except httpx.InvalidURL as exc:
+        raise UsageError(f"invalid replay URL {url!r}: {exc}") from exc
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
+        raise UsageError(
+            f"refusing to send events over plain http:// to {host}: use https://, "
+            "or pass --allow-insecure-http (allow_insecure_http=True) if you accept that"
+        )

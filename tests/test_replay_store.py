@@ -1,0 +1,425 @@
+"""Replay through the store and the CLI, against a real server on 127.0.0.1 (SPEC section 5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from receiver import Action, Receiver, RecordedRequest, unused_port_url
+
+from replaylog import AuthenticationError, DeliveryError, EventStore, TransientDeliveryError
+from replaylog.errors import UsageError
+from replaylog.log import EVENTS_FILENAME
+
+TOKEN = "s3cr3t-token-value-0123456789"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    with EventStore(tmp_path, fsync=False) as s:
+        yield s
+
+
+@pytest.fixture
+def receiver() -> Any:
+    with Receiver() as r:
+        yield r
+
+
+def rows(store: EventStore) -> dict[str, tuple[str, int, str | None]]:
+    return {
+        eid: (status, retries, error)
+        for eid, status, retries, error in store.index.conn.execute(
+            "SELECT event_id, status, retry_count, last_error FROM events"
+        )
+    }
+
+
+def fill(store: EventStore, n: int, features: tuple[str, ...] = ("alpha",)) -> list[str]:
+    ids = []
+    for i in range(n):
+        ids.append(
+            store.append(features[i % len(features)], "note", f"A{i % 3}", {"i": i}).event_id
+        )
+    return ids
+
+
+def run_cli(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+    full_env["REPLAYLOG_FSYNC"] = "0"
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+    )
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def test_every_pending_event_is_delivered_once_in_lamport_order(store, receiver):
+    ids = fill(store, 25, ("alpha", "beta", "gamma"))
+    # A line merged in from another node, with a higher clock, goes after ours.
+    foreign = {
+        "event_id": "01JD0000000000000000000999",
+        "event_type": "remote",
+        "aggregate_id": "X",
+        "payload": {},
+        "timestamp": "2026-11-20T22:00:00Z",
+        "node_id": "elsewhere",
+        "lamport_clock": 10_000,
+        "causation_id": None,
+        "correlation_id": None,
+        "extra_key": [1],
+    }
+    with open(store.log_path("beta"), "ab") as f:
+        f.write((json.dumps(foreign, sort_keys=True) + "\n").encode())
+    report = store.replay(receiver.url, batch_size=4, backoff_base=0.01)
+    assert (report.accepted, report.rejected, report.pending) == (26, 0, 0)
+    assert report.batches == 7
+    sent = [eid for req in receiver.requests for eid in req.event_ids]
+    assert sent == ids + [foreign["event_id"]]
+    assert all(n == 1 for n in receiver.deliveries.values()) and receiver.duplicates == 0
+    assert receiver.events[foreign["event_id"]] == foreign, "lines go exactly as in the log"
+    assert {s for s, _, _ in rows(store).values()} == {"delivered"}
+    again = store.replay(receiver.url)
+    assert (again.accepted, again.batches) == (0, 0)
+    assert len(receiver.requests) == 7
+
+
+def test_batches_respect_count_and_byte_limits(store, receiver):
+    big = {"text": "y" * 60_000}
+    for i in range(12):
+        store.append("alpha", "note", "A", big if i % 2 else {"i": i})
+    store.replay(receiver.url, batch_size=5)
+    assert all(len(r.event_ids) <= 5 for r in receiver.requests)
+    assert all(r.json_bytes <= 256 * 1024 for r in receiver.requests)
+    assert sum(len(r.event_ids) for r in receiver.requests) == 12
+
+
+def test_partial_answers_mark_accepted_rejected_and_leave_missing_pending(store, receiver):
+    ids = fill(store, 4)
+
+    def answer(request: RecordedRequest) -> Action:
+        body = {
+            "accepted": [ids[0]],
+            "rejected": [{"event_id": ids[1], "reason": "schema"}, ids[2]],
+        }
+        return Action.answer(200, body=json.dumps(body).encode())
+
+    receiver.hook = answer
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.rejected, report.pending, report.batches) == (1, 2, 1, 1)
+    state = rows(store)
+    assert state[ids[0]][0] == "delivered"
+    assert state[ids[1]] == ("failed", 1, "schema")
+    assert state[ids[2]][0:2] == ("failed", 1)
+    assert state[ids[3]] == ("pending", 0, None)
+
+
+def test_failed_events_wait_for_requeue_then_go_again(store, receiver):
+    ids = fill(store, 3)
+    receiver.reject_ids = {ids[1]: "bad lane"}
+    store.replay(receiver.url)
+    assert rows(store)[ids[1]][0] == "failed"
+    receiver.reject_ids = {}
+    assert store.replay(receiver.url).accepted == 0, "failed events are not sent again"
+    assert store.requeue(event_id=ids[1]) == 1
+    assert store.replay(receiver.url).accepted == 1
+    assert set(receiver.events) == set(ids)
+
+
+def test_results_shape_with_duplicate_counts_as_delivered(store, receiver):
+    ids = fill(store, 3)
+
+    def answer(request: RecordedRequest) -> Action:
+        results = [
+            {"event_id": ids[0], "status": "success"},
+            {"event_id": ids[1], "status": "duplicate"},
+            {"event_id": ids[2], "status": "invalid", "error": "no such aggregate"},
+        ]
+        return Action.answer(200, body=json.dumps({"results": results}).encode())
+
+    receiver.hook = answer
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.rejected) == (2, 1)
+    assert rows(store)[ids[2]] == ("failed", 1, "no such aggregate")
+
+
+def test_a_500_then_200_recovers_inside_one_run(store, receiver):
+    ids = fill(store, 3)
+    receiver.script(["500", "ok"])
+    report = store.replay(receiver.url, backoff_base=0.01)
+    assert report.accepted == 3 and report.attempts == 2
+    keys = {r.idempotency_key for r in receiver.requests}
+    assert len(keys) == 1, "a retry of a batch carries the same Idempotency-Key"
+    assert set(receiver.events) == set(ids)
+
+
+def test_429_retry_after_is_obeyed(store, receiver):
+    fill(store, 2)
+    receiver.script(["429:1", "ok"])
+    report = store.replay(receiver.url, backoff_base=0.01)
+    assert report.accepted == 2
+    gap = receiver.requests[1].at - receiver.requests[0].at
+    assert gap >= 0.9, f"the retry came {gap:.2f} s after a Retry-After of 1 s"
+
+
+def test_spent_retries_leave_events_pending_then_a_later_run_delivers(store, receiver, tmp_path):
+    ids = fill(store, 3)
+    receiver.script(["503"] * 4)
+    with pytest.raises(TransientDeliveryError) as info:
+        store.replay(receiver.url, max_retries=3, backoff_base=0.01)
+    assert "503" in str(info.value)
+    assert all(r == ("pending", 1, "HTTP 503 after 4 attempts") for r in rows(store).values())
+    assert store.replay(receiver.url).accepted == 3
+    assert set(receiver.events) == set(ids)
+
+
+def test_cli_exit_3_when_retries_are_spent(tmp_path, receiver):
+    root = tmp_path / "p"
+    assert run_cli(root, "append", "f", "--type", "t", "--aggregate", "a").returncode == 0
+    receiver.script(["503"] * 2)
+    result = run_cli(
+        root, "replay", "--url", receiver.url, "--max-retries", "1", "--backoff-base", "0.01"
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["totals"]["pending"] == 1
+
+
+def test_authentication_refused_touches_nothing_and_exits_4(tmp_path, receiver):
+    root = tmp_path / "p"
+    run_cli(root, "append", "f", "--type", "t", "--aggregate", "a")
+    before = (
+        sqlite3.connect(root / ".replaylog" / "queue.db")
+        .execute("SELECT status, retry_count, last_error FROM events")
+        .fetchall()
+    )
+    receiver.script(["401"])
+    result = run_cli(root, "replay", "--url", receiver.url, env={"REPLAYLOG_TOKEN": TOKEN})
+    assert result.returncode == 4
+    assert "authentication" in result.stderr.lower()
+    assert TOKEN not in result.stdout + result.stderr
+    assert receiver.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    after = (
+        sqlite3.connect(root / ".replaylog" / "queue.db")
+        .execute("SELECT status, retry_count, last_error FROM events")
+        .fetchall()
+    )
+    assert before == after == [("pending", 0, None)]
+
+
+def test_404_stops_and_names_the_url(store, receiver):
+    fill(store, 1)
+    url = receiver.url + "/wrong-prefix"
+    with pytest.raises(DeliveryError) as info:
+        store.replay(url)
+    assert not isinstance(info.value, (TransientDeliveryError, AuthenticationError))
+    assert "/wrong-prefix/api/v1/events/batch/" in str(info.value)
+    assert rows(store) and all(r == ("pending", 0, None) for r in rows(store).values())
+
+
+def test_413_splits_the_batch_until_it_fits(store, receiver):
+    ids = fill(store, 10)
+    receiver.max_events = 3
+    report = store.replay(receiver.url, batch_size=10)
+    assert report.accepted == 10 and report.pending == 0
+    assert set(receiver.events) == set(ids)
+    assert all(len(r.event_ids) <= 3 for r in receiver.requests if r.action == "ok")
+
+
+def test_a_single_event_still_too_large_becomes_failed(store, receiver):
+    ids = fill(store, 2)
+    receiver.max_events = 0
+    report = store.replay(receiver.url)
+    assert report.rejected == 2
+    assert all(rows(store)[i][0] == "failed" for i in ids)
+    assert "413" in (rows(store)[ids[0]][2] or "")
+
+
+def test_a_lost_answer_is_safe_to_repeat(store, receiver):
+    ids = fill(store, 4)
+    receiver.script(["drop", "ok"])
+    report = store.replay(receiver.url, backoff_base=0.01)
+    assert report.accepted == 4
+    assert set(receiver.events) == set(ids)
+    assert all(receiver.deliveries[i] == 2 for i in ids), "the server saw the batch twice"
+    assert receiver.conflicts == []
+    assert {s for s, _, _ in rows(store).values()} == {"delivered"}
+
+
+def test_a_rebuilt_index_resends_and_the_server_holds_each_event_once(store, receiver):
+    ids = fill(store, 6, ("alpha", "beta"))
+    store.replay(receiver.url)
+    index_path = store.index_path
+    store.close()
+    os.unlink(index_path)
+    with EventStore(store.root, fsync=False) as fresh:
+        fresh.rebuild_index()
+        assert fresh.status()["totals"]["pending"] == 6
+        report = fresh.replay(receiver.url)
+        assert report.accepted == 6
+    assert sorted(receiver.events) == sorted(ids)
+    assert receiver.duplicates == 6 and receiver.conflicts == []
+
+
+def test_plain_http_to_another_host_is_refused_without_the_flag(tmp_path):
+    root = tmp_path / "p"
+    run_cli(root, "append", "f", "--type", "t", "--aggregate", "a")
+    result = run_cli(root, "replay", "--url", "http://example.invalid")
+    assert result.returncode == 2 and "http://" in result.stderr
+    with EventStore(root) as s, pytest.raises(UsageError):
+        s.replay("http://192.0.2.1:9", allow_insecure_http=False)
+
+
+def test_cli_replay_json_shape_and_token_never_printed(tmp_path, receiver):
+    root = tmp_path / "p"
+    for _ in range(3):
+        run_cli(root, "append", "f", "--type", "t", "--aggregate", "a")
+    result = run_cli(
+        root,
+        "replay",
+        "--url",
+        receiver.url,
+        "--json",
+        "--token-env",
+        "MY_TOKEN",
+        env={"MY_TOKEN": TOKEN},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"accepted": 3, "rejected": 0, "pending": 0, "batches": 1}
+    assert receiver.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    human = run_cli(root, "replay", "--url", receiver.url, env={"REPLAYLOG_TOKEN": TOKEN})
+    assert human.stdout.strip() == "accepted 0, rejected 0, pending 0, batches 0"
+    for output in (result.stdout, result.stderr, human.stdout, human.stderr):
+        assert TOKEN not in output
+
+
+def test_token_not_in_reprs_or_errors(store):
+    from replaylog.replay import ReplayConfig, Replayer
+
+    config = ReplayConfig(url="http://127.0.0.1:9", token=TOKEN)
+    with Replayer(config) as replayer:
+        assert TOKEN not in repr(config) + str(config) + repr(replayer) + repr(store)
+    fill(store, 1)
+    with pytest.raises(TransientDeliveryError) as info:
+        store.replay(unused_port_url(), token=TOKEN, max_retries=0)
+    assert TOKEN not in str(info.value) + repr(info.value)
+
+
+# --------------------------------------------------------------------------- offline emit
+
+
+def test_offline_append_sync_returns_within_the_timeout_and_keeps_the_event(tmp_path):
+    root = tmp_path / "p"
+    run_cli(root, "status")  # create the index first: this test times the append only
+    started = time.monotonic()
+    result = run_cli(
+        root,
+        "append",
+        "f",
+        "--type",
+        "t",
+        "--aggregate",
+        "a",
+        "--sync",
+        "--sync-timeout",
+        "1",
+        "--url",
+        unused_port_url(),
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Warning: ")
+    assert elapsed < 1 + 3.0, f"took {elapsed:.2f} s for a 1 s sync timeout"
+    event_id = result.stdout.strip()
+    lines = (root / "kitty-specs" / "f" / EVENTS_FILENAME).read_text().splitlines()
+    assert json.loads(lines[0])["event_id"] == event_id
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["totals"] == {"events": 1, "pending": 1, "delivered": 0, "failed": 0}
+
+
+def test_a_stalled_server_does_not_hold_append_sync_past_its_timeout(tmp_path, receiver):
+    root = tmp_path / "p"
+    run_cli(root, "status")
+    receiver.script([Action.stall(5)])
+    started = time.monotonic()
+    result = run_cli(
+        root,
+        "append",
+        "f",
+        "--type",
+        "t",
+        "--aggregate",
+        "a",
+        "--sync",
+        "--sync-timeout",
+        "1",
+        "--url",
+        receiver.url,
+    )
+    assert result.returncode == 0
+    assert time.monotonic() - started < 1 + 3.0
+
+
+def test_emit_delivers_when_online(store, receiver):
+    result = store.emit("alpha", "note", "A", {"x": 1}, url=receiver.url, sync_timeout=5)
+    assert result.delivered and result.warning is None
+    assert list(receiver.events) == [result.event.event_id]
+    assert rows(store)[result.event.event_id][0] == "delivered"
+
+
+def test_sync_without_url_writes_nothing(tmp_path):
+    root = tmp_path / "p"
+    result = run_cli(root, "append", "f", "--type", "t", "--aggregate", "a", "--sync")
+    assert result.returncode == 2
+    assert not (root / "kitty-specs").exists()
+
+
+# --------------------------------------------------------------------------- two replays
+
+
+def test_two_replays_at_once_send_each_event_once(tmp_path, receiver):
+    root = tmp_path / "p"
+    with EventStore(root, fsync=False) as s:
+        s.append_many("f", [{"event_type": "t", "aggregate_id": f"A{i}"} for i in range(300)])
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "replaylog",
+                "--root",
+                str(root),
+                "replay",
+                "--url",
+                receiver.url,
+                "--batch-size",
+                "7",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    accepted = sum(json.loads(out)["accepted"] for out, _ in outs)
+    assert accepted == 300
+    assert len(receiver.events) == 300 and receiver.duplicates == 0
