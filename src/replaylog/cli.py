@@ -7,6 +7,7 @@ stderr, or with ``--json`` an ``{"error": {"type", "message"}}`` object on stdou
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -35,8 +36,8 @@ def _json_out(obj: Any) -> None:
     click.echo(json.dumps(obj, sort_keys=True))
 
 
-def _fail(exc: BaseException, code: int, as_json: bool) -> NoReturn:
-    message = str(exc) or type(exc).__name__
+def _fail(exc: BaseException, code: int, as_json: bool, message: str | None = None) -> NoReturn:
+    message = message or str(exc) or type(exc).__name__
     if isinstance(exc, StoreError) and exc.path and exc.path not in message:
         message = f"{exc.path}: {message}"
     message = " ".join(message.split("\n"))
@@ -54,8 +55,8 @@ def _errors(as_json: bool) -> Iterator[None]:
         yield
     except ReplaylogError as exc:
         _fail(exc, exc.exit_code, as_json)
-    except click.ClickException:
-        raise
+    except (click.ClickException, BrokenPipeError):
+        raise  # main() handles these: a closed pipe is not worth an error message
     except (OSError, ValueError) as exc:
         _fail(exc, 1, as_json)
 
@@ -412,7 +413,7 @@ def verify(ctx: _Context, features: tuple[str, ...], as_json: bool) -> None:
             _json_out(report.to_dict())
         else:
             for p in report.problems:
-                where = f"{os.path.relpath(p.path)}:{p.line}" if p.line else os.path.relpath(p.path)
+                where = f"{_shown_path(p.path)}:{p.line}" if p.line else _shown_path(p.path)
                 prefix = "warning: " if p.level == "warning" else ""
                 click.echo(f"{where}: {prefix}{p.message}")
             if report.ok:
@@ -420,6 +421,12 @@ def verify(ctx: _Context, features: tuple[str, ...], as_json: bool) -> None:
                 click.echo(f"ok: {checked} log(s) verified", err=True)
         if not report.ok:
             sys.exit(1)
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -512,3 +519,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`replaylog log F | head`): stop quietly, and keep Python
+        # from complaining again when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - SPEC 6: an error is one line, never a traceback
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+        _fail(exc, 1, "--json" in args, f"unexpected {kind}: {exc} (please report this)")

@@ -175,9 +175,6 @@ class EventStore:
         if self._delivery is None:
             from .delivery import Delivery
 
-            # SQLAlchemy's first connect ends any open transaction of the connection.
-            if self.index.conn.in_transaction:
-                raise RuntimeError("the delivery layer must be opened outside a transaction")
             self._delivery = Delivery(self.index.conn)
         return self._delivery
 
