@@ -377,4 +377,3 @@ def build_event(d: dict[str, Any]) -> Event:
     event: Event = _new_object(Event)
     _set_attr(event, "__dict__", d)
     return event
-

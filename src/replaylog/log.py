@@ -149,9 +149,7 @@ def parse_line(raw: bytes) -> Any:
             pass
     # json.loads keeps integers wider than 64 bits exact (orjson reads them as floats or
     # refuses them); it must still refuse NaN/Infinity and invalid UTF-8 as orjson does.
-    return json.loads(
-        raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float
-    )
+    return json.loads(raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float)
 
 
 def _same_json(a: Any, b: Any) -> bool:
@@ -690,9 +688,7 @@ def append_events(
     return events
 
 
-def append_event(
-    feature_dir: str | os.PathLike[str], event: Event, *, fsync: bool = True
-) -> Event:
+def append_event(feature_dir: str | os.PathLike[str], event: Event, *, fsync: bool = True) -> Event:
     """Append one event durably; returns it as written (with its Lamport value)."""
     return append_events(feature_dir, [event], fsync=fsync)[0]
 

@@ -1,0 +1,508 @@
+"""The event record of SPEC section 2: fields, validation, ULIDs and the canonical line."""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import math
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ulid import ULID
+
+from replaylog import event as event_module
+from replaylog.errors import UsageError
+from replaylog.event import (
+    MAX_LINE_BYTES,
+    Event,
+    EventValidationError,
+    canonical_line,
+    generate_event_id,
+    local_node_id,
+    validate_ulid_format,
+)
+from replaylog.log import EVENTS_FILENAME, append_event, read_events, read_events_raw
+
+CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+A_ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+A_TIME = "2026-11-20T22:00:00.123456Z"
+
+
+def line_dict(**changes: Any) -> dict[str, Any]:
+    """A valid line object, with some fields changed."""
+    d: dict[str, Any] = {
+        "event_id": A_ULID,
+        "event_type": "WPStatusChanged",
+        "aggregate_id": "WP01",
+        "payload": {"from_lane": "planned", "to_lane": "doing"},
+        "timestamp": A_TIME,
+        "node_id": "3f9a2c1b7d4e",
+        "lamport_clock": 7,
+        "causation_id": None,
+        "correlation_id": None,
+    }
+    d.update(changes)
+    return d
+
+
+def canonical_text(line: bytes) -> bytes:
+    return (json.dumps(json.loads(line), sort_keys=True) + "\n").encode()
+
+
+# --------------------------------------------------------------------------- the record
+
+
+def test_from_dict_of_to_dict_gives_an_equal_event() -> None:
+    e = Event.new(
+        "WPStatusChanged",
+        "WP01",
+        {"from": "planned", "n": [1, 2.5, None, True], "deep": {"a": {"b": "c"}}},
+        causation_id="c-1",
+        correlation_id="r-1",
+        extra={"schema_version": 2},
+    )
+    again = Event.from_dict(e.to_dict())
+    assert again == e
+    assert again.to_line() == e.to_line()
+
+
+def test_unknown_keys_are_kept_in_extra_and_written_back() -> None:
+    d = line_dict(schema_version=3, meta={"source": "import", "tags": ["a", "b"]})
+    e = Event.from_dict(d)
+    assert e.extra == {"schema_version": 3, "meta": {"source": "import", "tags": ["a", "b"]}}
+    assert e.to_dict() == d
+    written = json.loads(e.to_line())
+    assert written["schema_version"] == 3
+    assert written["meta"] == {"source": "import", "tags": ["a", "b"]}
+
+
+def test_a_line_key_named_extra_is_kept_like_any_other(tmp_path: Path) -> None:
+    d = line_dict(extra={"x": 1})
+    e = Event.from_dict(d)
+    assert e.extra == {"extra": {"x": 1}}
+    assert e.to_dict() == d
+    append_event(tmp_path, e, fsync=False)
+    assert read_events(tmp_path) == [e]
+    assert read_events_raw(tmp_path) == [d]
+
+
+def test_extra_key_that_names_a_field_is_refused() -> None:
+    with pytest.raises(EventValidationError, match="'payload'"):
+        Event.new("t", "a", extra={"payload": {}})
+
+
+def test_line_has_sorted_keys_and_is_its_own_canonical_form() -> None:
+    e = Event.from_dict(line_dict(zeta=1, alpha={"y": 1, "x": 2}))
+    line = e.to_line()
+    assert line == (json.dumps(e.to_dict(), sort_keys=True, allow_nan=False) + "\n").encode()
+    assert line == canonical_text(line)
+    text = line.decode("ascii")
+    keys = list(json.loads(text))
+    assert keys == sorted(keys)
+    assert text.count("\n") == 1 and text.endswith("\n")
+
+
+def test_unset_causation_and_correlation_are_written_as_null() -> None:
+    line = Event.new("t", "a").to_line().decode()
+    assert '"causation_id": null' in line
+    assert '"correlation_id": null' in line
+
+
+def test_event_is_frozen() -> None:
+    e = Event.new("t", "a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.event_type = "other"  # type: ignore[misc]
+
+
+def test_with_clock_returns_a_copy_with_the_new_value() -> None:
+    e = Event.new("t", "a", {"k": 1})
+    later = e.with_clock(42)
+    assert later.lamport_clock == 42
+    assert e.lamport_clock == 0
+    assert later.event_id == e.event_id and later.payload == e.payload
+
+
+def test_new_refuses_unknown_fields_by_name() -> None:
+    with pytest.raises(EventValidationError, match="colour"):
+        Event.new("t", "a", colour="red")
+
+
+def test_equal_events_hash_equal() -> None:
+    e = Event.from_dict(line_dict())
+    assert hash(e) == hash(Event.from_dict(line_dict()))
+    assert len({e, Event.from_dict(line_dict())}) == 1
+
+
+# --------------------------------------------------------------------------- ULIDs
+
+
+def test_ulids_are_26_crockford_upper_case_chars() -> None:
+    for _ in range(1000):
+        eid = generate_event_id()
+        assert len(eid) == 26
+        assert set(eid) <= CROCKFORD
+        assert validate_ulid_format(eid)
+
+
+def test_ulids_made_in_one_millisecond_strictly_increase() -> None:
+    ids = [generate_event_id() for _ in range(20_000)]
+    assert all(a < b for a, b in pairwise(ids))
+    # The loop is tight: many ids share their millisecond (the first 10 characters),
+    # so this checked the same-millisecond rule, not only the clock.
+    same_ms = sum(a[:10] == b[:10] for a, b in pairwise(ids))
+    assert same_ms > 1000
+
+
+def test_ulids_from_several_threads_are_unique_and_increase_per_thread() -> None:
+    results: list[list[str]] = [[] for _ in range(4)]
+
+    def work(k: int) -> None:
+        results[k] = [generate_event_id() for _ in range(3000)]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ids in results:
+        assert all(a < b for a, b in pairwise(ids))
+    assert len({i for ids in results for i in ids}) == 4 * 3000
+
+
+def test_ulids_parse_with_python_ulid_and_carry_the_current_time() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [generate_event_id() for _ in range(50)]
+    after = time.time_ns() // 1_000_000
+    for eid in ids:
+        parsed = ULID.from_str(eid)
+        assert str(parsed) == eid
+        assert before <= parsed.milliseconds <= after
+
+
+def _child_ids(conn: Any) -> None:
+    conn.send([generate_event_id() for _ in range(200)])
+    conn.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_repeat_its_parents_ulids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Put the parent's last id ten seconds ahead, so that every id it makes next counts
+    # up from it. A child that inherited that state would make the very same ids.
+    ahead = (time.time_ns() // 1_000_000 + 10_000) << 80
+    monkeypatch.setattr(event_module, "_last_ulid", ahead)
+    ctx = multiprocessing.get_context("fork")
+    parent_end, child_end = ctx.Pipe()
+    child = ctx.Process(target=_child_ids, args=(child_end,))
+    child.start()
+    mine = [generate_event_id() for _ in range(200)]
+    theirs = parent_end.recv()
+    child.join(10)
+    assert child.exitcode == 0
+    assert not set(mine) & set(theirs)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [A_ULID, "00000000000000000000000000", "7ZZZZZZZZZZZZZZZZZZZZZZZZZ", generate_event_id()],
+)
+def test_validate_ulid_format_accepts_ulids(value: str) -> None:
+    assert validate_ulid_format(value) is True
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        A_ULID.lower(),
+        A_ULID[:-1],
+        A_ULID + "0",
+        "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",  # more than 128 bits
+        "01ARZ3NDEKTSV4RRFFQ69G5FAI",  # I is not Crockford
+        "01ARZ3NDEKTSV4RRFFQ69G5FAL",
+        "01ARZ3NDEKTSV4RRFFQ69G5FAO",
+        "01ARZ3NDEKTSV4RRFFQ69G5FAU",
+        " " + A_ULID[1:],
+        A_ULID[:-1] + "\n",
+        "０１ARZ3NDEKTSV4RRFFQ69G5FA",  # full-width digits
+        None,
+        12345,
+        A_ULID.encode(),
+    ],
+)
+def test_validate_ulid_format_rejects_anything_else(value: object) -> None:
+    assert validate_ulid_format(value) is False
+
+
+# --------------------------------------------------------------------------- node id
+
+
+def test_default_node_id_is_stable_and_not_the_host_or_user_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("REPLAYLOG_NODE_ID", raising=False)
+    node = local_node_id()
+    assert node and node == local_node_id()
+    assert Event.new("t", "a").node_id == node
+    for name in (socket.gethostname(), getpass.getuser()):
+        assert node != name
+        if len(name) >= 4:
+            assert name not in node
+    # Stable across processes too (nothing is cached on disk or in the index).
+    env = {k: v for k, v in os.environ.items() if k != "REPLAYLOG_NODE_ID"}
+    out = subprocess.run(
+        [sys.executable, "-c", "from replaylog.event import local_node_id; print(local_node_id())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert out.stdout.strip() == node
+
+
+def test_replaylog_node_id_overrides_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLAYLOG_NODE_ID", "laptop-7")
+    assert local_node_id() == "laptop-7"
+    assert Event.new("t", "a").node_id == "laptop-7"
+
+
+# --------------------------------------------------------------------------- validation
+
+BAD_FIELDS = [
+    ("event_id", "", "ULID"),
+    ("event_id", A_ULID.lower(), "ULID"),
+    ("event_id", 123, "ULID"),
+    ("event_id", None, "ULID"),
+    ("event_type", "", "non-empty string"),
+    ("event_type", "x" * 201, "at most 200"),
+    ("event_type", 5, "non-empty string"),
+    ("event_type", None, "non-empty string"),
+    ("event_type", ["t"], "non-empty string"),
+    ("aggregate_id", "", "non-empty string"),
+    ("aggregate_id", "x" * 201, "at most 200"),
+    ("aggregate_id", 1.5, "non-empty string"),
+    ("payload", [1, 2], "JSON object"),
+    ("payload", "text", "JSON object"),
+    ("payload", 3, "JSON object"),
+    ("timestamp", "2026-11-20 22:00:00Z", "ISO-8601"),
+    ("timestamp", "2026-11-20T22:00:00+01:00", "ISO-8601"),
+    ("timestamp", "2026-11-20T22:00:00", "ISO-8601"),
+    ("timestamp", "2026-13-20T22:00:00Z", "ISO-8601"),
+    ("timestamp", "2026-11-20T25:00:00Z", "ISO-8601"),
+    ("timestamp", "٢٠٢٦-11-20T22:00:00Z", "ISO-8601"),  # Arabic-Indic digits
+    ("timestamp", "yesterday", "ISO-8601"),
+    ("timestamp", 1_700_000_000, "ISO-8601"),
+    ("node_id", "", "non-empty string"),
+    ("node_id", 7, "non-empty string"),
+    ("node_id", None, "non-empty string"),
+    ("lamport_clock", -1, "non-negative integer"),
+    ("lamport_clock", 1.0, "non-negative integer"),
+    ("lamport_clock", "3", "non-negative integer"),
+    ("lamport_clock", True, "non-negative integer"),
+    ("lamport_clock", None, "non-negative integer"),
+    ("causation_id", 5, "string or null"),
+    ("causation_id", ["c"], "string or null"),
+    ("correlation_id", 5.5, "string or null"),
+    ("correlation_id", {"id": "c"}, "string or null"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "why"), BAD_FIELDS)
+def test_constructor_error_names_the_field_and_why(field: str, value: object, why: str) -> None:
+    fields = line_dict(**{field: value})
+    with pytest.raises(EventValidationError) as info:
+        Event(**fields)
+    assert f"'{field}'" in str(info.value)
+    assert why in str(info.value)
+    assert isinstance(info.value, UsageError)
+
+
+@pytest.mark.parametrize(("field", "value", "why"), BAD_FIELDS)
+def test_from_dict_error_names_the_field_and_why(field: str, value: object, why: str) -> None:
+    with pytest.raises(EventValidationError) as info:
+        Event.from_dict(line_dict(**{field: value}))
+    assert f"'{field}'" in str(info.value)
+    assert why in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["event_type", "aggregate_id", "timestamp", "node_id"])
+def test_from_dict_names_a_missing_field(field: str) -> None:
+    d = line_dict()
+    del d[field]
+    with pytest.raises(EventValidationError, match=f"'{field}'"):
+        Event.from_dict(d)
+
+
+@pytest.mark.parametrize("field", ["causation_id", "correlation_id"])
+def test_from_dict_requires_causation_and_correlation_even_when_null(field: str) -> None:
+    d = line_dict()
+    del d[field]
+    with pytest.raises(EventValidationError, match=f"'{field}'.*null"):
+        Event.from_dict(d)
+
+
+def test_names_of_exactly_200_characters_are_accepted() -> None:
+    e = Event.new("t" * 200, "a" * 200)
+    assert Event.from_dict(e.to_dict()) == e
+
+
+@pytest.mark.parametrize("payload", [[1], "x", 3, (("a", 1),), {1, 2}])
+def test_payload_that_is_not_an_object_is_refused(payload: object) -> None:
+    with pytest.raises(EventValidationError, match="'payload' must be a JSON object"):
+        Event.new("t", "a", payload)  # type: ignore[arg-type]
+
+
+def test_from_dict_refuses_something_that_is_not_a_mapping() -> None:
+    with pytest.raises(EventValidationError, match="JSON object"):
+        Event.from_dict([("event_id", A_ULID)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"x": math.nan},
+        {"x": math.inf},
+        {"x": -math.inf},
+        {"deep": {"list": [1, 2, {"v": math.nan}]}},
+    ],
+)
+def test_nan_and_infinity_in_a_payload_are_refused(payload: dict[str, Any]) -> None:
+    with pytest.raises(EventValidationError, match="'payload'.*NaN or Infinity") as info:
+        Event.new("t", "a", payload)
+    assert isinstance(info.value, UsageError)
+    with pytest.raises(EventValidationError, match="'payload'"):
+        Event.from_dict(line_dict(payload=payload))
+
+
+def test_nan_in_an_extra_key_is_refused_naming_extra() -> None:
+    with pytest.raises(EventValidationError, match="'extra'.*NaN"):
+        Event.from_dict(line_dict(score=math.inf))
+
+
+def test_from_dict_refuses_a_payload_json_cannot_hold() -> None:
+    with pytest.raises(EventValidationError, match="'payload'"):
+        Event.from_dict(line_dict(payload={"tags": {"a", "b"}}))
+
+
+def test_a_payload_that_contains_itself_is_refused() -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(EventValidationError, match="'payload'"):
+        Event.new("t", "a", loop)
+
+
+def test_non_plain_payload_is_stored_as_json_would_read_it_back() -> None:
+    e = Event.new("t", "a", {"pair": (1, 2)})
+    assert e.payload == {"pair": [1, 2]}
+    assert Event.from_dict(json.loads(e.to_line())) == e
+
+
+def test_a_line_over_1_mib_is_refused_and_one_of_exactly_1_mib_is_not() -> None:
+    base = Event.from_dict(line_dict(payload={"blob": ""}))
+    room = MAX_LINE_BYTES - len(base.to_line())
+    exact = Event.from_dict(line_dict(payload={"blob": "x" * room}))
+    assert len(exact.to_line()) == MAX_LINE_BYTES
+    over = Event.from_dict(line_dict(payload={"blob": "x" * (room + 1)}))
+    with pytest.raises(EventValidationError, match="1 MiB"):
+        over.to_line()
+
+
+def test_line_limit_counts_escaped_bytes_not_characters() -> None:
+    # "é" is written as \\u00e9: six bytes. 200,000 of them fit in 1 MiB as characters,
+    # not as a line.
+    e = Event.new("t", "a", {"text": "é" * 200_000})
+    with pytest.raises(EventValidationError, match="1 MiB"):
+        e.to_line()
+
+
+def test_canonical_line_refuses_nan_with_a_usage_error() -> None:
+    with pytest.raises(EventValidationError):
+        canonical_line({"x": math.nan})
+
+
+def test_canonical_line_refuses_a_payload_changed_into_something_json_cannot_hold() -> None:
+    e = Event.new("t", "a", {"k": 1})
+    e.payload["k"] = object()  # the record is frozen, the dict inside is not
+    with pytest.raises(EventValidationError):
+        e.to_line()
+
+
+# --------------------------------------------------------------------------- round trips
+
+UNICODE = {
+    "emoji": "🚀✨👩‍💻",
+    "cjk": "事件日志",
+    "rtl": "שלום עולם مرحبا",
+    "combining": "e\u0301",
+    "line_separators": "a\u2028b\u2029c",
+    "controls": "tab\tnewline\ncr\rnul\x00",
+    "quotes": "\"'\\",
+    "ключ": "значение",
+}
+
+
+def test_unicode_payload_round_trips_through_the_log(tmp_path: Path) -> None:
+    written = append_event(tmp_path, Event.new("t", "a", UNICODE), fsync=False)
+    raw = (tmp_path / EVENTS_FILENAME).read_bytes()
+    assert raw.isascii()
+    assert raw.count(b"\n") == 1
+    assert read_events(tmp_path) == [written]
+    assert read_events(tmp_path)[0].payload == UNICODE
+
+
+def test_very_long_reason_round_trips(tmp_path: Path) -> None:
+    reason = "because " * 120_000  # 960,000 characters
+    written = append_event(tmp_path, Event.new("t", "a", {"reason": reason}), fsync=False)
+    assert read_events(tmp_path) == [written]
+    assert read_events(tmp_path)[0].payload["reason"] == reason
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+payloads = st.dictionaries(st.text(), json_values, max_size=6)
+
+
+def typed(value: Any) -> str:
+    """A text that tells 1 from 1.0 from true, which == does not."""
+    return json.dumps(value, sort_keys=True)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(payload=payloads)
+def test_any_json_payload_survives_append_and_read(tmp_path: Path, payload: dict[str, Any]) -> None:
+    feature = Path(tempfile.mkdtemp(dir=tmp_path))
+    written = append_event(feature, Event.new("t", "a", payload), fsync=False)
+    line = (feature / EVENTS_FILENAME).read_bytes()
+    assert line == written.to_line()
+    assert line == canonical_text(line)
+    [back] = read_events(feature)
+    assert back == written
+    assert typed(back.payload) == typed(payload)
+    assert typed(read_events_raw(feature)[0]["payload"]) == typed(payload)

@@ -1,0 +1,828 @@
+"""The JSONL log of SPEC sections 1 and 3: append, strict read, torn tails, repair."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import time
+import tracemalloc
+from calendar import timegm
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replaylog.errors import StoreError, UsageError
+from replaylog.event import MAX_LINE_BYTES, Event
+from replaylog.log import (
+    EVENTS_FILENAME,
+    append_event,
+    append_events,
+    iter_events,
+    log_path,
+    read_events,
+    read_events_raw,
+    repair_log,
+    scan_log,
+    validate_feature_name,
+    verify_log,
+)
+
+MiB = 1024 * 1024
+
+
+def new_event(n: int, **payload: Any) -> Event:
+    """An event with Lamport value ``n`` (so lines can be written by hand)."""
+    return Event.new("WPStatusChanged", f"WP{n:02d}", {"n": n, **payload}, lamport_clock=n)
+
+
+def lines_of(*events: Event) -> list[bytes]:
+    return [e.to_line() for e in events]
+
+
+def write_log(feature: Path, *parts: bytes) -> Path:
+    feature.mkdir(parents=True, exist_ok=True)
+    path = feature / EVENTS_FILENAME
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def read_error(feature: Path) -> StoreError:
+    with pytest.raises(StoreError) as info:
+        read_events(feature)
+    return info.value
+
+
+def typed(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- appending
+
+
+def test_order_is_kept_over_many_appends(tmp_path: Path) -> None:
+    written = [append_event(tmp_path, Event.new("t", f"a{i}"), fsync=False) for i in range(300)]
+    events = read_events(tmp_path)
+    assert [e.event_id for e in events] == [e.event_id for e in written]
+    assert [e.lamport_clock for e in events] == list(range(1, 301))
+    assert events == written
+
+
+@pytest.mark.parametrize("state", ["no folder", "no file", "empty file", "blank lines"])
+def test_empty_or_missing_log_reads_as_nothing(tmp_path: Path, state: str) -> None:
+    feature = tmp_path / "feat"
+    if state != "no folder":
+        feature.mkdir()
+    if state == "empty file":
+        (feature / EVENTS_FILENAME).write_bytes(b"")
+    if state == "blank lines":
+        (feature / EVENTS_FILENAME).write_bytes(b"\n\n  \n\t\r\n")
+    assert read_events(feature) == []
+    assert read_events_raw(feature) == []
+    assert list(iter_events(feature)) == []
+    assert verify_log(log_path(feature)) == []
+    assert not (feature / EVENTS_FILENAME).exists() or state != "no file"
+
+
+def test_first_append_creates_missing_directories(tmp_path: Path) -> None:
+    feature = tmp_path / "root" / "kitty-specs" / "001-feature"
+    e = append_event(feature, Event.new("t", "a"), fsync=False)
+    assert (feature / EVENTS_FILENAME).is_file()
+    assert read_events(feature) == [e]
+
+
+def test_creating_files_and_directories_is_idempotent(tmp_path: Path) -> None:
+    feature = tmp_path / "a" / "b"
+    first = append_event(feature, Event.new("t", "a"))
+    second = append_event(feature, Event.new("t", "a"))
+    (feature / EVENTS_FILENAME).unlink()  # the folder exists, the file does not
+    third = append_event(feature, Event.new("t", "a"))
+    assert read_events(feature) == [third]
+    assert first.lamport_clock == 1 and second.lamport_clock == 2
+
+
+def test_log_file_is_created_readable_and_not_executable(tmp_path: Path) -> None:
+    append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    mode = stat.S_IMODE((tmp_path / EVENTS_FILENAME).stat().st_mode)
+    assert mode & stat.S_IRUSR and mode & stat.S_IWUSR
+    assert not mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def test_append_under_a_path_that_is_a_file_gives_store_error(tmp_path: Path) -> None:
+    (tmp_path / "blocker").write_text("not a folder")
+    with pytest.raises(StoreError):
+        append_event(tmp_path / "blocker" / "feat", Event.new("t", "a"), fsync=False)
+
+
+class SyscallSpy:
+    """Counts os.write and os.fsync calls (and fsyncs of directories)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.writes: list[bytes] = []
+        self.fsyncs = 0
+        self.dir_fsyncs = 0
+        real_write, real_fsync = os.write, os.fsync
+
+        def write(fd: int, data: Any) -> int:
+            self.writes.append(bytes(data))
+            return real_write(fd, data)
+
+        def fsync(fd: int) -> None:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                self.dir_fsyncs += 1
+            else:
+                self.fsyncs += 1
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_append_events_is_one_write_and_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_event(tmp_path, new_event(41))
+    before = (tmp_path / EVENTS_FILENAME).read_bytes()
+    spy = SyscallSpy(monkeypatch)
+    written = append_events(tmp_path, [Event.new("t", f"a{i}", {"i": i}) for i in range(200)])
+    assert len(spy.writes) == 1
+    assert spy.fsyncs == 1
+    after = (tmp_path / EVENTS_FILENAME).read_bytes()
+    assert after == before + b"".join(e.to_line() for e in written)
+
+
+def test_append_events_assigns_increasing_clocks_above_the_logs_maximum(tmp_path: Path) -> None:
+    write_log(tmp_path, *lines_of(new_event(5), new_event(41), new_event(7)))
+    written = append_events(tmp_path, [Event.new("t", "a") for _ in range(5)], fsync=False)
+    assert [e.lamport_clock for e in written] == [42, 43, 44, 45, 46]
+    assert [e.lamport_clock for e in read_events(tmp_path)][3:] == [42, 43, 44, 45, 46]
+
+
+def test_append_events_keeps_given_clocks_and_counts_on_above_them(tmp_path: Path) -> None:
+    written = append_events(
+        tmp_path, [Event.new("t", "a"), new_event(10), Event.new("t", "a")], fsync=False
+    )
+    assert [e.lamport_clock for e in written] == [1, 10, 11]
+
+
+def test_appends_fsync_by_default_and_not_when_turned_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    spy = SyscallSpy(monkeypatch)
+    append_event(tmp_path, Event.new("t", "a"))
+    assert spy.fsyncs == 1
+    append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    assert spy.fsyncs == 1
+
+
+def test_first_append_fsyncs_the_new_file_and_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = SyscallSpy(monkeypatch)
+    append_event(tmp_path / "new", Event.new("t", "a"))
+    assert spy.fsyncs == 1
+    assert spy.dir_fsyncs >= 1
+
+
+def test_an_event_over_1_mib_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    append_event(tmp_path, new_event(1), fsync=False)
+    before = (tmp_path / EVENTS_FILENAME).read_bytes()
+    big = Event.new("t", "a", {"blob": "x" * MiB})
+    with pytest.raises(UsageError, match="1 MiB"):
+        append_event(tmp_path, big, fsync=False)
+    with pytest.raises(UsageError, match="1 MiB"):
+        append_events(tmp_path, [Event.new("t", "a"), big], fsync=False)
+    assert (tmp_path / EVENTS_FILENAME).read_bytes() == before
+
+
+def test_a_line_of_exactly_1_mib_is_written_and_read(tmp_path: Path) -> None:
+    base = new_event(1, blob="")
+    room = MAX_LINE_BYTES - len(base.to_line())
+    e = Event.from_dict({**base.to_dict(), "payload": {"n": 1, "blob": "y" * room}})
+    append_event(tmp_path, e, fsync=False)
+    assert (tmp_path / EVENTS_FILENAME).stat().st_size == MAX_LINE_BYTES
+    assert read_events(tmp_path) == [e]
+    assert [line.obj for line in scan_log(log_path(tmp_path))] == [e.to_dict()]
+
+
+def test_unknown_keys_survive_append_and_read(tmp_path: Path) -> None:
+    e = Event.from_dict({**new_event(3).to_dict(), "schema_version": 2, "origin": {"x": [1]}})
+    append_event(tmp_path, e, fsync=False)
+    [back] = read_events(tmp_path)
+    assert back.extra == {"schema_version": 2, "origin": {"x": [1]}}
+    assert read_events_raw(tmp_path)[0]["schema_version"] == 2
+
+
+def test_integers_wider_than_64_bits_read_back_exactly(tmp_path: Path) -> None:
+    payload = {
+        "u64_max": 2**64 - 1,
+        "u64_max_plus_1": 2**64,
+        "i64_min_minus_1": -(2**63) - 1,
+        "huge": 10**40,
+        "nested": [{"v": -(10**30)}],
+        "float": 1.5e300,
+    }
+    e = append_event(tmp_path, Event.new("t", "a", payload), fsync=False)
+    assert typed(read_events(tmp_path)[0].payload) == typed(payload)
+    assert typed(read_events_raw(tmp_path)[0]["payload"]) == typed(payload)
+    assert typed(next(iter_events(tmp_path)).payload) == typed(payload)
+    assert read_events(tmp_path) == [e]
+
+
+def test_a_lamport_clock_wider_than_64_bits_reads_back_exactly(tmp_path: Path) -> None:
+    e = new_event(1).with_clock(2**70)
+    write_log(tmp_path, e.to_line())
+    assert read_events(tmp_path)[0].lamport_clock == 2**70
+
+
+def test_an_out_of_range_number_in_a_line_is_refused(tmp_path: Path) -> None:
+    line = new_event(1).to_line().replace(b'"n": 1', b'"n": 1e400')
+    assert b"1e400" in line
+    write_log(tmp_path, line)
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 1: invalid JSON: ")
+
+
+# --------------------------------------------------------------------------- strict reads
+
+GOOD = [new_event(n) for n in (1, 2, 4, 5)]
+GARBAGE = "this is not JSON at all; " + "".join(chr(65 + i % 26) for i in range(200))
+
+
+def five_lines_with(line3: bytes) -> list[bytes]:
+    return [GOOD[0].to_line(), GOOD[1].to_line(), line3, GOOD[2].to_line(), GOOD[3].to_line()]
+
+
+def test_invalid_json_at_line_3_names_line_3_and_its_first_80_characters(tmp_path: Path) -> None:
+    path = write_log(tmp_path, *five_lines_with(GARBAGE.encode() + b"\n"))
+    prefix = "Line 3: invalid JSON: " + GARBAGE[:80]
+    err = read_error(tmp_path)
+    assert str(err).startswith(prefix)
+    assert GARBAGE[:81] not in str(err)
+    assert err.line == 3
+    assert err.path == str(path)
+    with pytest.raises(StoreError, match=re.escape(prefix)):
+        list(iter_events(tmp_path))
+    with pytest.raises(StoreError, match=re.escape(prefix)):
+        read_events_raw(tmp_path)
+    [problem] = verify_log(str(path))
+    assert problem.line == 3 and problem.message.startswith(prefix)
+    assert problem.level == "error"
+
+
+def test_non_object_line_is_an_invalid_event_structure(tmp_path: Path) -> None:
+    write_log(tmp_path, *five_lines_with(b"[1, 2, 3]\n"))
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 3: invalid event structure: ")
+    assert err.line == 3
+
+
+@pytest.mark.parametrize("line", [b"null\n", b'"text"\n', b"42\n", b"true\n"])
+def test_json_scalars_are_invalid_event_structures(tmp_path: Path, line: bytes) -> None:
+    write_log(tmp_path, *five_lines_with(line))
+    assert str(read_error(tmp_path)).startswith("Line 3: invalid event structure: ")
+
+
+def test_missing_field_is_an_invalid_event_structure_naming_the_field(tmp_path: Path) -> None:
+    d = new_event(3).to_dict()
+    del d["correlation_id"]
+    write_log(tmp_path, *five_lines_with((json.dumps(d, sort_keys=True) + "\n").encode()))
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 3: invalid event structure: ")
+    assert "correlation_id" in str(err)
+    assert err.line == 3
+
+
+WRONG_TYPES = [
+    ("event_id", 12345),
+    ("event_id", "not-a-ulid"),
+    ("event_id", None),
+    ("event_type", ""),
+    ("event_type", 7),
+    ("event_type", "x" * 201),
+    ("aggregate_id", None),
+    ("aggregate_id", ["WP01"]),
+    ("payload", [1, 2]),
+    ("payload", "{}"),
+    ("payload", None),
+    ("timestamp", 1_700_000_000),
+    ("timestamp", "2026-11-20T22:00:00+02:00"),
+    ("timestamp", "2026-11-20T22:00:00Z\n2026-11-20T22:00:00Z"),
+    ("timestamp", "٢٠٢٦-١١-٢٠T22:00:00Z"),
+    ("node_id", ""),
+    ("node_id", 3),
+    ("lamport_clock", "1"),
+    ("lamport_clock", 1.0),
+    ("lamport_clock", True),
+    ("lamport_clock", -1),
+    ("causation_id", 1),
+    ("correlation_id", {"id": "x"}),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), WRONG_TYPES)
+def test_a_field_of_the_wrong_type_fails_the_read_naming_the_field(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    d = {**new_event(1).to_dict(), field: value}
+    write_log(tmp_path, new_event(2).to_line(), (json.dumps(d) + "\n").encode())
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 2: invalid event structure: ")
+    assert f"'{field}'" in str(err)
+    with pytest.raises(StoreError, match=f"'{field}'"):
+        list(iter_events(tmp_path))
+
+
+def test_an_id_holding_a_newline_is_refused_by_every_read_path(tmp_path: Path) -> None:
+    # Two valid ids joined by a newline would pass a column check done over the ids
+    # joined by newlines.
+    first = new_event(1)
+    d = {**new_event(2).to_dict(), "event_id": f"{first.event_id}\n{first.event_id}"}
+    write_log(tmp_path, first.to_line(), (json.dumps(d) + "\n").encode())
+    err = read_error(tmp_path)
+    assert err.line == 2 and "'event_id'" in str(err)
+    with pytest.raises(StoreError):
+        read_events_raw(tmp_path)
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_physical(tmp_path: Path) -> None:
+    a, b = new_event(1), new_event(2)
+    write_log(tmp_path, b"\n", a.to_line(), b"   \n", b"\t\r\n", b.to_line(), b"\n")
+    assert read_events(tmp_path) == [a, b]
+    assert [line.number for line in scan_log(log_path(tmp_path))] == [2, 5]
+    write_log(tmp_path, b"\n", a.to_line(), b"   \n", b"\n", b"{oops\n")
+    err = read_error(tmp_path)
+    assert err.line == 5 and str(err).startswith("Line 5: invalid JSON: {oops")
+
+
+def test_a_line_of_form_feeds_is_not_blank(tmp_path: Path) -> None:
+    write_log(tmp_path, new_event(1).to_line(), b"\x0c\x0b\n")
+    assert read_error(tmp_path).line == 2
+
+
+def test_crlf_line_ends_are_readable(tmp_path: Path) -> None:
+    events = [new_event(n) for n in (1, 2, 3)]
+    write_log(tmp_path, *(e.to_line()[:-1] + b"\r\n" for e in events))
+    assert read_events(tmp_path) == events
+    assert [e.event_id for e in iter_events(tmp_path)] == [e.event_id for e in events]
+    assert verify_log(log_path(tmp_path)) == []
+
+
+def test_duplicate_identical_lines_are_read_once_at_the_first_place(tmp_path: Path) -> None:
+    a, b = new_event(1), new_event(2)
+    # The third line is a's line written with other spacing and key order: equal as JSON.
+    a_again = (json.dumps(dict(reversed(list(a.to_dict().items()))), indent=None) + "\n").encode()
+    path = write_log(tmp_path, a.to_line(), b.to_line(), a.to_line(), a_again)
+    assert read_events(tmp_path) == [a, b]
+    assert [e.event_id for e in iter_events(tmp_path)] == [a.event_id, b.event_id]
+    problems = verify_log(str(path))
+    assert [(p.line, p.level) for p in problems] == [(3, "warning"), (4, "warning")]
+    assert "line 1" in problems[0].message
+
+
+def test_same_id_with_different_content_fails_naming_both_lines(tmp_path: Path) -> None:
+    a = new_event(1)
+    other = Event.from_dict({**a.to_dict(), "payload": {"n": 999}})
+    path = write_log(tmp_path, a.to_line(), new_event(2).to_line(), other.to_line())
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 3: invalid event structure: ")
+    assert "line 1" in str(err) and a.event_id in str(err)
+    assert err.line == 3
+    [problem] = verify_log(str(path))
+    assert problem.level == "error" and problem.line == 3
+
+
+@pytest.mark.parametrize(("mine", "theirs"), [(1, True), (0, False), (1, 1.0), ("1", 1)])
+def test_a_duplicate_that_differs_only_in_json_type_is_a_conflict(
+    tmp_path: Path, mine: object, theirs: object
+) -> None:
+    a = Event.from_dict({**new_event(1).to_dict(), "payload": {"flag": mine}})
+    b = Event.from_dict({**a.to_dict(), "payload": {"flag": theirs}})
+    write_log(tmp_path, a.to_line(), b.to_line())
+    assert read_error(tmp_path).line == 2
+
+
+# --------------------------------------------------------------------------- torn tails
+
+
+def test_torn_tail_is_never_glued_to_next_append(tmp_path: Path) -> None:
+    a, b = new_event(1), new_event(2)
+    path = write_log(tmp_path, a.to_line(), b.to_line()[:-1])  # b lost its newline
+    c = append_event(tmp_path, Event.new("t", "c"), fsync=False)
+    assert path.read_bytes() == a.to_line() + b.to_line() + c.to_line()
+    assert read_events(tmp_path) == [a, b, c]
+    assert c.lamport_clock == 3  # the torn line counted for the clock
+
+
+def test_torn_tail_that_is_valid_json_is_read(tmp_path: Path) -> None:
+    a, b = new_event(1), new_event(2)
+    write_log(tmp_path, a.to_line(), b.to_line()[:-1])
+    assert read_events(tmp_path) == [a, b]
+    assert read_events_raw(tmp_path) == [a.to_dict(), b.to_dict()]
+
+
+def torn_log(tmp_path: Path) -> tuple[Path, bytes, list[Event]]:
+    a, b = new_event(1), new_event(2)
+    torn = new_event(3).to_line()[:57]  # cut in the middle of the line
+    return write_log(tmp_path, a.to_line(), b.to_line(), torn), torn, [a, b]
+
+
+def test_torn_tail_that_is_not_json_fails_reads(tmp_path: Path) -> None:
+    _, torn, _ = torn_log(tmp_path)
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 3: invalid JSON: " + torn.decode()[:80])
+    assert err.line == 3
+    assert "replaylog repair" in str(err)
+
+
+def test_torn_tail_that_is_not_json_refuses_appends_naming_repair(tmp_path: Path) -> None:
+    path, _, _ = torn_log(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="replaylog repair") as info:
+        append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    assert info.value.path == str(path)
+    with pytest.raises(StoreError, match="replaylog repair"):
+        append_events(tmp_path, [Event.new("t", "a")], fsync=False)
+    assert path.read_bytes() == before
+
+
+def test_repair_moves_the_torn_bytes_aside_and_truncates_the_log(tmp_path: Path) -> None:
+    path, torn, events = torn_log(tmp_path)
+    started = int(time.time())
+    moved = repair_log(tmp_path)
+    assert moved is not None
+    name = os.path.basename(moved)
+    found = re.fullmatch(rf"{re.escape(EVENTS_FILENAME)}\.torn-(\d{{8}}T\d{{6}}Z)(-\d+)?", name)
+    assert found, name
+    assert os.path.dirname(moved) == str(tmp_path)
+    stamp = timegm(time.strptime(found.group(1), "%Y%m%dT%H%M%SZ"))  # UTC
+    assert started - 2 <= stamp <= time.time() + 2
+    assert Path(moved).read_bytes() == torn
+    assert path.read_bytes() == b"".join(lines_of(*events))
+    assert read_events(tmp_path) == events
+    c = append_event(tmp_path, Event.new("t", "c"), fsync=False)
+    assert read_events(tmp_path) == [*events, c]
+    assert verify_log(str(path)) == []
+
+
+def test_repair_twice_keeps_both_torn_files(tmp_path: Path) -> None:
+    path, torn, events = torn_log(tmp_path)
+    first = repair_log(tmp_path)
+    path.write_bytes(path.read_bytes() + b"second torn tail")
+    second = repair_log(tmp_path)
+    assert first and second and first != second
+    assert Path(first).read_bytes() == torn
+    assert Path(second).read_bytes() == b"second torn tail"
+
+
+def test_repair_of_a_valid_torn_tail_only_adds_its_newline(tmp_path: Path) -> None:
+    a, b = new_event(1), new_event(2)
+    path = write_log(tmp_path, a.to_line(), b.to_line()[:-1])
+    assert repair_log(tmp_path) is None
+    assert path.read_bytes() == a.to_line() + b.to_line()
+    assert read_events(tmp_path) == [a, b]
+
+
+def test_repair_leaves_a_clean_log_alone(tmp_path: Path) -> None:
+    path = write_log(tmp_path, *lines_of(new_event(1), new_event(2)))
+    before = path.read_bytes()
+    assert repair_log(tmp_path) is None
+    assert path.read_bytes() == before
+    assert repair_log(tmp_path / "missing") is None
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_bad_middle_line_is_never_repaired(tmp_path: Path) -> None:
+    a, c = new_event(1), new_event(3)
+    path = write_log(tmp_path, a.to_line(), b"{garbage\n", c.to_line())
+    before = path.read_bytes()
+    assert repair_log(tmp_path) is None
+    assert path.read_bytes() == before
+    assert read_error(tmp_path).line == 2
+    # With a torn tail as well, only the tail goes.
+    path.write_bytes(before + b'{"event_id": "01')
+    moved = repair_log(tmp_path)
+    assert moved is not None and Path(moved).read_bytes() == b'{"event_id": "01'
+    assert path.read_bytes() == before
+    assert read_error(tmp_path).line == 2
+
+
+def test_torn_tail_of_json_null_is_treated_as_valid_json_everywhere(tmp_path: Path) -> None:
+    # Appends and repair agree: null is valid JSON, so it only gets its newline (and
+    # then fails reads as the bad line it is, as it did while torn).
+    a, c = new_event(1), new_event(3)
+    path = write_log(tmp_path, a.to_line(), b"null")
+    assert repair_log(tmp_path) is None
+    assert path.read_bytes() == a.to_line() + b"null\n"
+    path.write_bytes(a.to_line() + b"null")
+    append_event(tmp_path, c, fsync=False)
+    assert path.read_bytes() == a.to_line() + b"null\n" + c.to_line()
+    assert read_error(tmp_path).line == 2
+
+
+def test_huge_torn_tail_is_refused_and_repaired_in_bounded_memory(tmp_path: Path) -> None:
+    a = new_event(1)
+    path = write_log(tmp_path, a.to_line(), b"[")
+    with open(path, "r+b") as f:  # sparse: 50 MiB without a newline
+        f.seek(50 * MiB)
+        f.write(b"x")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(StoreError, match="replaylog repair"):
+            append_event(tmp_path, Event.new("t", "a"), fsync=False)
+        moved = repair_log(tmp_path, fsync=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MiB
+    assert moved is not None and os.path.getsize(moved) == size - len(a.to_line())
+    assert path.read_bytes() == a.to_line()
+
+
+# --------------------------------------------------------------------------- garbage
+
+
+def test_huge_line_without_newline_fails_in_bounded_memory(tmp_path: Path) -> None:
+    a = new_event(1)
+    path = write_log(tmp_path, a.to_line(), b'{"event_id": "')
+    with open(path, "r+b") as f:
+        f.seek(50 * MiB)
+        f.write(b"x")
+    tracemalloc.start()
+    try:
+        with pytest.raises(StoreError) as info:
+            read_events(tmp_path)
+        with pytest.raises(StoreError):
+            list(iter_events(tmp_path))
+        problems = verify_log(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MiB
+    assert str(info.value).startswith('Line 2: invalid JSON: {"event_id": "')
+    assert info.value.line == 2
+    assert [p.line for p in problems] == [2]
+
+
+def test_huge_terminated_line_fails_and_names_the_limit(tmp_path: Path) -> None:
+    big = b'{"x": "' + b"y" * (3 * MiB) + b'"}\n'
+    write_log(tmp_path, new_event(1).to_line(), big, new_event(2).to_line())
+    err = read_error(tmp_path)
+    assert err.line == 2 and "1 MiB" in str(err)
+
+
+def test_a_line_one_byte_over_1_mib_is_refused(tmp_path: Path) -> None:
+    base = new_event(1, blob="")
+    room = MAX_LINE_BYTES - len(base.to_line()) + 1
+    d = {**base.to_dict(), "payload": {"n": 1, "blob": "y" * room}}
+    line = (json.dumps(d, sort_keys=True) + "\n").encode()
+    assert len(line) == MAX_LINE_BYTES + 1
+    write_log(tmp_path, line)
+    assert read_error(tmp_path).line == 1
+    with pytest.raises(StoreError):
+        [line.obj for line in scan_log(log_path(tmp_path))]
+
+
+GARBAGE_FILES = {
+    "binary junk": (bytes(range(256)) * 8, 1),
+    "invalid utf-8": (new_event(1).to_line().replace(b'"WP01"', b'"WP\xff\xfe"'), 1),
+    "nul bytes": (new_event(1).to_line() + b"\x00" * 64 + b"\n", 2),
+    "sparse zeros": (b"\x00" * 4 * MiB, 1),
+    "bom": (b"\xef\xbb\xbf" + new_event(1).to_line(), 1),
+    "lone close brace": (new_event(1).to_line() + b"}\n", 2),
+    "two objects on a line": (new_event(1).to_line()[:-1] * 2 + b"\n", 1),
+    "nan literal": (new_event(1).to_line().replace(b'"n": 1', b'"n": NaN'), 1),
+    "infinity literal": (new_event(1).to_line().replace(b'"n": 1', b'"n": -Infinity'), 1),
+    "trailing comma": (new_event(1).to_line().replace(b"}\n", b",}\n"), 1),
+    "single quotes": (b"{'event_id': 1}\n", 1),
+    "raw control char in string": (new_event(1).to_line().replace(b'"WP01"', b'"WP\x0101"'), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE_FILES))
+def test_garbage_gives_store_error_naming_the_line(tmp_path: Path, name: str) -> None:
+    content, line = GARBAGE_FILES[name]
+    path = write_log(tmp_path, content)
+    err = read_error(tmp_path)
+    assert err.line == line
+    assert str(err).startswith(f"Line {line}: invalid ")
+    assert err.path == str(path)
+    assert str(err).isprintable()
+    with pytest.raises(StoreError):
+        list(iter_events(tmp_path))
+    assert [p.level for p in verify_log(str(path))][:1] == ["error"]
+
+
+@pytest.mark.parametrize("depth", [2_000, 200_000])
+def test_deep_nesting_gives_store_error_not_recursion_error(tmp_path: Path, depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    line = new_event(1).to_line().replace(b'"n": 1', b'"n": ' + nested)
+    write_log(tmp_path, line, b"[" * depth + b"\n")
+    err = read_error(tmp_path)
+    assert err.line == 1
+    with pytest.raises(StoreError):
+        list(iter_events(tmp_path))
+    assert verify_log(log_path(tmp_path))
+
+
+def test_deep_nesting_in_a_torn_tail_refuses_appends_cleanly(tmp_path: Path) -> None:
+    write_log(tmp_path, new_event(1).to_line(), b"[" * 200_000)
+    with pytest.raises(StoreError, match="replaylog repair"):
+        append_event(tmp_path, Event.new("t", "a"), fsync=False)
+
+
+def test_log_path_that_is_a_directory_gives_store_error(tmp_path: Path) -> None:
+    (tmp_path / EVENTS_FILENAME).mkdir()
+    with pytest.raises(StoreError):
+        read_events(tmp_path)
+    with pytest.raises(StoreError):
+        list(iter_events(tmp_path))
+    with pytest.raises(StoreError):
+        append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    assert verify_log(log_path(tmp_path))
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+def test_symlinked_log_is_refused_for_reading_and_writing(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(b"".join(lines_of(new_event(1), new_event(2))))
+    before = target.read_bytes()
+    feature = tmp_path / "feat"
+    feature.mkdir()
+    (feature / EVENTS_FILENAME).symlink_to(target)
+    for read in (read_events, read_events_raw, lambda f: list(iter_events(f))):
+        with pytest.raises(StoreError, match="symbolic link") as info:
+            read(feature)
+        assert info.value.path == log_path(feature)
+    with pytest.raises(StoreError, match="symbolic link"):
+        append_event(feature, Event.new("t", "a"), fsync=False)
+    with pytest.raises(StoreError, match="symbolic link"):
+        repair_log(feature)
+    [problem] = verify_log(log_path(feature))
+    assert "symbolic link" in problem.message
+    assert target.read_bytes() == before
+    assert (feature / EVENTS_FILENAME).is_symlink()
+
+
+def test_dangling_symlinked_log_is_refused_and_its_target_not_created(tmp_path: Path) -> None:
+    target = tmp_path / "nowhere.jsonl"
+    (tmp_path / EVENTS_FILENAME).symlink_to(target)
+    with pytest.raises(StoreError, match="symbolic link"):
+        append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    with pytest.raises(StoreError, match="symbolic link"):
+        read_events(tmp_path)
+    assert not target.exists()
+
+
+# --------------------------------------------------------------------------- feature names
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "001-my-feature", "Feature_2.v3", "A" * 128, "9", "x..y", "trailing.", "a-"],
+)
+def test_good_feature_names_are_accepted(name: str) -> None:
+    assert validate_feature_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..",
+        ".",
+        "../x",
+        "a/b",
+        "a\\b",
+        "",
+        "a" * 129,
+        "-rf",
+        ".hidden",
+        "_private",
+        "café",
+        "ｆｕｌｌ",
+        "name with space",
+        "name\n",
+        "a\x00b",
+        None,
+        42,
+    ],
+)
+def test_bad_feature_names_are_refused_with_a_usage_error(name: object) -> None:
+    with pytest.raises(UsageError, match="feature name"):
+        validate_feature_name(name)
+
+
+# --------------------------------------------------------------------------- fast vs slow
+
+
+def read_outcome(feature: Path) -> tuple[str, Any]:
+    """What the public read returns (its fast path when it can)."""
+    try:
+        return "ok", typed(read_events_raw(feature))
+    except StoreError as err:
+        return "error", err.line
+
+
+def scan_outcome(feature: Path) -> tuple[str, Any]:
+    """What the strict line-by-line scan returns."""
+    try:
+        return "ok", typed([line.obj for line in scan_log(log_path(feature))])
+    except StoreError as err:
+        return "error", err.line
+
+
+def unusual_files() -> dict[str, bytes]:
+    a, b, c = new_event(1), new_event(2), new_event(3)
+    clean = b"".join(lines_of(a, b, c))
+    d = a.to_dict()
+
+    def line(obj: Any) -> bytes:
+        return (json.dumps(obj) + "\n").encode()
+
+    return {
+        "clean": clean,
+        "crlf": clean.replace(b"\n", b"\r\n"),
+        "blank lines": b"\n" + clean.replace(b"\n", b"\n\n"),
+        "spaces around": b"".join(b"  " + x[:-1] + b" \t\n" for x in lines_of(a, b, c)),
+        "unsorted keys": line(dict(reversed(list(d.items())))),
+        "extra keys": line({**d, "zz": 1, "aa": [None]}),
+        "identical duplicate": clean + a.to_line(),
+        "conflicting duplicate": clean + line({**d, "payload": {"n": 2}}),
+        "wide integer": line({**d, "payload": {"v": 2**64}}),
+        "wide negative": line({**d, "payload": {"v": -(2**63) - 1}}),
+        "wide clock": line({**d, "lamport_clock": 2**64}),
+        "out of range float": a.to_line().replace(b'"n": 1', b'"n": 1e999'),
+        "id with newline": line({**d, "event_id": f"{b.event_id}\n{c.event_id}"}),
+        "stamp with newline": line({**d, "timestamp": f"{a.timestamp}\n{a.timestamp}"}),
+        "stamp digits": line({**d, "timestamp": "٢٠٢٦-11-20T22:00:00Z"}),
+        "stamp month 13": line({**d, "timestamp": "2026-13-20T22:00:00Z"}),
+        "bool clock": line({**d, "lamport_clock": True}),
+        "float clock": line({**d, "lamport_clock": 1.0}),
+        "negative clock": line({**d, "lamport_clock": -1}),
+        "long type": line({**d, "event_type": "t" * 201}),
+        "empty node": line({**d, "node_id": ""}),
+        "payload list": line({**d, "payload": []}),
+        "torn valid tail": clean + b.to_line()[:-1].replace(b.event_id.encode(), b"7" * 26),
+        "torn invalid tail": clean + b'{"event',
+        "bom": b"\xef\xbb\xbf" + clean,
+        "form feed line": clean + b"\x0c\n",
+        "nul line": clean + b"\x00\n",
+        "lone surrogate": line({**d, "payload": {"s": "\ud800"}}),
+        "null line": clean + b"null\n",
+    }
+
+
+@pytest.mark.parametrize("name", list(unusual_files()))
+def test_fast_and_slow_read_paths_agree(tmp_path: Path, name: str) -> None:
+    write_log(tmp_path, unusual_files()[name])
+    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
+
+
+def test_fast_read_path_takes_a_clean_log_as_the_scan_does(tmp_path: Path) -> None:
+    events = [Event.new("t", f"WP{i % 7}", {"i": i, "f": i / 3}) for i in range(2000)]
+    append_events(tmp_path, events, fsync=False)
+    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
+    assert read_outcome(tmp_path)[0] == "ok"
+
+
+MUTATION_BYTES = st.sampled_from(
+    [b"\n", b"\r", b" ", b'"', b"\\", b"0", b"9" * 20, b"-", b"}", b"{", b"[", b",", b":",
+     b"\x00", b"\xff", b"\x0c", b"e9", b".5", b"true", b"null", b"\\n", b"\\ud800", b"Z"]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    cuts=st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.integers(0, 3),
+            st.lists(MUTATION_BYTES, max_size=3).map(b"".join),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_fast_and_slow_read_paths_agree_on_mutated_logs(
+    tmp_path: Path, cuts: list[tuple[int, int, bytes]]
+) -> None:
+    base = b"".join(lines_of(new_event(1), new_event(2, big=2**40, f=-0.5, s="a\nb"), new_event(3)))
+    data = base
+    for pos, drop, insert in cuts:
+        pos %= len(data) + 1
+        data = data[:pos] + insert + data[pos + drop :]
+    feature = tmp_path / f"m{abs(hash(data)) % 10**12}"
+    write_log(feature, data)
+    assert read_outcome(feature) == scan_outcome(feature)
