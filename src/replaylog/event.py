@@ -23,6 +23,7 @@ from .errors import UsageError
 
 __all__ = [
     "EVENT_FIELDS",
+    "LineTemplate",
     "MAX_LINE_BYTES",
     "Event",
     "EventValidationError",
@@ -321,6 +322,52 @@ def canonical_line(obj: Mapping[str, Any]) -> bytes:
             f" {MAX_LINE_BYTES} bytes (1 MiB)"
         )
     return (text + "\n").encode("ascii")
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(obj, sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        raise EventValidationError(
+            f"the event cannot be written as JSON (NaN, Infinity or a cycle): {exc}"
+        ) from exc
+    except (TypeError, RecursionError) as exc:
+        raise EventValidationError(f"the event is not JSON-serializable: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class LineTemplate:
+    """A canonical line serialized once, its Lamport value filled in later.
+
+    An append serializes (and so validates and size-checks) its events before it locks
+    the log, and learns their Lamport values only under the lock. ``json.dumps`` with
+    sorted keys writes the top-level keys in order, so the line is exactly
+    ``head + str(clock) + tail``, with head ending in ``"lamport_clock": ``.
+    """
+
+    head: str
+    tail: str
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> LineTemplate:
+        before = {k: v for k, v in obj.items() if k < "lamport_clock"}
+        after = {k: v for k, v in obj.items() if k > "lamport_clock"}
+        head = _dumps(before)[:-1]  # "{...": without its closing brace
+        head = f'{head}, "lamport_clock": ' if before else '{"lamport_clock": '
+        tail = _dumps(after)[1:]  # "...}": without its opening brace
+        tail = f", {tail}" if after else "}"
+        # 20 digits cover any clock value a line can hold in practice (< 10**20).
+        size = len(head) + 20 + len(tail) + 1
+        if size > MAX_LINE_BYTES:
+            raise EventValidationError(
+                f"the event's line is about {size} bytes; a line may be at most"
+                f" {MAX_LINE_BYTES} bytes (1 MiB)"
+            )
+        return cls(head, tail)
+
+    def line(self, lamport_clock: int) -> bytes:
+        """The line, newline included, with this Lamport value."""
+        return f"{self.head}{lamport_clock}{self.tail}\n".encode("ascii")
 
 
 def _check_fields(d: Mapping[str, Any]) -> None:

@@ -25,7 +25,16 @@ from .errors import (
     TransientDeliveryError,
     UsageError,
 )
-from .event import Event, build_event, canonical_line, local_node_id, utc_now
+from .event import (
+    Event,
+    LineTemplate,
+    build_event,
+    check_line_object,
+    generate_event_id,
+    local_node_id,
+    normalize_payload,
+    utc_now,
+)
 from .index import Index, IndexedLine
 
 if TYPE_CHECKING:
@@ -200,15 +209,14 @@ class EventStore:
         correlation_id: str | None = None,
     ) -> Event:
         """Append one event durably and return it with its id and Lamport value."""
-        event = Event.new(
-            event_type,
-            aggregate_id,
-            payload,
-            node_id=self.node_id,
-            causation_id=causation_id,
-            correlation_id=correlation_id,
-        )
-        return self._append(feature, [event])[0]
+        item = {
+            "event_type": event_type,
+            "aggregate_id": aggregate_id,
+            "payload": payload,
+            "causation_id": causation_id,
+            "correlation_id": correlation_id,
+        }
+        return self._append(feature, [self._new_line_object(item, utc_now())])[0]
 
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         """Append several events with one lock and one fsync; all or none are written.
@@ -217,78 +225,79 @@ class EventStore:
         Lamport value) or mappings with ``event_type``, ``aggregate_id``, ``payload`` and
         optional ``causation_id`` and ``correlation_id``.
         """
-        prepared = []
+        now = utc_now()
+        objs = []
         for item in events:
             if isinstance(item, Event):
-                prepared.append(item)
+                objs.append(item.to_dict())
             elif isinstance(item, Mapping):
-                unknown = set(item) - {
-                    "event_type",
-                    "aggregate_id",
-                    "payload",
-                    "causation_id",
-                    "correlation_id",
-                }
-                if unknown:
-                    raise UsageError(f"unknown key(s) in an event: {', '.join(sorted(unknown))}")
-                if "event_type" not in item or "aggregate_id" not in item:
-                    raise UsageError("each event needs 'event_type' and 'aggregate_id'")
-                prepared.append(
-                    Event.new(
-                        item["event_type"],
-                        item["aggregate_id"],
-                        item.get("payload"),
-                        node_id=self.node_id,
-                        causation_id=item.get("causation_id"),
-                        correlation_id=item.get("correlation_id"),
-                    )
-                )
+                objs.append(self._new_line_object(item, now))
             else:
                 raise UsageError(
                     f"an event must be an Event or a mapping, not {type(item).__name__}"
                 )
-        return self._append(feature, prepared)
+        return self._append(feature, objs)
 
-    def _append(self, feature: str, events: list[Event]) -> list[Event]:
+    _ITEM_KEYS = frozenset(
+        {"event_type", "aggregate_id", "payload", "causation_id", "correlation_id"}
+    )
+
+    def _new_line_object(self, item: Mapping[str, Any], now: str) -> dict[str, Any]:
+        """The line object of a new event from a mapping, validated (no Event built)."""
+        unknown = item.keys() - self._ITEM_KEYS
+        if unknown:
+            raise UsageError(f"unknown key(s) in an event: {', '.join(sorted(unknown))}")
+        if "event_type" not in item or "aggregate_id" not in item:
+            raise UsageError("each event needs 'event_type' and 'aggregate_id'")
+        obj = {
+            "event_id": generate_event_id(),
+            "event_type": item["event_type"],
+            "aggregate_id": item["aggregate_id"],
+            "payload": normalize_payload(item.get("payload")),
+            "timestamp": now,
+            "node_id": self.node_id,
+            "lamport_clock": 1,
+            "causation_id": item.get("causation_id"),
+            "correlation_id": item.get("correlation_id"),
+        }
+        check_line_object(obj)
+        return obj
+
+    def _append(self, feature: str, objs: list[dict[str, Any]]) -> list[Event]:
         feature_dir = self.feature_dir(feature)
-        if not events:
+        if not objs:
             return []
-        # Everything that can be refused is refused before the log is touched.
-        objs = [e.to_dict() for e in events]
-        for obj in objs:
-            obj["lamport_clock"] = 1
-            canonical_line(obj)
-        # One id with two contents would make the log unreadable (SPEC section 3).
+        # Serializing checks everything that can be refused, before the log is touched.
+        templates = [LineTemplate.of(obj) for obj in objs]
         ids = [obj["event_id"] for obj in objs]
         if len(set(ids)) != len(ids):
-            twice = next(eid for eid in ids if ids.count(eid) > 1)
-            raise UsageError(f"event_id {twice} appears twice in the events to append")
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise UsageError(f"event {twice} is twice in one append; each event_id once")
         index = self.index
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             with index.write():
                 index._catch_up_locked(feature, writer.path, lock_log=False)
                 known = index.known_event_ids(feature, ids)
                 if known:
+                    # The same id again would be a second, different line of one event.
                     raise UsageError(
-                        f"event_id {known[0]} is already in the log of feature {feature!r};"
-                        " an event is appended once"
+                        f"event {known[0]} is already in the log of {feature!r};"
+                        " a new event needs a new event_id"
                     )
-                first = index.reserve_clock(len(events))
+                first = index.reserve_clock(len(objs))
             progress = index.progress(feature)
             size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
-            lines = []
-            for k, obj in enumerate(objs):
-                obj["lamport_clock"] = first + k
-                lines.append(canonical_line(obj))
+            lines = [t.line(first + k) for k, t in enumerate(templates)]
             offset = writer.write(lines)
             # A torn (but valid) last line was completed by this write: it is a line too.
             number = lines_before + (1 if size_before < offset else 0)
-            indexed = []
-            for line, obj in zip(lines, objs, strict=True):
+            rows = []
+            for k, (line, obj) in enumerate(zip(lines, objs, strict=True)):
+                obj["lamport_clock"] = first + k
                 number += 1
-                indexed.append(IndexedLine(number, offset, len(line) - 1, obj))
+                rows.append(IndexedLine(number, offset, len(line) - 1, obj))
                 offset += len(line)
-            index.add_appended(feature, writer.path, indexed, size=writer.size, line_count=number)
+            index.add_appended(feature, writer.path, rows, size=writer.size, line_count=number)
         return [build_event(dict(obj)) for obj in objs]
 
     # ------------------------------------------------------------------ reading
