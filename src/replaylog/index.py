@@ -15,6 +15,7 @@ first, then the SQLite write lock, never two logs at once, so processes cannot d
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -31,6 +32,10 @@ __all__ = ["HEAD_REVISION", "Index", "IndexedLine", "REVISIONS"]
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001",)
 HEAD_REVISION = REVISIONS[-1]
+
+#: The tables of ``schema.metadata`` (not imported here, to keep SQLAlchemy off the
+#: append path); a test checks that both agree.
+_TABLES = frozenset({"events", "logs", "meta"})
 
 _HEAD_BYTES = 64 * 1024
 _BATCH = 20_000
@@ -137,8 +142,14 @@ class Index:
 
     def _check_schema(self, conn: sqlite3.Connection, path: str) -> None:
         revision, tables = self._revision(conn)
-        if revision == HEAD_REVISION:
+        if revision == HEAD_REVISION and _TABLES <= tables:
             return
+        if revision == HEAD_REVISION:
+            # Another application's Alembic database whose revision id matches ours.
+            raise BadIndexError(
+                f"{path} is not a replaylog index (tables {', '.join(sorted(tables))});"
+                f" {_REBUILD_HINT}"
+            )
         if revision is None and tables - {"alembic_version"}:
             raise BadIndexError(
                 f"{path} holds tables that are not a replaylog index"
@@ -217,8 +228,15 @@ class Index:
                 st = None
             if row is not None and st is not None and row[0] == _file_id(st):
                 return
+            # The log's lock first, then the SQLite write lock (the order of the module
+            # docstring): the other way round deadlocks with an append, which holds the
+            # log and waits for SQLite.
+            with _shared_lock(path):
+                with self.write():
+                    self._catch_up_locked(feature, path, lock_log=False)
+            return
         with self.write():
-            self._catch_up_locked(feature, path, lock_log=not locked)
+            self._catch_up_locked(feature, path, lock_log=False)
 
     def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         conn = self.conn
@@ -413,6 +431,21 @@ class Index:
             (feature, size, lines, _sha(head), tail_offset, _sha(tail), max_lamport, file_id),
         )
 
+    def known_event_ids(self, feature: str, event_ids: Sequence[str]) -> list[str]:
+        """Those of ``event_ids`` that the feature's log holds already (as indexed)."""
+        known: list[str] = []
+        for i in range(0, len(event_ids), 500):
+            chunk = event_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            known.extend(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT event_id FROM events WHERE feature = ? AND event_id IN ({marks})",
+                    [feature, *chunk],
+                )
+            )
+        return known
+
     def progress(self, feature: str) -> tuple[int, int, int] | None:
         """``(size, lines, max_lamport)`` indexed of a feature's log, or None."""
         row = self.conn.execute(
@@ -445,6 +478,31 @@ class Index:
             self._record_progress(feature, path, size, line_count, rows[-1][2], top)
 
 
+@contextlib.contextmanager
+def _shared_lock(path: str) -> Iterator[None]:
+    """Hold a shared ``flock`` on the log at ``path`` (nothing, if there is no log)."""
+    while True:
+        try:
+            fd = _open_log(path, os.O_RDONLY)
+        except FileNotFoundError:
+            yield
+            return
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+        finally:
+            os.close(fd)
+        # The log was replaced (checkout, merge driver) while we waited: lock the new one.
+
+
 def find_migrations() -> str:
     """The Alembic script folder: shipped inside the package, or the repository's."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -467,17 +525,20 @@ def run_migrations(conn: sqlite3.Connection, path: str) -> None:
     config = Config()
     config.set_main_option("script_location", find_migrations())
     engine = create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
-    # One transaction around the whole upgrade, taken before looking at the revision
-    # again: two processes opening a new index at once must not both create it.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if Index._revision(conn)[0] != HEAD_REVISION:
-            with engine.connect() as connection:
+    with engine.connect() as connection:
+        # One transaction around the whole upgrade, taken before looking at the revision
+        # again: two processes opening a new index at once must not both create it. It
+        # starts only now because SQLAlchemy's first connect ends any open transaction.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if Index._revision(conn)[0] != HEAD_REVISION:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
-        if conn.in_transaction:
-            conn.execute("COMMIT")
-    except Exception as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise BadIndexError(f"{path}: cannot upgrade the index ({exc}); {_REBUILD_HINT}") from exc
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise BadIndexError(
+                f"{path}: cannot upgrade the index ({exc}); {_REBUILD_HINT}"
+            ) from exc

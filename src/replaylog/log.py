@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, NamedTuple
 
 from .errors import StoreError, UsageError
@@ -34,6 +33,7 @@ from .event import (
     Event,
     EventValidationError,
     build_event,
+    build_events,
     check_line_object,
 )
 
@@ -452,13 +452,7 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Event]:
     """Every event of a feature's log, in file order; ``[]`` when there is no log."""
     objs = read_events_raw(feature_dir)
     with _gc_paused():
-        if set(map(len, objs)) - {9}:
-            return [build_event(d) for d in objs]
-        # Nine keys each, so no extra keys: build the events in C, no Python call each.
-        list(map(dict.__setitem__, objs, repeat("extra"), iter(dict, None)))
-        events: list[Event] = list(map(_new_object, repeat(Event, len(objs))))
-        list(map(_set_attr, events, repeat("__dict__"), objs))
-    return events
+        return build_events(objs)
 
 
 def verify_log(path: str) -> list[Problem]:

@@ -29,7 +29,9 @@ from .event import (
     Event,
     LineTemplate,
     build_event,
-    check_line_object,
+    build_events,
+    check_name,
+    check_optional_id,
     generate_event_id,
     local_node_id,
     normalize_payload,
@@ -249,19 +251,18 @@ class EventStore:
             raise UsageError(f"unknown key(s) in an event: {', '.join(sorted(unknown))}")
         if "event_type" not in item or "aggregate_id" not in item:
             raise UsageError("each event needs 'event_type' and 'aggregate_id'")
-        obj = {
+        # The id, time and node are this store's own; only what the caller gave is checked.
+        return {
             "event_id": generate_event_id(),
-            "event_type": item["event_type"],
-            "aggregate_id": item["aggregate_id"],
+            "event_type": check_name(item["event_type"], "event_type"),
+            "aggregate_id": check_name(item["aggregate_id"], "aggregate_id"),
             "payload": normalize_payload(item.get("payload")),
             "timestamp": now,
             "node_id": self.node_id,
             "lamport_clock": 1,
-            "causation_id": item.get("causation_id"),
-            "correlation_id": item.get("correlation_id"),
+            "causation_id": check_optional_id(item.get("causation_id"), "causation_id"),
+            "correlation_id": check_optional_id(item.get("correlation_id"), "correlation_id"),
         }
-        check_line_object(obj)
-        return obj
 
     def _append(self, feature: str, objs: list[dict[str, Any]]) -> list[Event]:
         feature_dir = self.feature_dir(feature)
@@ -298,7 +299,7 @@ class EventStore:
                 rows.append(IndexedLine(number, offset, len(line) - 1, obj))
                 offset += len(line)
             index.add_appended(feature, writer.path, rows, size=writer.size, line_count=number)
-        return [build_event(dict(obj)) for obj in objs]
+        return build_events([dict(obj) for obj in objs])
 
     # ------------------------------------------------------------------ reading
 
