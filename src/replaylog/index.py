@@ -22,10 +22,11 @@ import sqlite3
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from .errors import BadIndexError, StoreError
-from .log import _line_object_at, _open_log, scan_log
+from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
 
 __all__ = ["HEAD_REVISION", "Index", "IndexedLine", "REVISIONS"]
 
@@ -115,6 +116,9 @@ class Index:
             raise BadIndexError(f"{path}: cannot open the index ({exc}); {_REBUILD_HINT}") from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
+            # Refuse a foreign or newer database before anything changes it: switching
+            # to WAL rewrites the file's header, and such a file must be left as it was.
+            self._check_schema(conn, path, migrate=False)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if mode is None or mode[0].lower() != "wal":
                 raise sqlite3.DatabaseError("cannot switch the index to WAL mode")
@@ -140,7 +144,7 @@ class Index:
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
         return (row[0] if row else None), tables
 
-    def _check_schema(self, conn: sqlite3.Connection, path: str) -> None:
+    def _check_schema(self, conn: sqlite3.Connection, path: str, *, migrate: bool = True) -> None:
         revision, tables = self._revision(conn)
         if revision == HEAD_REVISION and _TABLES <= tables:
             return
@@ -160,6 +164,8 @@ class Index:
                 f"{path} was written by a newer replaylog (schema revision {revision});"
                 f" upgrade replaylog, or {_REBUILD_HINT}"
             )
+        if not migrate:
+            return
         run_migrations(conn, path)
         if self._revision(conn)[0] != HEAD_REVISION:  # pragma: no cover - a broken migration
             raise BadIndexError(f"{path}: migration did not reach {HEAD_REVISION}")
@@ -312,6 +318,24 @@ class Index:
         Call inside :meth:`write`. ``fresh``: the index holds nothing of this feature
         yet (a rebuild), so duplicates need no look-up in the table.
         """
+        check_existing = start > 0 and not fresh
+        # A clean log (the usual case) is read in large validated chunks; on anything
+        # unusual, what the fast path inserted is undone and scan_log reads the log.
+        self.conn.execute("SAVEPOINT clean_ingest")
+        try:
+            added = self._ingest_clean(
+                feature, path, start, start_line, lock_log, prior, check_existing
+            )
+        except Unclean:
+            self.conn.execute("ROLLBACK TO clean_ingest")
+            self.conn.execute("RELEASE clean_ingest")
+        except BaseException:
+            self.conn.execute("ROLLBACK TO clean_ingest")
+            self.conn.execute("RELEASE clean_ingest")
+            raise
+        else:
+            self.conn.execute("RELEASE clean_ingest")
+            return added
         position = [start, start_line]
         max_lamport = prior[5] if prior is not None and start > 0 else 0
         check_existing = start > 0 and not fresh
@@ -347,6 +371,43 @@ class Index:
             added += self._insert(feature, path, batch, check_existing)
         self._see(max_lamport)
         self._record_progress(feature, path, position[0], position[1], last_line_start, max_lamport)
+        return added
+
+    def _ingest_clean(
+        self,
+        feature: str,
+        path: str,
+        start: int,
+        start_line: int,
+        lock_log: bool,
+        prior: Sequence[Any] | None,
+        check_existing: bool,
+    ) -> int:
+        max_lamport = prior[5] if prior is not None and start > 0 else 0
+        last_line_start = prior[3] if prior is not None and start > 0 else 0
+        end, lines, added = start, start_line, 0
+        for chunk in clean_chunks(path, start=start, start_line=start_line, lock=lock_log):
+            eids, types, aggs, _payloads, _stamps, nodes, clocks, _causes, _corrs = chunk.columns
+            count = len(eids)
+            rows = list(
+                zip(
+                    repeat(feature),
+                    range(chunk.first_line, chunk.first_line + count),
+                    chunk.offsets,
+                    chunk.lengths,
+                    eids,
+                    types,
+                    aggs,
+                    nodes,
+                    clocks,
+                )
+            )
+            added += self._insert(feature, path, rows, check_existing)
+            max_lamport = max(max_lamport, max(clocks))
+            last_line_start = chunk.offsets[-1]
+            end, lines = chunk.end, chunk.first_line + count - 1
+        self._see(max_lamport)
+        self._record_progress(feature, path, end, lines, last_line_start, max_lamport)
         return added
 
     def _insert(

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 from .errors import StoreError, UsageError
@@ -348,25 +349,76 @@ def _all_match(pattern: re.Pattern[str], texts: list[str]) -> bool:
     return joined.count("\n") == len(texts) and pattern.fullmatch(joined) is not None
 
 
-def _fast_read(path: str) -> list[dict[str, Any]] | None:
-    """Read a clean log with every check done column-wise in C; None on any doubt.
+class Unclean(Exception):
+    """The fast path met something unusual: :func:`scan_log` must judge the log."""
 
-    A log as the store writes it (no blank, bad, duplicate or oversized line) is parsed
-    and validated here several times faster than line by line. Anything unusual returns
-    None and the caller reads again with :func:`scan_log`, which finds and names the
-    exact problem. So this path accepts only what ``scan_log`` would accept.
+
+class CleanChunk(NamedTuple):
+    """Consecutive lines of a clean log, validated, with their places and columns."""
+
+    first_line: int  # physical number of the first line
+    offsets: list[int]
+    lengths: list[int]  # bytes of each line without its newline
+    objs: list[dict[str, Any]]
+    event_ids: list[str]
+    columns: tuple[list[Any], ...]  # EVENT_FIELDS order, one list per field
+    end: int  # offset just past the chunk's last newline
+
+
+def _check_columns(objs: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+    """Validate parsed lines column by column, in C; raise :class:`Unclean` on any doubt."""
+    if set(map(type, objs)) != _TYPE_DICT:
+        raise Unclean
+    try:
+        columns = tuple(list(map(getter, objs)) for getter in _FIELD_GETTERS)
+    except KeyError:
+        raise Unclean from None
+    eids, types, aggs, payloads, stamps, nodes, clocks, causes, corrs = columns
+    for texts in (types, aggs):
+        if set(map(type, texts)) != _TYPE_STR or min(map(len, texts)) < 1:
+            raise Unclean
+        if max(map(len, texts)) > MAX_NAME_CHARS:
+            raise Unclean
+    if set(map(type, nodes)) != _TYPE_STR or min(map(len, nodes)) < 1:
+        raise Unclean
+    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0:
+        raise Unclean
+    if not set(map(type, causes)) <= _TYPE_OPT_STR or not set(map(type, corrs)) <= _TYPE_OPT_STR:
+        raise Unclean
+    if set(map(type, payloads)) != _TYPE_DICT:
+        raise Unclean
+    if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
+        raise Unclean
+    if not _all_match(_ULIDS_RE, eids) or not _all_match(_STAMPS_RE, stamps):
+        raise Unclean
+    return columns
+
+
+def clean_chunks(
+    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True
+) -> Iterator[CleanChunk]:
+    """Read a clean log from byte ``start`` in chunks, every check done column-wise in C.
+
+    A log as the store writes it (no blank, bad, duplicate, torn or oversized line) is
+    parsed and validated here several times faster than line by line, in bounded
+    memory. Anything unusual raises :class:`Unclean` and the caller reads again with
+    :func:`scan_log`, which finds and names the exact problem: so this path accepts
+    only what ``scan_log`` accepts. Duplicate ids are looked for from ``start`` on.
     """
     try:
         fd = _open_log(path, os.O_RDONLY)
     except FileNotFoundError:
-        return []
+        return
     except OSError:
-        return None
+        raise Unclean from None
     try:
-        _flock(fd, fcntl.LOCK_SH, path)
-        objs: list[dict[str, Any]] = []
+        if lock:
+            _flock(fd, fcntl.LOCK_SH, path)
+        seen: set[str] = set()
         carry = b""
-        pos = 0
+        pos = start  # where the next pread starts
+        base = start  # offset of carry's first byte
+        line = start_line
         while True:
             chunk = os.pread(fd, _READ_CHUNK, pos)
             if not chunk:
@@ -374,48 +426,44 @@ def _fast_read(path: str) -> list[dict[str, Any]] | None:
             pos += len(chunk)
             data = carry + chunk
             if _has_wide_int(data):
-                return None  # parse_line reads wide integers exactly; orjson would not
+                raise Unclean  # parse_line reads wide integers exactly; orjson would not
             parts = data.split(b"\n")
             carry = parts.pop()
-            if len(carry) >= MAX_LINE_BYTES or (parts and max(map(len, parts)) >= MAX_LINE_BYTES):
-                return None
+            if not parts:
+                if len(carry) >= MAX_LINE_BYTES:
+                    raise Unclean
+                continue
+            lengths = list(map(len, parts))
+            if len(carry) >= MAX_LINE_BYTES or max(lengths) >= MAX_LINE_BYTES:
+                raise Unclean
             try:
-                objs.extend(map(_fast_loads, parts))
+                objs = list(map(_fast_loads, parts))
             except ValueError:
-                return None
+                raise Unclean from None
+            columns = _check_columns(objs)
+            eids = columns[0]
+            if len(set(eids)) != len(eids) or not seen.isdisjoint(eids):
+                raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            seen.update(eids)
+            offsets = list(accumulate(map((1).__add__, lengths), initial=base))
+            end = offsets.pop()
+            yield CleanChunk(line + 1, offsets, lengths, objs, eids, columns, end)
+            line += len(parts)
+            base = end
         if carry:
-            return None  # a torn tail: let scan_log judge it
+            raise Unclean  # a torn tail
     finally:
         os.close(fd)
-    if not objs:
-        return objs
-    if set(map(type, objs)) != _TYPE_DICT:
-        return None
+
+
+def _fast_read(path: str) -> list[dict[str, Any]] | None:
+    """Every line object of a clean log, or None when :func:`scan_log` must read it."""
+    objs: list[dict[str, Any]] = []
     try:
-        eids, types, aggs, payloads, stamps, nodes, clocks, causes, corrs = (
-            list(map(getter, objs)) for getter in _FIELD_GETTERS
-        )
-    except KeyError:
+        for chunk in clean_chunks(path):
+            objs.extend(chunk.objs)
+    except Unclean:
         return None
-    for texts in (types, aggs):
-        if set(map(type, texts)) != _TYPE_STR or min(map(len, texts)) < 1:
-            return None
-        if max(map(len, texts)) > MAX_NAME_CHARS:
-            return None
-    if set(map(type, nodes)) != _TYPE_STR or min(map(len, nodes)) < 1:
-        return None
-    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0:
-        return None
-    if not set(map(type, causes)) <= _TYPE_OPT_STR or not set(map(type, corrs)) <= _TYPE_OPT_STR:
-        return None
-    if set(map(type, payloads)) != _TYPE_DICT:
-        return None
-    if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
-        return None
-    if not _all_match(_ULIDS_RE, eids) or not _all_match(_STAMPS_RE, stamps):
-        return None
-    if len(set(eids)) != len(eids):
-        return None  # duplicates: scan_log reads identical ones once, or names the conflict
     return objs
 
 
