@@ -42,7 +42,6 @@ def upgrade() -> None:
         ["lamport", "event_id"],
         sqlite_where=sa.text("status = 'pending'"),
     )
-    op.create_index("ix_events_feature_line", "events", ["feature", "line"])
     op.create_table(
         "logs",
         sa.Column("feature", sa.String, primary_key=True),
@@ -64,6 +63,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("meta")
     op.drop_table("logs")
-    op.drop_index("ix_events_feature_line", table_name="events")
     op.drop_index("ix_events_pending", table_name="events")
     op.drop_table("events")

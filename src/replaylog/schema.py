@@ -55,7 +55,6 @@ Index(
     events.c.event_id,
     sqlite_where=events.c.status == "pending",
 )
-Index("ix_events_feature_line", events.c.feature, events.c.line)
 
 #: How far each log has been indexed, and what its indexed prefix looked like, so that
 #: a rewritten log (checkout, rebase) is told apart from one that only grew.
