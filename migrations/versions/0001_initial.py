@@ -33,9 +33,8 @@ def upgrade() -> None:
         sa.Column("retry_count", sa.Integer, nullable=False, server_default=sa.text("0")),
         sa.Column("last_retry_at", sa.String, nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
-        sa.UniqueConstraint("feature", "event_id", name="uq_events_feature_event_id"),
-        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_events_status"),
     )
+    op.create_index("uq_events_feature_event_id", "events", ["feature", "event_id"], unique=True)
     op.create_index(
         "ix_events_pending",
         "events",
@@ -64,4 +63,5 @@ def downgrade() -> None:
     op.drop_table("meta")
     op.drop_table("logs")
     op.drop_index("ix_events_pending", table_name="events")
+    op.drop_index("uq_events_feature_event_id", table_name="events")
     op.drop_table("events")

@@ -20,6 +20,7 @@ import hashlib
 import os
 import sqlite3
 import stat
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -119,9 +120,7 @@ class Index:
             # Refuse a foreign or newer database before anything changes it: switching
             # to WAL rewrites the file's header, and such a file must be left as it was.
             self._check_schema(conn, path, migrate=False)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-            if mode is None or mode[0].lower() != "wal":
-                raise sqlite3.DatabaseError("cannot switch the index to WAL mode")
+            _switch_to_wal(conn)
             # The index can always be rebuilt from the logs, so a commit need not wait
             # for the disk; WAL keeps it consistent after a crash all the same.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -542,6 +541,25 @@ class Index:
             self._record_progress(feature, path, size, line_count, rows[-1][2], top)
 
 
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """Put the index in WAL mode (stored in the file, so it is done once per file).
+
+    Processes switching a new file at the same moment can get "database is locked" at
+    once: SQLite does not wait on its busy timeout in that deadlock. The loser retries.
+    """
+    mode = None
+    for attempt in range(200):
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.001 * (1 + attempt % 20))
+    if mode is None or mode[0].lower() != "wal":
+        raise sqlite3.DatabaseError("cannot switch the index to WAL mode")
+
+
 @contextlib.contextmanager
 def _shared_lock(path: str) -> Iterator[None]:
     """Hold a shared ``flock`` on the log at ``path`` (nothing, if there is no log)."""
@@ -571,24 +589,55 @@ def _shared_lock(path: str) -> Iterator[None]:
 #: compares the two), so that a new index is made without importing Alembic and
 #: SQLAlchemy, which take longer than the whole first append.
 SCHEMA_SQL = (
-    "CREATE TABLE alembic_version (\n\tversion_num VARCHAR(32) NOT NULL, \n\tCONSTRAINT"
-    " alembic_version_pkc PRIMARY KEY (version_num)\n)",
-    "CREATE TABLE events (\n\tid INTEGER NOT NULL, \n\tfeature VARCHAR NOT NULL, \n\tline"
-    ' INTEGER NOT NULL, \n\t"offset" INTEGER NOT NULL, \n\tlength INTEGER NOT NULL, \n\t'
-    "event_id VARCHAR NOT NULL, \n\tevent_type VARCHAR NOT NULL, \n\taggregate_id VARCHAR"
-    " NOT NULL, \n\tnode_id VARCHAR NOT NULL, \n\tlamport INTEGER NOT NULL, \n\tstatus"
-    " VARCHAR DEFAULT 'pending' NOT NULL, \n\tretry_count INTEGER DEFAULT 0 NOT NULL, \n\t"
-    "last_retry_at VARCHAR, \n\tlast_error TEXT, \n\tPRIMARY KEY (id), \n\tCONSTRAINT"
-    " uq_events_feature_event_id UNIQUE (feature, event_id), \n\tCONSTRAINT ck_events_status"
-    " CHECK (status IN ('pending', 'delivered', 'failed'))\n)",
+    (
+        "CREATE TABLE alembic_version (\n\t"
+        "version_num VARCHAR(32) NOT NULL, \n\t"
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)\n)"
+    ),
+    (
+        "CREATE TABLE events (\n\t"
+        "id INTEGER NOT NULL, \n\t"
+        "feature VARCHAR NOT NULL, \n\t"
+        "line INTEGER NOT NULL, \n\t"
+        '"offset" INTEGER NOT NULL, \n\t'
+        "length INTEGER NOT NULL, \n\t"
+        "event_id VARCHAR NOT NULL, \n\t"
+        "event_type VARCHAR NOT NULL, \n\t"
+        "aggregate_id VARCHAR NOT NULL, \n\t"
+        "node_id VARCHAR NOT NULL, \n\t"
+        "lamport INTEGER NOT NULL, \n\t"
+        "status VARCHAR DEFAULT 'pending' NOT NULL, \n\t"
+        "retry_count INTEGER DEFAULT 0 NOT NULL, \n\t"
+        "last_retry_at VARCHAR, \n\t"
+        "last_error TEXT, \n\t"
+        "PRIMARY KEY (id)\n)"
+    ),
+    "CREATE UNIQUE INDEX uq_events_feature_event_id ON events (feature, event_id)",
     "CREATE INDEX ix_events_pending ON events (lamport, event_id) WHERE status = 'pending'",
-    "CREATE TABLE logs (\n\tfeature VARCHAR NOT NULL, \n\tsize INTEGER NOT NULL, \n\tlines"
-    " INTEGER NOT NULL, \n\thead_hash VARCHAR NOT NULL, \n\ttail_offset INTEGER NOT NULL,"
-    " \n\ttail_hash VARCHAR NOT NULL, \n\tmax_lamport INTEGER NOT NULL, \n\tfile_id VARCHAR"
-    " NOT NULL, \n\tPRIMARY KEY (feature)\n)",
-    'CREATE TABLE meta (\n\t"key" VARCHAR NOT NULL, \n\tvalue INTEGER NOT NULL, \n\t'
-    'PRIMARY KEY ("key")\n)',
+    (
+        "CREATE TABLE logs (\n\t"
+        "feature VARCHAR NOT NULL, \n\t"
+        "size INTEGER NOT NULL, \n\t"
+        "lines INTEGER NOT NULL, \n\t"
+        "head_hash VARCHAR NOT NULL, \n\t"
+        "tail_offset INTEGER NOT NULL, \n\t"
+        "tail_hash VARCHAR NOT NULL, \n\t"
+        "max_lamport INTEGER NOT NULL, \n\t"
+        "file_id VARCHAR NOT NULL, \n\t"
+        "PRIMARY KEY (feature)\n)"
+    ),
+    (
+        "CREATE TABLE meta (\n\t"
+        '"key" VARCHAR NOT NULL, \n\t'
+        "value INTEGER NOT NULL, \n\t"
+        'PRIMARY KEY ("key")\n)'
+    ),
 )
+
+
+#: The statements of SCHEMA_SQL that create indexes (a rebuild runs them after loading).
+INDEX_SQL = tuple(sql for sql in SCHEMA_SQL if sql.startswith(("CREATE INDEX", "CREATE UNIQUE")))
+INDEX_NAMES = ("uq_events_feature_event_id", "ix_events_pending")
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

@@ -302,7 +302,8 @@ class Replayer:
                     yield BatchResult(ids, (), rejected, None, attempts + carried_attempts)
                     return False
                 elif 300 <= status < 400:
-                    location = outcome.location or "no Location header"
+                    # The server wrote the Location: it may quote the token, like a body.
+                    location = self._clean(outcome.location or "no Location header")
                     raise DeliveryError(
                         f"HTTP {status} redirect from {self._endpoint} ({location}); replay does "
                         "not follow redirects: set the URL to the final address"

@@ -432,7 +432,8 @@ class EventStore:
             allow_insecure_http=allow_insecure_http,
             deadline=deadline,
         )
-        names = [feature] if feature is not None else None
+        # A bad name is refused before the replay lock creates its file (section 1).
+        names = [_log.validate_feature_name(feature)] if feature is not None else None
         with self._replay_lock(wait_for_lock):
             self.catch_up(names)
             delivery = self.delivery
@@ -515,8 +516,13 @@ class EventStore:
 
         Delivery failing for any reason (offline, refused, slow) is not an error: the
         event is safe in the log, stays pending, and ``warning`` says what happened.
+        A URL or token that can never be used (plain http:// to another host, no host)
+        is a :class:`UsageError` before anything is written, like a missing URL.
         """
+        from .replay import ReplayConfig
+
         started = time.monotonic()
+        ReplayConfig(url=url, token=token, allow_insecure_http=allow_insecure_http)
         event = self.append(
             feature,
             event_type,
