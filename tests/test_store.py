@@ -929,3 +929,14 @@ def test_catch_up_and_append_in_other_processes_never_wait_on_each_other(
         assert float(out) < 10.0  # a lock-order deadlock waits out SQLite's 60 s timeout
     with EventStore(root, fsync=False) as store:
         assert store.status()["totals"]["events"] == 301
+
+
+def test_a_line_merged_into_another_feature_raises_the_next_commands_clock(root: Path) -> None:
+    """After a `git pull` brings lamport 5000 into feature A, a new store's first append
+    to feature B is above it (the store looks at every log once before its first append)."""
+    with EventStore(root, fsync=False) as store:
+        store.append("f-a", "T", "A")
+        store.append("f-b", "T", "B")
+    write_by_hand(root, "f-a", foreign_line(5000))
+    with EventStore(root, fsync=False) as store:
+        assert store.append("f-b", "T", "B").lamport_clock > 5000

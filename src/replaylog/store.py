@@ -126,6 +126,7 @@ class EventStore:
         self.node_id = node_id or local_node_id()
         self.fsync = fsync
         self._index: Index | None = None
+        self._seen_all_logs = False
         self._delivery: Delivery | None = None
 
     def __repr__(self) -> str:
@@ -275,6 +276,12 @@ class EventStore:
             twice = next(i for i in ids if ids.count(i) > 1)
             raise UsageError(f"event {twice} is twice in one append; each event_id once")
         index = self.index
+        if not self._seen_all_logs:
+            # Once per store (so once per command): lines merged into other logs since
+            # the index last looked (a `git pull`) raise the clock before this append.
+            # Later appends of a long-lived store catch up with their own log only.
+            self.catch_up()
+            self._seen_all_logs = True
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             with index.write():
                 index._catch_up_locked(feature, writer.path, lock_log=False)
