@@ -940,3 +940,13 @@ def test_a_line_merged_into_another_feature_raises_the_next_commands_clock(root:
     write_by_hand(root, "f-a", foreign_line(5000))
     with EventStore(root, fsync=False) as store:
         assert store.append("f-b", "T", "B").lamport_clock > 5000
+
+
+def test_a_corrupt_log_elsewhere_does_not_block_an_append(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append("f-a", "T", "A")
+    write_by_hand(root, "f-b", b"{not json\n")
+    with EventStore(root, fsync=False) as store:
+        assert store.append("f-a", "T", "A").lamport_clock == 2
+        with pytest.raises(StoreError, match="Line 1: invalid JSON"):
+            store.status()

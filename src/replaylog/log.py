@@ -232,10 +232,12 @@ def scan_log(
     invalid event structure: ...``) unless ``on_problem`` is given, which then receives
     each problem and the scan goes on (``verify`` uses that). With ``dedup``, a second
     identical line of an ``event_id`` is skipped (``on_duplicate(line, first_line, id)``
-    hears of it) and a different one is a problem. ``lock=False`` is for a caller that
-    already holds the log's lock. ``position``, when given as ``[offset, line]``, is kept
-    at the end of the last whole (newline-terminated) line read, blank ones included:
-    where an incremental reader resumes. A missing file yields nothing.
+    hears of it) and a different one is a problem. With ``lock``, the scan reads the log
+    as it was when no append was in progress, holding the shared lock only for that
+    moment; ``lock=False`` is for a caller that already holds the log's lock.
+    ``position``, when given as ``[offset, line]``, is kept at the end of the last whole
+    (newline-terminated) line read, blank ones included: where an incremental reader
+    resumes. A missing file yields nothing.
     """
     try:
         fd = _open_log(path, os.O_RDONLY)
@@ -245,7 +247,14 @@ def scan_log(
         raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
     try:
         if lock:
+            # The shared lock waits out an append in progress; every byte below the size
+            # seen then is a complete write that later appends leave alone. Reading only
+            # those, the lock can go at once: a slow consumer of this generator
+            # (`replaylog log | less`) must not hold up every append to the log.
             _flock(fd, fcntl.LOCK_SH, path)
+            size = os.fstat(fd).st_size
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            limit = size if limit is None else min(limit, size)
         seen: dict[str, tuple[int, int, int]] = {}
         number = start_line
         for offset, raw, terminated in _raw_lines(fd, start, limit):
@@ -305,7 +314,16 @@ def scan_log(
                         line=number,
                     )
             if problem is not None:
-                if not terminated and bad_json and len(raw) < MAX_LINE_BYTES:
+                # A line over the limit was cut short: it is the torn tail only if no
+                # newline follows it (a look back from the end, on this error path only).
+                if (
+                    not terminated
+                    and bad_json
+                    and (
+                        len(raw) < MAX_LINE_BYTES
+                        or _last_newline(fd, os.fstat(fd).st_size) < offset
+                    )
+                ):
                     problem = StoreError(
                         f"{problem} (the last line is torn: it has no newline; run"
                         f" `replaylog repair` to move it aside)",

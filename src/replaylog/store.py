@@ -280,7 +280,15 @@ class EventStore:
             # Once per store (so once per command): lines merged into other logs since
             # the index last looked (a `git pull`) raise the clock before this append.
             # Later appends of a long-lived store catch up with their own log only.
-            self.catch_up()
+            for name in self.features():
+                if name == feature:
+                    continue  # caught up below, under the log's own lock
+                try:
+                    self.catch_up([name])
+                except StoreError:
+                    # Another log's problem is reported by that log's own commands;
+                    # it must not stop an append to this one.
+                    continue
             self._seen_all_logs = True
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             with index.write():
