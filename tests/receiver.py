@@ -43,6 +43,7 @@ import dataclasses
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -153,7 +154,7 @@ class Receiver:
         class Handler(_Handler):
             owner = receiver
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -246,6 +247,16 @@ class Receiver:
                     self.events[event_id] = event
                     outcome.append((event_id, "success", None))
         return outcome
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """A client that goes away (a replay process exiting with its connection kept
+    alive, a client timing out) is normal here: no traceback for it on stderr."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -357,7 +368,7 @@ def _parse_batch(raw: bytes) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("events"), list):
         return None
-    events = data["events"]
+    events: list[dict[str, Any]] = data["events"]
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
             return None
