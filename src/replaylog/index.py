@@ -389,7 +389,7 @@ class Index:
         last_line_start = prior[3] if prior is not None and start > 0 else 0
         end, lines, added = start, start_line, 0
         for chunk in clean_chunks(path, start=start, start_line=start_line, lock=lock_log):
-            eids, types, aggs, _payloads, _stamps, nodes, clocks, _causes, _corrs = chunk.columns
+            eids, types, aggs, nodes, clocks = chunk.columns
             count = len(eids)
             rows = list(
                 zip(

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 from .errors import StoreError, UsageError
 from .event import (
-    EVENT_FIELDS,
     MAX_LINE_BYTES,
     MAX_NAME_CHARS,
     TIMESTAMP_PATTERN,
@@ -355,7 +354,13 @@ _TYPE_STR = frozenset({str})
 _TYPE_OPT_STR = frozenset({str, type(None)})
 _TYPE_INT = frozenset({int})
 _TYPE_DICT = frozenset({dict})
-_FIELD_GETTERS = [operator.itemgetter(name) for name in EVENT_FIELDS]
+_KEPT_GETTERS = [
+    operator.itemgetter(name)
+    for name in ("event_id", "event_type", "aggregate_id", "node_id", "lamport_clock", "timestamp")
+]
+_CHECKED_GETTERS = [
+    operator.itemgetter(name) for name in ("payload", "causation_id", "correlation_id")
+]
 _ULIDS_RE = re.compile(f"(?:{ULID_PATTERN}\n)*")
 _STAMPS_RE = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
 
@@ -379,37 +384,41 @@ class CleanChunk(NamedTuple):
     lengths: list[int]  # bytes of each line without its newline
     objs: list[dict[str, Any]]
     event_ids: list[str]
-    columns: tuple[list[Any], ...]  # EVENT_FIELDS order, one list per field
+    columns: tuple[list[Any], ...]  # event_id, event_type, aggregate_id, node_id, lamport_clock
     end: int  # offset just past the chunk's last newline
 
 
 def _check_columns(objs: list[dict[str, Any]]) -> tuple[list[Any], ...]:
-    """Validate parsed lines column by column, in C; raise :class:`Unclean` on any doubt."""
+    """Validate parsed lines column by column, in C; raise :class:`Unclean` on any doubt.
+
+    Returns the columns an index needs (event_id, event_type, aggregate_id, node_id,
+    lamport_clock); the others are checked without being kept.
+    """
     if set(map(type, objs)) != _TYPE_DICT:
         raise Unclean
     try:
-        columns = tuple(list(map(getter, objs)) for getter in _FIELD_GETTERS)
+        eids, types, aggs, nodes, clocks, stamps = (
+            list(map(getter, objs)) for getter in _KEPT_GETTERS
+        )
+        others = [set(map(type, map(getter, objs))) for getter in _CHECKED_GETTERS]
     except KeyError:
         raise Unclean from None
-    eids, types, aggs, payloads, stamps, nodes, clocks, causes, corrs = columns
-    for texts in (types, aggs):
-        if set(map(type, texts)) != _TYPE_STR or min(map(len, texts)) < 1:
-            raise Unclean
-        if max(map(len, texts)) > MAX_NAME_CHARS:
-            raise Unclean
-    if set(map(type, nodes)) != _TYPE_STR or min(map(len, nodes)) < 1:
+    payload_types, cause_types, corr_types = others
+    if payload_types != _TYPE_DICT or not (cause_types | corr_types) <= _TYPE_OPT_STR:
         raise Unclean
+    for texts, longest in ((types, MAX_NAME_CHARS), (aggs, MAX_NAME_CHARS), (nodes, None)):
+        if set(map(type, texts)) != _TYPE_STR:
+            raise Unclean
+        lengths = set(map(len, texts))
+        if min(lengths) < 1 or (longest is not None and max(lengths) > longest):
+            raise Unclean
     if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0:
-        raise Unclean
-    if not set(map(type, causes)) <= _TYPE_OPT_STR or not set(map(type, corrs)) <= _TYPE_OPT_STR:
-        raise Unclean
-    if set(map(type, payloads)) != _TYPE_DICT:
         raise Unclean
     if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
         raise Unclean
     if not _all_match(_ULIDS_RE, eids) or not _all_match(_STAMPS_RE, stamps):
         raise Unclean
-    return columns
+    return eids, types, aggs, nodes, clocks
 
 
 def clean_chunks(
