@@ -107,17 +107,36 @@ def fmt(value: float | None, unit: str) -> str:
 # --------------------------------------------------------------------------- figures
 
 
+def best_of(
+    runs: int, ours: Callable[[], float], floor: Callable[[], float] | None
+) -> tuple[float, float | None]:
+    """Alternate our figure and the floor ``runs`` times and keep the best of each.
+
+    The machine's noise only ever slows a run down, so the best run is the truest one.
+    """
+    values, floor_values = [], []
+    for _ in range(runs):
+        values.append(ours())
+        if floor is not None:
+            floor_values.append(floor())
+    return max(values), (max(floor_values) if floor_values else None)
+
+
 def bench_single_append(tmp: Path, n: int) -> Row:
     row = Row("durable single appends (API)", "events/s", ">= 0.7 x write+fsync", True)
     row.limit = 0.7
-    with EventStore(tmp / "single", fsync=True) as store:
-        store.append("warm", "Warm", "WP00")
-        t0 = time.perf_counter()
-        for i in range(n):
-            store.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40})
-        row.value = n / (time.perf_counter() - t0)
-    if floors:
-        row.floor = floors.fsync_append_rate(n, directory=str(tmp))
+    runs = iter(range(1000))
+
+    def ours() -> float:
+        with EventStore(tmp / f"single-{next(runs)}", fsync=True) as store:
+            store.append("warm", "Warm", "WP00")
+            t0 = time.perf_counter()
+            for i in range(n):
+                store.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40})
+            return n / (time.perf_counter() - t0)
+
+    floor = (lambda: floors.fsync_append_rate(n, directory=str(tmp))) if floors else None
+    row.value, row.floor = best_of(3, ours, floor)
     return row
 
 
@@ -132,13 +151,17 @@ def bench_append_many(tmp: Path, n: int) -> Row:
         }
         for i in range(n)
     ]
-    with EventStore(tmp / "many", fsync=True) as store:
-        store.append("feat", "Warm", "WP00")
-        t0 = time.perf_counter()
-        store.append_many("feat", items)
-        row.value = n / (time.perf_counter() - t0)
-    if floors:
-        row.floor = floors.batch_append_rate(n, directory=str(tmp))
+    runs = iter(range(1000))
+
+    def ours() -> float:
+        with EventStore(tmp / f"many-{next(runs)}", fsync=True) as store:
+            store.append("feat", "Warm", "WP00")
+            t0 = time.perf_counter()
+            store.append_many("feat", items)
+            return n / (time.perf_counter() - t0)
+
+    floor = (lambda: floors.batch_append_rate(n, directory=str(tmp))) if floors else None
+    row.value, row.floor = best_of(3, ours, floor)
     return row
 
 

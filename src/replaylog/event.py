@@ -181,6 +181,10 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_STR_TYPE = frozenset({str})
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
+
+
 def _is_plain(value: object, depth: int = 0) -> bool:
     """True if ``value`` is already what ``json.loads`` would give back (so lines round-trip)."""
     kind = type(value)
@@ -191,10 +195,12 @@ def _is_plain(value: object, depth: int = 0) -> bool:
     if depth > 200:
         return False
     if kind is dict:
-        return all(
-            type(k) is str and _is_plain(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
+        if set(map(type, value)) - _STR_TYPE:  # type: ignore[call-overload]
+            return False
+        values = value.values()  # type: ignore[attr-defined]
+        if not set(map(type, values)) - _FLAT_TYPES:
+            return True  # flat strings, integers, booleans and nulls: nothing to look into
+        return all(_is_plain(v, depth + 1) for v in values)
     if kind is list:
         return all(_is_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
     return False

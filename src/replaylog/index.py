@@ -22,9 +22,8 @@ import sqlite3
 import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import BadIndexError, StoreError
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
@@ -49,8 +48,7 @@ _INSERT = (
 )
 
 
-@dataclass(frozen=True)
-class IndexedLine:
+class IndexedLine(NamedTuple):
     """What the index stores of one new line."""
 
     line: int
@@ -468,19 +466,30 @@ class Index:
         lines: int,
         tail_offset: int,
         max_lamport: int,
+        *,
+        fd: int | None = None,
+        head_hash: str | None = None,
+        tail: bytes | None = None,
     ) -> None:
-        try:
-            fd = _open_log(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return
+        """Store how far the log is indexed. ``fd``: the log, open (not closed here);
+        ``head_hash`` and ``tail``: already known, so not read again."""
+        own = fd is None
+        if own:
+            try:
+                fd = _open_log(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+        assert fd is not None
         try:
             st = os.fstat(fd)
-            head = os.pread(fd, min(size, _HEAD_BYTES), 0)
-            if tail_offset > size:
-                tail_offset = size
-            tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+            if head_hash is None:
+                head_hash = _sha(os.pread(fd, min(size, _HEAD_BYTES), 0))
+            if tail is None:
+                tail_offset = min(tail_offset, size)
+                tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
         finally:
-            os.close(fd)
+            if own:
+                os.close(fd)
         # A file that holds more than what was indexed (a torn tail) must be looked at
         # again next time, so its file id is not recorded as seen.
         file_id = _file_id(st) if st.st_size == size else "-"
@@ -491,7 +500,7 @@ class Index:
             " head_hash = excluded.head_hash, tail_offset = excluded.tail_offset,"
             " tail_hash = excluded.tail_hash, max_lamport = excluded.max_lamport,"
             " file_id = excluded.file_id",
-            (feature, size, lines, _sha(head), tail_offset, _sha(tail), max_lamport, file_id),
+            (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id),
         )
 
     def known_event_ids(self, feature: str, event_ids: Sequence[str]) -> list[str]:
@@ -524,21 +533,41 @@ class Index:
         *,
         size: int,
         line_count: int,
+        fd: int | None = None,
+        last_line: bytes | None = None,
     ) -> None:
-        """Record lines this process has just appended (no need to read them back)."""
+        """Record lines this process has just appended (no need to read them back).
+
+        ``fd`` is the log, still locked by the caller, and ``last_line`` the bytes of the
+        last line written: with them nothing is read back from the log, and the hash of
+        its first 64 KiB is read only while the log is shorter than that.
+        """
         rows = [_row(feature, line) for line in lines]
         if not rows:
             return
         with self.write():
             prior = self.conn.execute(
-                "SELECT size, max_lamport FROM logs WHERE feature = ?", (feature,)
+                "SELECT size, max_lamport, head_hash FROM logs WHERE feature = ?", (feature,)
             ).fetchone()
             self.conn.executemany(_INSERT, rows)
             top = max(r[8] for r in rows)
+            head_hash = None
             if prior is not None:
                 top = max(top, prior[1])
+                if prior[0] >= _HEAD_BYTES:
+                    head_hash = prior[2]  # appends never change a log's first bytes
             self._see(top)
-            self._record_progress(feature, path, size, line_count, rows[-1][2], top)
+            self._record_progress(
+                feature,
+                path,
+                size,
+                line_count,
+                rows[-1][2],
+                top,
+                fd=fd,
+                head_hash=head_hash,
+                tail=last_line,
+            )
 
 
 def _switch_to_wal(conn: sqlite3.Connection) -> None:

@@ -233,7 +233,7 @@ class EventStore:
         for item in events:
             if isinstance(item, Event):
                 objs.append(item.to_dict())
-            elif isinstance(item, Mapping):
+            elif type(item) is dict or isinstance(item, Mapping):  # the ABC check is slow
                 objs.append(self._new_line_object(item, now))
             else:
                 raise UsageError(
@@ -313,7 +313,15 @@ class EventStore:
                 number += 1
                 rows.append(IndexedLine(number, offset, len(line) - 1, obj))
                 offset += len(line)
-            index.add_appended(feature, writer.path, rows, size=writer.size, line_count=number)
+            index.add_appended(
+                feature,
+                writer.path,
+                rows,
+                size=writer.size,
+                line_count=number,
+                fd=writer.fd,
+                last_line=lines[-1],
+            )
         return build_events([dict(obj) for obj in objs])
 
     # ------------------------------------------------------------------ reading
