@@ -86,7 +86,11 @@ def test_rebase_rewrites_the_log_and_the_index_follows_without_losing_state(
         delivery = store.delivery
         with store.index.write():
             delivery.record(
-                accepted=our_ids[:1], rejected={}, transient=None, now="t", features=None
+                accepted=our_ids[:1],
+                rejected={},
+                transient=None,
+                now="t",
+                features_of={our_ids[0]: ["feat"]},
             )
     git(ours, "pull", "-q", "--rebase", "origin", "main")
     with EventStore(ours, fsync=False) as store:

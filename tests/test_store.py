@@ -107,13 +107,16 @@ def record(
 ) -> None:
     """Apply a replay answer the way replay does: one transaction in the index."""
     store.status()
+    features_of: dict[str, list[str]] = {}
+    for feature, event_id in store.index.conn.execute("SELECT feature, event_id FROM events"):
+        features_of.setdefault(event_id, []).append(feature)
     with store.index.write():
         store.delivery.record(
             accepted=accepted,
             rejected=rejected or {},
             transient=transient,
             now=NOW,
-            features=None,
+            features_of=features_of,
         )
 
 

@@ -8,11 +8,22 @@ has caught up with the logs; each function that writes runs in one transaction.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, create_engine, func, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.pool import StaticPool
 
 from .schema import events
@@ -111,41 +122,54 @@ class Delivery:
         rejected: dict[str, str],
         transient: tuple[Iterable[str], str] | None,
         now: str,
-        features: list[str] | None,
+        features_of: Mapping[str, list[str]],
     ) -> None:
-        """Apply one batch's answer. Call inside ``Index.write`` (one transaction)."""
-        scope = [events.c.status == "pending"]
-        if features is not None:
-            scope.append(events.c.feature.in_(features))
-        accepted = list(accepted)
-        for i in range(0, len(accepted), 500):
+        """Apply one batch's answer. Call inside ``Index.write`` (one transaction).
+
+        ``features_of`` maps each event id of the batch to the feature(s) whose pending
+        row it came from: every update goes by (feature, event_id), through the unique
+        index, so its cost does not grow with the size of the table.
+        """
+
+        def keys(ids: Iterable[str]) -> list[dict[str, Any]]:
+            return [{"f": f, "e": e} for e in ids for f in features_of.get(e, ())]
+
+        where = and_(
+            events.c.feature == bindparam("f"),
+            events.c.event_id == bindparam("e"),
+            events.c.status == "pending",
+        )
+        done = keys(accepted)
+        if done:
             self.conn.execute(
-                update(events)
-                .where(and_(events.c.event_id.in_(accepted[i : i + 500]), *scope))
-                .values(status="delivered", last_error=None)
+                update(events).where(where).values(status="delivered", last_error=None), done
             )
-        for event_id, reason in rejected.items():
+        failed = [dict(k, reason=rejected[k["e"]]) for k in keys(rejected)]
+        if failed:
             self.conn.execute(
                 update(events)
-                .where(and_(events.c.event_id == event_id, *scope))
+                .where(where)
                 .values(
                     status="failed",
                     retry_count=events.c.retry_count + 1,
                     last_retry_at=now,
-                    last_error=reason,
-                )
+                    last_error=bindparam("reason"),
+                ),
+                failed,
             )
         if transient is not None:
-            ids, error = list(transient[0]), transient[1]
-            for i in range(0, len(ids), 500):
+            ids, error = transient
+            kept = keys(ids)
+            if kept:
                 self.conn.execute(
                     update(events)
-                    .where(and_(events.c.event_id.in_(ids[i : i + 500]), *scope))
+                    .where(where)
                     .values(
                         retry_count=events.c.retry_count + 1,
                         last_retry_at=now,
                         last_error=error,
-                    )
+                    ),
+                    kept,
                 )
 
     def requeue(self, features: list[str] | None = None, event_id: str | None = None) -> int:

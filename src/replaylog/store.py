@@ -464,10 +464,14 @@ class EventStore:
             accepted = rejected = batches = attempts = done = 0
             stopped: str | None = None
             with _LineReader(self) as reader, Replayer(config, transport=transport) as replayer:
-                queue = (
-                    PendingEvent(row.event_id, reader.line(row)) for row in delivery.pending(names)
-                )
-                for result in replayer.run(queue):
+                features_of: dict[str, list[str]] = {}
+
+                def queue() -> Iterator[PendingEvent]:
+                    for row in delivery.pending(names):
+                        features_of.setdefault(row.event_id, []).append(row.feature)
+                        yield PendingEvent(row.event_id, reader.line(row))
+
+                for result in replayer.run(queue()):
                     attempts += result.attempts
                     with self.index.write():
                         delivery.record(
@@ -479,8 +483,10 @@ class EventStore:
                                 else None
                             ),
                             now=utc_now(),
-                            features=names,
+                            features_of=features_of,
                         )
+                    for event_id in result.event_ids:
+                        features_of.pop(event_id, None)
                     if result.transient_error:
                         stopped = result.transient_error
                         break
