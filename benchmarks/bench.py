@@ -281,6 +281,7 @@ class _Sink(http.server.BaseHTTPRequestHandler):
     """Accepts every batch: the cheapest server replay can talk to."""
 
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else every answer waits for a delayed ACK
 
     def do_POST(self) -> None:  # noqa: N802 - the http.server naming
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))

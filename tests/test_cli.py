@@ -979,3 +979,41 @@ def test_concurrent_cli_appends_keep_every_event_and_unique_clocks(root: Path) -
     assert at(root, "verify").code == 0
     report = json.loads(at(root, "status", "--json").out)
     assert report["features"]["race"]["events"] == 100
+
+
+def test_an_index_damaged_inside_names_rebuild_index_and_rebuild_fixes_it(tmp_path: Path) -> None:
+    """A queue.db whose header is fine but whose pages are not (a torn swap, a bad disk)."""
+    from replaylog import EventStore
+
+    with EventStore(tmp_path, fsync=False) as store:
+        store.append_many(
+            "f",
+            [
+                {"event_type": "t", "aggregate_id": f"a{i}", "payload": {"x": "y" * 200}}
+                for i in range(3000)
+            ],
+        )
+    index = tmp_path / ".replaylog" / "queue.db"
+    size = index.stat().st_size
+    with open(index, "r+b") as f:
+        for offset in range(8192, size, 4096):
+            f.seek(offset + 100)
+            f.write(os.urandom(200))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+    status = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(tmp_path), "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert status.returncode == 1
+    assert "replaylog rebuild-index" in status.stderr and "Traceback" not in status.stderr
+    assert status.stderr.count("\n") == 1
+    subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(tmp_path), "rebuild-index"],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    with EventStore(tmp_path) as store:
+        assert store.status()["totals"]["events"] == 3000

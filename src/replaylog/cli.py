@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ._version import __version__
-from .errors import ReplaylogError, StoreError, UsageError
+from .errors import BadIndexError, ReplaylogError, StoreError, UsageError
 from .store import DEFAULT_LOGS_DIR, EventStore, find_root
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,6 +60,22 @@ def _errors(as_json: bool) -> Iterator[None]:
         raise  # main() handles these: a closed pipe is not worth an error message
     except (OSError, ValueError) as exc:
         _fail(exc, 1, as_json)
+    except Exception as exc:
+        # SQLite's own errors (directly, or wrapped by SQLAlchemy) mean the index file
+        # is damaged or was swapped under us: the logs are fine, the index can be rebuilt.
+        cause = getattr(exc, "orig", exc)
+        if isinstance(cause, sqlite3.DatabaseError) and not isinstance(
+            cause, sqlite3.OperationalError
+        ):
+            _fail(
+                BadIndexError(
+                    f"the index cannot be read ({cause}); run `replaylog rebuild-index` to"
+                    " build it again from the logs"
+                ),
+                1,
+                as_json,
+            )
+        raise
 
 
 class _Context:

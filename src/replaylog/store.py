@@ -222,7 +222,12 @@ class EventStore:
         return self._append(feature, [self._new_line_object(item, utc_now())])[0]
 
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
-        """Append several events with one lock and one fsync; all or none are written.
+        """Append several events with one lock, one ``write`` and one fsync.
+
+        Everything that can be refused is refused before the log is touched, and a
+        failed write is cut back, so the batch is written whole or not at all. (Only a
+        process killed in the middle of a large write can leave the batch's first lines
+        and a torn tail, which the next append or ``repair`` deals with.)
 
         Items are :class:`Event` objects (written with their id and payload, and a new
         Lamport value) or mappings with ``event_type``, ``aggregate_id``, ``payload`` and
