@@ -310,18 +310,24 @@ def bench_replay(tmp: Path, small: int, large: int) -> Row:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
-    times = {}
+    times: dict[int, float] = {}
+    stores = {}
     try:
         for n in (small, large):
             root = tmp / f"replay-{n}"
             write_log(root / "kitty-specs" / "feat" / EVENTS_FILENAME, n)
-            with EventStore(root, fsync=False) as store:
-                store.status()  # index the log first: replay's own cost is what is measured
+            stores[n] = EventStore(root, fsync=False)
+        for _ in range(2):  # alternate, keep the best of each (noise only slows a run)
+            for n, store in stores.items():
+                store.rebuild_index(reset_delivery=True)  # every event pending again
+                store.status()  # index caught up: replay's own cost is what is measured
                 t0 = time.perf_counter()
                 report = store.replay(url, batch_size=1000)
-                times[n] = time.perf_counter() - t0
+                times[n] = min(times.get(n, float("inf")), time.perf_counter() - t0)
                 assert report.accepted == n and report.pending == 0, report
     finally:
+        for store in stores.values():
+            store.close()
         server.shutdown()
         server.server_close()
     # The figure is the time ratio itself, compared with 10 (10 x the events): linear
