@@ -20,9 +20,8 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import StoreError, UsageError
 from .event import (
@@ -44,6 +43,9 @@ try:  # orjson parses several times faster; json is the fallback and the tie-bre
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency
     _fast_loads = json.loads  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .reports import Problem
 
 __all__ = [
     "EVENTS_FILENAME",
@@ -104,19 +106,6 @@ class LogLine(NamedTuple):
     end: int  # byte offset just past the line's newline (or end of file when torn)
     obj: dict[str, Any]  # the parsed JSON object
     terminated: bool  # False only for a torn last line that still parses
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something ``verify`` found: an error (the log cannot be read) or a warning."""
-
-    path: str
-    line: int | None
-    message: str
-    level: str = "error"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "line": self.line, "message": self.message, "level": self.level}
 
 
 def _snippet(raw: bytes) -> str:
@@ -361,15 +350,16 @@ _KEPT_GETTERS = [
 _CHECKED_GETTERS = [
     operator.itemgetter(name) for name in ("payload", "causation_id", "correlation_id")
 ]
-_ULIDS_RE = re.compile(f"(?:{ULID_PATTERN}\n)*")
-_STAMPS_RE = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
+# Compiled on first use: the append path never needs them.
+_ULIDS = f"(?:{ULID_PATTERN}\n)*"
+_STAMPS = f"(?:{TIMESTAMP_PATTERN}\n)*"
 
 
-def _all_match(pattern: re.Pattern[str], texts: list[str]) -> bool:
+def _all_match(pattern: str, texts: list[str]) -> bool:
     """True if every text matches: one regex over the texts joined by newlines."""
     joined = "\n".join(texts) + "\n"
     # A text holding a newline could pass as two texts: the count rules that out.
-    return joined.count("\n") == len(texts) and pattern.fullmatch(joined) is not None
+    return joined.count("\n") == len(texts) and re.fullmatch(pattern, joined) is not None
 
 
 class Unclean(Exception):
@@ -416,7 +406,7 @@ def _check_columns(objs: list[dict[str, Any]]) -> tuple[list[Any], ...]:
         raise Unclean
     if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
         raise Unclean
-    if not _all_match(_ULIDS_RE, eids) or not _all_match(_STAMPS_RE, stamps):
+    if not _all_match(_ULIDS, eids) or not _all_match(_STAMPS, stamps):
         raise Unclean
     return eids, types, aggs, nodes, clocks
 
@@ -532,6 +522,8 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Event]:
 
 def verify_log(path: str) -> list[Problem]:
     """Every problem of one log: errors for unreadable lines, warnings for identical duplicates."""
+    from .reports import Problem
+
     problems: list[Problem] = []
 
     def problem(err: StoreError) -> None:

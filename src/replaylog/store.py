@@ -14,7 +14,6 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import log as _log
@@ -43,8 +42,9 @@ if TYPE_CHECKING:
     import httpx
 
     from .delivery import Delivery
+    from .reports import EmitResult, ReplayReport, VerifyReport
 
-__all__ = ["EmitResult", "EventStore", "ReplayReport", "VerifyReport", "find_root"]
+__all__ = ["EventStore", "find_root"]
 
 DEFAULT_LOGS_DIR = "kitty-specs"
 
@@ -62,46 +62,6 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
-
-
-@dataclass(frozen=True)
-class ReplayReport:
-    """What one replay run did: counted in this run, and what is still pending after it."""
-
-    accepted: int
-    rejected: int
-    pending: int
-    batches: int
-    attempts: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "accepted": self.accepted,
-            "rejected": self.rejected,
-            "pending": self.pending,
-            "batches": self.batches,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    problems: list[_log.Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not any(p.level == "error" for p in self.problems)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "problems": [p.to_dict() for p in self.problems]}
-
-
-@dataclass(frozen=True)
-class EmitResult:
-    """An emitted event, whether it reached the server, and the warning if it did not."""
-
-    event: Event
-    delivered: bool
-    warning: str | None = None
 
 
 class EventStore:
@@ -371,11 +331,13 @@ class EventStore:
     def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
         """Check every log (or the ones named): errors, and warnings such as duplicates."""
         names = list(features) if features is not None else self.features()
-        problems: list[_log.Problem] = []
+        from .reports import Problem, VerifyReport
+
+        problems: list[Problem] = []
         for name in names:
             path = self.log_path(name)
             if not os.path.lexists(path):
-                problems.append(_log.Problem(path, None, f"feature {name!r} has no log"))
+                problems.append(Problem(path, None, f"feature {name!r} has no log"))
                 continue
             problems.extend(_log.verify_log(path))
         try:
@@ -386,7 +348,7 @@ class EventStore:
             warning = None
         if warning:
             problems.append(
-                _log.Problem(os.path.join(self.root, ".gitattributes"), None, warning, "warning")
+                Problem(os.path.join(self.root, ".gitattributes"), None, warning, "warning")
             )
         return VerifyReport(problems)
 
@@ -449,6 +411,7 @@ class EventStore:
         on 404 and other stops. ``on_batch(events_done, events_total)`` reports progress.
         """
         from .replay import PendingEvent, ReplayConfig, Replayer
+        from .reports import ReplayReport
 
         config = ReplayConfig(
             url=url,
@@ -554,6 +517,7 @@ class EventStore:
         is a :class:`UsageError` before anything is written, like a missing URL.
         """
         from .replay import ReplayConfig
+        from .reports import EmitResult
 
         started = time.monotonic()
         ReplayConfig(url=url, token=token, allow_insecure_http=allow_insecure_http)
