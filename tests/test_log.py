@@ -826,3 +826,13 @@ def test_fast_and_slow_read_paths_agree_on_mutated_logs(
     feature = tmp_path / f"m{abs(hash(data)) % 10**12}"
     write_log(feature, data)
     assert read_outcome(feature) == scan_outcome(feature)
+
+
+def test_a_fifo_in_place_of_a_log_is_refused_at_once(tmp_path):
+    feature = tmp_path / "feat"
+    feature.mkdir()
+    os.mkfifo(feature / EVENTS_FILENAME)
+    with pytest.raises(StoreError, match="not a regular file"):
+        read_events(feature)
+    with pytest.raises(StoreError, match="not a regular file"):
+        append_event(feature, Event.new("T", "A"))

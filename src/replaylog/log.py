@@ -151,7 +151,9 @@ def _same_json(a: Any, b: Any) -> bool:
 
 def _open_log(path: str, flags: int) -> int:
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; on a
+        # regular file it changes nothing, and anything else is refused just below.
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreError(
@@ -162,7 +164,7 @@ def _open_log(path: str, flags: int) -> int:
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens read-only, then fails
         os.close(fd)
-        raise StoreError(f"{path} is not a regular file", path=path)
+        raise StoreError(f"{path} is not a regular file; a log must be a plain file", path=path)
     return fd
 
 
