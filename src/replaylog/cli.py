@@ -129,6 +129,19 @@ def cli(ctx: click.Context, root: str | None, logs_dir: str, index: str | None) 
     ctx.obj = _Context(root, logs_dir, index)
 
 
+def server_options(f: F) -> F:
+    """--token-env and --allow-insecure-http, for the commands that talk to the server."""
+    f = click.option(
+        "--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host."
+    )(f)
+    return click.option(
+        "--token-env",
+        default="REPLAYLOG_TOKEN",
+        show_default=True,
+        help="Environment variable that holds the bearer token.",
+    )(f)
+
+
 def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, Any] | None:
     if payload is not None and payload_file is not None:
         raise UsageError("give --payload or --payload-file, not both")
@@ -174,13 +187,7 @@ def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, An
 @click.option("--sync", is_flag=True, help="After appending, try to deliver within --sync-timeout.")
 @click.option("--sync-timeout", type=float, default=2.0, show_default=True, help="Seconds, in all.")
 @click.option("--url", envvar="REPLAYLOG_URL", help="Server base URL for --sync (REPLAYLOG_URL).")
-@click.option(
-    "--token-env",
-    default="REPLAYLOG_TOKEN",
-    show_default=True,
-    help="Environment variable that holds the bearer token.",
-)
-@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
+@server_options
 @json_option
 @pass_ctx
 def append(
@@ -322,13 +329,7 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     show_default=True,
     help="Seconds per request.",
 )
-@click.option(
-    "--token-env",
-    default="REPLAYLOG_TOKEN",
-    show_default=True,
-    help="Environment variable that holds the bearer token.",
-)
-@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
+@server_options
 @json_option
 @pass_ctx
 def replay(
