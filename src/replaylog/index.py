@@ -21,14 +21,14 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import BadIndexError, StoreError
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
 
-__all__ = ["HEAD_REVISION", "Index", "IndexedLine", "REVISIONS"]
+__all__ = ["HEAD_REVISION", "Index", "REVISIONS"]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001",)
@@ -46,30 +46,6 @@ _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
     " aggregate_id, node_id, lamport) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-class IndexedLine(NamedTuple):
-    """What the index stores of one new line."""
-
-    line: int
-    offset: int
-    length: int
-    obj: dict[str, Any]
-
-
-def _row(feature: str, line: IndexedLine) -> tuple[Any, ...]:
-    o = line.obj
-    return (
-        feature,
-        line.line,
-        line.offset,
-        line.length,
-        o["event_id"],
-        o["event_type"],
-        o["aggregate_id"],
-        o["node_id"],
-        o["lamport_clock"],
-    )
 
 
 def _sha(data: bytes) -> str:
@@ -529,7 +505,7 @@ class Index:
         self,
         feature: str,
         path: str,
-        lines: Iterable[IndexedLine],
+        rows: list[tuple[Any, ...]],
         *,
         size: int,
         line_count: int,
@@ -538,11 +514,13 @@ class Index:
     ) -> None:
         """Record lines this process has just appended (no need to read them back).
 
+        ``rows`` are in the column order of the events insert: feature, line, offset,
+        length, event_id, event_type, aggregate_id, node_id, lamport.
+
         ``fd`` is the log, still locked by the caller, and ``last_line`` the bytes of the
         last line written: with them nothing is read back from the log, and the hash of
         its first 64 KiB is read only while the log is shorter than that.
         """
-        rows = [_row(feature, line) for line in lines]
         if not rows:
             return
         with self.write():
@@ -556,7 +534,7 @@ class Index:
                 top = max(top, prior[1])
                 if prior[0] >= _HEAD_BYTES:
                     head_hash = prior[2]  # appends never change a log's first bytes
-            self._see(top)
+            # No _see(top): the values were reserved, so the clock is at least top already.
             self._record_progress(
                 feature,
                 path,

@@ -36,7 +36,7 @@ from .event import (
     normalize_payload,
     utc_now,
 )
-from .index import Index, IndexedLine
+from .index import Index
 
 if TYPE_CHECKING:
     import httpx
@@ -195,16 +195,18 @@ class EventStore:
         """
         now = utc_now()
         objs = []
+        given_ids = []
         for item in events:
             if isinstance(item, Event):
                 objs.append(item.to_dict())
+                given_ids.append(item.event_id)
             elif type(item) is dict or isinstance(item, Mapping):  # the ABC check is slow
                 objs.append(self._new_line_object(item, now))
             else:
                 raise UsageError(
                     f"an event must be an Event or a mapping, not {type(item).__name__}"
                 )
-        return self._append(feature, objs)
+        return self._append(feature, objs, given_ids)
 
     _ITEM_KEYS = frozenset(
         {"event_type", "aggregate_id", "payload", "causation_id", "correlation_id"}
@@ -230,7 +232,11 @@ class EventStore:
             "correlation_id": check_optional_id(item.get("correlation_id"), "correlation_id"),
         }
 
-    def _append(self, feature: str, objs: list[dict[str, Any]]) -> list[Event]:
+    def _append(
+        self, feature: str, objs: list[dict[str, Any]], given_ids: list[str] | None = None
+    ) -> list[Event]:
+        """Append line objects; ``given_ids``: ids that came from the caller's Events (ids
+        made here are new by construction, so only those are looked up in the index)."""
         feature_dir = self.feature_dir(feature)
         if not objs:
             return []
@@ -258,7 +264,7 @@ class EventStore:
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             with index.write():
                 index._catch_up_locked(feature, writer.path, lock_log=False)
-                known = index.known_event_ids(feature, ids)
+                known = index.known_event_ids(feature, given_ids) if given_ids else []
                 if known:
                     # The same id again would be a second, different line of one event.
                     raise UsageError(
@@ -274,9 +280,21 @@ class EventStore:
             number = lines_before + (1 if size_before < offset else 0)
             rows = []
             for k, (line, obj) in enumerate(zip(lines, objs, strict=True)):
-                obj["lamport_clock"] = first + k
+                clock = obj["lamport_clock"] = first + k
                 number += 1
-                rows.append(IndexedLine(number, offset, len(line) - 1, obj))
+                rows.append(
+                    (
+                        feature,
+                        number,
+                        offset,
+                        len(line) - 1,
+                        obj["event_id"],
+                        obj["event_type"],
+                        obj["aggregate_id"],
+                        obj["node_id"],
+                        clock,
+                    )
+                )
                 offset += len(line)
             index.add_appended(
                 feature,
