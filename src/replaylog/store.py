@@ -305,7 +305,7 @@ class EventStore:
                 fd=writer.fd,
                 last_line=lines[-1],
             )
-        return build_events([dict(obj) for obj in objs])
+        return build_events(objs)  # the line objects are not used again: no copies
 
     # ------------------------------------------------------------------ reading
 
