@@ -22,7 +22,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -102,6 +101,31 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+LAUNCHER = """
+import os, resource, sys, time
+result, limit, timeout, cmd = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:]
+pid = os.fork()
+if pid == 0:
+    if limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(cmd[0], cmd)
+start, killed = time.monotonic(), 0
+while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() - start > timeout:
+        os.kill(pid, 9)
+        killed = 1
+        done, status, usage = os.wait4(pid, 0)
+        break
+    time.sleep(0.005)
+with open(result, "w") as f:
+    code = os.waitstatus_to_exitcode(status)
+    f.write(f"{code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {killed}")
+"""
+
+
 def cli(
     root: Path,
     *args: str,
@@ -116,44 +140,53 @@ def cli(
     would mix it with every earlier child). Past ``timeout`` it is killed and the run fails.
     """
 
-    def limit() -> None:
-        if as_limit is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
-
+    # The command is forked by a small launcher, not by this (large) pytest process: a
+    # child's peak RSS counts the pages it shared with its parent before exec.
     started = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replaylog", "--root", str(root), *args],
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as box,
+    ):
+        result = os.path.join(box, "result")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-S",
+                "-c",
+                LAUNCHER,
+                result,
+                str(as_limit or 0),
+                str(timeout),
+                sys.executable,
+                "-m",
+                "replaylog",
+                "--root",
+                str(root),
+                *args,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             cwd=cwd,
             env=env if env is not None else child_env(),
-            preexec_fn=limit,
+            timeout=timeout + 30,
         )
-        killed = False
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - started > timeout:
-                proc.kill()
-                killed = True
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
+        assert proc.returncode == 0, "the launcher failed"
+        with open(result) as f:
+            code, maxrss, cpu, killed_flag = f.read().split()
         seconds = time.monotonic() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        killed = killed_flag == "1"
         out.seek(0)
         err.seek(0)
         run = Run(
             tuple(args),
-            proc.returncode,
+            int(code),
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
             seconds,
-            usage.ru_maxrss * 1024,  # KiB on Linux
-            usage.ru_utime + usage.ru_stime,
+            int(maxrss) * 1024,  # KiB on Linux
+            float(cpu),
         )
     assert not killed, f"still running after {timeout} s: {run}"
     assert run.peak_rss < RSS_LIMIT, f"peak memory {run.peak_rss // MiB} MiB: {run}"

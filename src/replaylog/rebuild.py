@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,29 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
         old.close()
 
 
+def _settle(index_path: str) -> None:
+    """Fold the old index's WAL into its file, then remove the WAL and its shared memory.
+
+    Done before the rename, so that no moment exists at which the new file sits beside
+    the old file's WAL (SQLite would read that WAL against the new file). A kill at
+    any point leaves either the old index, whole, or the new one.
+    """
+    if os.path.exists(index_path):
+        try:
+            conn = sqlite3.connect(index_path, timeout=60.0)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # not a database (being replaced because of that): nothing to fold in
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.unlink(index_path + suffix)
+        except FileNotFoundError:
+            pass
+
+
 def rebuild(
     store: EventStore,
     *,
@@ -106,12 +130,8 @@ def rebuild(
             os.fsync(fd)
         finally:
             os.close(fd)
+        _settle(index_path)
         os.replace(temp, index_path)
-        for suffix in ("-wal", "-shm"):
-            try:
-                os.unlink(index_path + suffix)
-            except FileNotFoundError:
-                pass
         dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
         try:
             os.fsync(dir_fd)
