@@ -324,25 +324,20 @@ def test_token_not_in_reprs_or_errors(store):
 # --------------------------------------------------------------------------- offline emit
 
 
-def test_offline_append_sync_returns_within_the_timeout_and_keeps_the_event(tmp_path):
-    root = tmp_path / "p"
-    run_cli(root, "status")  # create the index first: this test times the append only
+def append_sync(root: Path, url: str, timeout: float) -> tuple[Any, float]:
+    """`replaylog append --sync` to ``url``; its result and how long it took."""
+    run_cli(root, "status")  # create the index first: only the append is timed
     started = time.monotonic()
     result = run_cli(
-        root,
-        "append",
-        "f",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
-        "--sync",
-        "--sync-timeout",
-        "1",
-        "--url",
-        unused_port_url(),
-    )
-    elapsed = time.monotonic() - started
+        root, "append", "f", "--type", "t", "--aggregate", "a",
+        "--sync", "--sync-timeout", str(timeout), "--url", url,
+    )  # fmt: skip
+    return result, time.monotonic() - started
+
+
+def test_offline_append_sync_returns_within_the_timeout_and_keeps_the_event(tmp_path):
+    root = tmp_path / "p"
+    result, elapsed = append_sync(root, unused_port_url(), 1)
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("Warning: ")
     assert elapsed < 1 + 3.0, f"took {elapsed:.2f} s for a 1 s sync timeout"
@@ -355,25 +350,10 @@ def test_offline_append_sync_returns_within_the_timeout_and_keeps_the_event(tmp_
 
 def test_a_stalled_server_does_not_hold_append_sync_past_its_timeout(tmp_path, receiver):
     root = tmp_path / "p"
-    run_cli(root, "status")
     receiver.script([Action.stall(5)])
-    started = time.monotonic()
-    result = run_cli(
-        root,
-        "append",
-        "f",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
-        "--sync",
-        "--sync-timeout",
-        "1",
-        "--url",
-        receiver.url,
-    )
+    result, elapsed = append_sync(root, receiver.url, 1)
     assert result.returncode == 0
-    assert time.monotonic() - started < 1 + 3.0
+    assert elapsed < 1 + 3.0
 
 
 def test_emit_delivers_when_online(store, receiver):
