@@ -181,9 +181,9 @@ class Index:
             (value,),
         )
 
-    def reserve_clock(self, count: int, *, above: int = 0) -> int:
+    def reserve_clock(self, count: int) -> int:
         """Issue ``count`` clock values; returns the first. Call inside :meth:`write`."""
-        first = max(self.clock(), above) + 1
+        first = self.clock() + 1
         self._see(first + count - 1)
         return first
 
