@@ -42,6 +42,8 @@ FIELDS = {
     "causation_id",
     "correlation_id",
 }
+# The plainest append of these tests: feature "feat", type "t", aggregate "a".
+APPEND = ("append", "feat", "--type", "t", "--aggregate", "a")
 COMMANDS = [
     "append",
     "log",
@@ -235,9 +237,7 @@ def test_append_ids_increase_and_clock_grows(root: Path) -> None:
 
 
 def test_append_json_prints_the_event_object_with_all_nine_fields(root: Path) -> None:
-    r = at(
-        root, "append", "feat", "--type", "t", "--aggregate", "a", "--payload", '{"n": 1}', "--json"
-    )
+    r = at(root, *APPEND, "--payload", '{"n": 1}', "--json")
     assert r.code == 0, r
     [printed] = r.json_lines()
     assert set(printed) == FIELDS
@@ -297,7 +297,7 @@ BAD_PAYLOADS = [
 
 @pytest.mark.parametrize("payload", BAD_PAYLOADS)
 def test_bad_payload_is_a_usage_error_and_creates_nothing(root: Path, payload: str) -> None:
-    r = at(root, "append", "feat", "--type", "t", "--aggregate", "a", "--payload", payload)
+    r = at(root, *APPEND, "--payload", payload)
     assert r.code == 2, r
     assert "payload" in r.error_line()
     assert r.out == ""
@@ -310,12 +310,7 @@ def test_bad_payload_from_stdin_is_a_usage_error_and_creates_nothing(
 ) -> None:
     r = at(
         root,
-        "append",
-        "feat",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
+        *APPEND,
         "--payload-file",
         "-",
         input=payload,
@@ -327,9 +322,7 @@ def test_bad_payload_from_stdin_is_a_usage_error_and_creates_nothing(
 
 def test_missing_payload_file_is_a_usage_error(root: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
-    r = at(
-        root, "append", "feat", "--type", "t", "--aggregate", "a", "--payload-file", str(missing)
-    )
+    r = at(root, *APPEND, "--payload-file", str(missing))
     assert r.code == 2, r
     assert str(missing) in r.error_line()
     assert_nothing_created(root)
@@ -340,12 +333,7 @@ def test_payload_and_payload_file_together_are_refused(root: Path, tmp_path: Pat
     file.write_text("{}")
     r = at(
         root,
-        "append",
-        "feat",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
+        *APPEND,
         "--payload",
         "{}",
         "--payload-file",
@@ -373,7 +361,7 @@ def test_longest_feature_name_is_accepted(root: Path) -> None:
 
 
 def test_sync_without_url_is_a_usage_error_and_writes_nothing(root: Path) -> None:
-    r = at(root, "append", "feat", "--type", "t", "--aggregate", "a", "--sync")
+    r = at(root, *APPEND, "--sync")
     assert r.code == 2, r
     assert "URL" in r.error_line()
     assert_nothing_created(root)
@@ -414,18 +402,13 @@ def test_replaylog_root_env_chooses_the_root_and_the_option_wins(
     other = tmp_path / "other"
     other.mkdir()
     monkeypatch.chdir(tmp_path)
-    r = run("append", "feat", "--type", "t", "--aggregate", "a", env={"REPLAYLOG_ROOT": str(root)})
+    r = run(*APPEND, env={"REPLAYLOG_ROOT": str(root)})
     assert r.code == 0, r
     assert log_file(root).exists()
     r = run(
         "--root",
         str(other),
-        "append",
-        "feat",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
+        *APPEND,
         env={"REPLAYLOG_ROOT": str(root)},
     )
     assert r.code == 0, r
@@ -463,12 +446,7 @@ def test_logs_dir_option_and_env(root: Path) -> None:
         root,
         "--logs-dir",
         "from-option",
-        "append",
-        "feat",
-        "--type",
-        "t",
-        "--aggregate",
-        "a",
+        *APPEND,
         env={"REPLAYLOG_LOGS_DIR": "from-env"},
     )
     assert r.code == 0, r
@@ -829,7 +807,7 @@ def test_corrupt_index_names_rebuild_index(root: Path, command: list[str]) -> No
     [
         (["append", "../x", "--type", "t", "--aggregate", "a"], 2, "UsageError"),
         (["append", "feat", "--aggregate", "a"], 2, "UsageError"),
-        (["append", "feat", "--type", "t", "--aggregate", "a", "--payload", "[]"], 2, "UsageError"),
+        ([*APPEND, "--payload", "[]"], 2, "UsageError"),
         (["status", "--no-such-option"], 2, "UsageError"),
         (["log", "feat", "--limit", "-1"], 2, "UsageError"),
     ],
