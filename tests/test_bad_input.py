@@ -23,7 +23,6 @@ import os
 import random
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broken_index import foreign_schema, newer_revision, random_bytes, truncated_to_half
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from receiver import Receiver
@@ -584,36 +584,11 @@ def test_crlf_lines_extra_keys_and_duplicates_replay_as_they_are_in_the_log(
 # --------------------------------------------------------------------------- broken queue.db
 
 
-def _random_bytes(path: Path) -> None:
-    path.write_bytes(random.Random(1).randbytes(16 * 1024))
-
-
-def _truncated_to_half(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _foreign_schema(path: Path) -> None:
-    path.unlink()
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO users (name) VALUES ('ada')")
-    conn.commit()
-    conn.close()
-
-
-def _newer_revision(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE alembic_version SET version_num = '9999'")
-    conn.commit()
-    conn.close()
-
-
 BROKEN_INDEXES: dict[str, Callable[[Path], None]] = {
-    "random bytes": _random_bytes,
-    "truncated to half": _truncated_to_half,
-    "foreign sqlite schema": _foreign_schema,
-    "newer alembic revision": _newer_revision,
+    "random bytes": random_bytes,
+    "truncated to half": truncated_to_half,
+    "foreign sqlite schema": foreign_schema,
+    "newer alembic revision": newer_revision,
 }
 EVENTS_IN_INDEX_TESTS = 200
 

@@ -22,6 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from broken_index import BREAKAGES, newer_revision
 from sqlalchemy import create_engine
 
 from replaylog import schema
@@ -204,57 +205,6 @@ def test_alembic_command_line_makes_the_same_schema_as_opening_an_index(tmp_path
 # --------------------------------------------------------------------------- bad indexes
 
 
-def _newer_revision(path: Path) -> None:
-    Index(str(path)).close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
-    conn.commit()
-    conn.close()
-
-
-def _random_bytes(path: Path) -> None:
-    path.write_bytes(os.urandom(8192))
-
-
-def _truncated(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-
-
-def _truncated_header(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:50])
-
-
-def _foreign_schema(path: Path) -> None:
-    path.unlink()
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.execute("INSERT INTO users (name) VALUES ('ada')")
-    conn.commit()
-    conn.close()
-
-
-def _foreign_alembic_schema(path: Path) -> None:
-    """Another application's Alembic database whose revision id happens to be ours."""
-    path.unlink()
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
-    conn.execute("INSERT INTO alembic_version VALUES (?)", (HEAD_REVISION,))
-    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
-    conn.commit()
-    conn.close()
-
-
-BREAKAGES = {
-    "newer-revision": _newer_revision,
-    "random-bytes": _random_bytes,
-    "truncated": _truncated,
-    "truncated-header": _truncated_header,
-    "foreign-schema": _foreign_schema,
-    "foreign-alembic-schema": _foreign_alembic_schema,
-}
-
-
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
 def test_unusable_index_names_rebuild_index_and_rebuild_fixes_it(
     tmp_path: Path, breakage: str
@@ -284,7 +234,7 @@ def test_unusable_index_names_rebuild_index_and_rebuild_fixes_it(
 
 
 def test_newer_index_error_says_it_is_from_a_newer_version(index_file: Path) -> None:
-    _newer_revision(index_file)
+    newer_revision(index_file)
     with pytest.raises(BadIndexError, match="newer") as info:
         Index(str(index_file))
     assert REBUILD_HINT in str(info.value)
