@@ -41,6 +41,12 @@ def _fail(exc: BaseException, code: int, as_json: bool, message: str | None = No
     message = message or str(exc) or type(exc).__name__
     if isinstance(exc, StoreError) and exc.path and exc.path not in message:
         message = f"{exc.path}: {message}"
+    if isinstance(exc, StoreError) and exc.line and "replaylog repair" not in message:
+        # A bad line inside a log is never changed by replaylog: say what to do with it.
+        message += (
+            "; replaylog changes no line of a log: correct or remove this one by hand"
+            " (`replaylog verify` lists every problem)"
+        )
     message = " ".join(message.split("\n"))
     if as_json:
         _json_out({"error": {"type": type(exc).__name__, "message": message}})
