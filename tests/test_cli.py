@@ -998,3 +998,42 @@ def test_an_index_damaged_inside_names_rebuild_index_and_rebuild_fixes_it(tmp_pa
     )
     with EventStore(tmp_path) as store:
         assert store.status()["totals"]["events"] == 3000
+
+
+@pytest.mark.parametrize("command", [["rebuild-index"], ["replay", "--url", "URL"]])
+def test_long_work_shows_a_progress_bar_on_a_terminal_only(root: Path, command: list[str]) -> None:
+    import pty
+
+    from receiver import Receiver
+
+    for i in range(3):
+        at(root, "append", f"feat-{i}", "--type", "t", "--aggregate", "a")
+    with Receiver() as server:
+        args = [server.url if a == "URL" else a for a in command]
+        argv = [sys.executable, "-m", "replaylog", "--root", str(root), *args]
+        plain = subprocess.run(argv, capture_output=True, text=True, env=child_env(), timeout=60)
+        assert plain.returncode == 0 and plain.stderr == "", plain
+        if command[0] == "replay":
+            at(root, "rebuild-index", "--reset-delivery")  # pending again for the second run
+        leader, follower = pty.openpty()
+        try:
+            shown = subprocess.run(
+                argv, stdout=subprocess.PIPE, stderr=follower, env=child_env(), timeout=60
+            )
+            os.close(follower)
+            follower = -1
+            seen = b""
+            while True:
+                try:
+                    chunk = os.read(leader, 4096)
+                except OSError:  # the terminal is closed once everything is read
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            os.close(leader)
+            if follower >= 0:
+                os.close(follower)
+    assert shown.returncode == 0
+    assert b"100%" in seen, seen
