@@ -351,6 +351,13 @@ BROKEN_LOGS: dict[str, Broken] = {
         "event structure",
         detail="missing field 'payload'",
     ),
+    # Valid JSON, but wider than the index's 64-bit integers: refused, not a crash.
+    "a lamport_clock of 2**63": Broken(
+        lambda g: g[0] + with_field(g[1], "lamport_clock", 2**63) + g[2],
+        2,
+        "event structure",
+        detail="at most 2**63-1",
+    ),
 }
 
 READS = [["log", FEATURE], ["verify"], ["status"], ["replay", "--url", DEAD_URL]]

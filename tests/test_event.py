@@ -314,6 +314,7 @@ BAD_FIELDS = [
     ("lamport_clock", "3", "non-negative integer"),
     ("lamport_clock", True, "non-negative integer"),
     ("lamport_clock", None, "non-negative integer"),
+    ("lamport_clock", 2**63, "at most 2**63-1"),  # more than the index can hold
     ("causation_id", 5, "string or null"),
     ("causation_id", ["c"], "string or null"),
     ("correlation_id", 5.5, "string or null"),

@@ -234,10 +234,17 @@ def test_integers_wider_than_64_bits_read_back_exactly(tmp_path: Path) -> None:
     assert read_events(tmp_path) == [e]
 
 
-def test_a_lamport_clock_wider_than_64_bits_reads_back_exactly(tmp_path: Path) -> None:
-    e = new_event(1).with_clock(2**70)
-    write_log(tmp_path, e.to_line())
-    assert read_events(tmp_path)[0].lamport_clock == 2**70
+def test_a_lamport_clock_the_index_cannot_hold_is_refused_naming_the_line(tmp_path: Path) -> None:
+    top = new_event(2).to_line().replace(b'"lamport_clock": 2', b'"lamport_clock": %d' % 2**63)
+    write_log(tmp_path, new_event(1).to_line(), top)
+    err = read_error(tmp_path)
+    assert str(err).startswith("Line 2: ") and "at most 2**63-1" in str(err)
+    assert err.line == 2
+
+
+def test_the_largest_lamport_clock_the_index_holds_reads_back_exactly(tmp_path: Path) -> None:
+    write_log(tmp_path, new_event(1).with_clock(2**63 - 1).to_line())
+    assert read_events(tmp_path)[0].lamport_clock == 2**63 - 1
 
 
 def test_an_out_of_range_number_in_a_line_is_refused(tmp_path: Path) -> None:

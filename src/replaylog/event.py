@@ -39,6 +39,8 @@ __all__ = [
 #: A whole line, newline included, is at most this many bytes.
 MAX_LINE_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 200
+#: The largest Lamport value a line may hold: the index keeps it as SQLite's 64-bit integer.
+MAX_CLOCK = 2**63 - 1
 
 EVENT_FIELDS = (
     "event_id",
@@ -467,9 +469,10 @@ def _check_fields(d: Mapping[str, Any]) -> None:
     if type(node) is not str or not node:
         raise EventValidationError(f"field 'node_id' must be a non-empty string, got {_show(node)}")
     clock = d.get("lamport_clock")
-    if type(clock) is not int or clock < 0:
+    if type(clock) is not int or clock < 0 or clock > MAX_CLOCK:
         raise EventValidationError(
-            f"field 'lamport_clock' must be a non-negative integer, got {_show(clock)}"
+            f"field 'lamport_clock' must be a non-negative integer of at most 2**63-1,"
+            f" got {_show(clock)}"
         )
     check_optional_id(d.get("causation_id"), "causation_id")
     check_optional_id(d.get("correlation_id"), "correlation_id")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import StoreError, UsageError
 from .event import (
+    MAX_CLOCK,
     MAX_LINE_BYTES,
     MAX_NAME_CHARS,
     TIMESTAMP_PATTERN,
@@ -404,7 +405,7 @@ def _check_columns(objs: list[dict[str, Any]]) -> tuple[list[Any], ...]:
         lengths = set(map(len, texts))
         if min(lengths) < 1 or (longest is not None and max(lengths) > longest):
             raise Unclean
-    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0:
+    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0 or max(clocks) > MAX_CLOCK:
         raise Unclean
     if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
         raise Unclean
