@@ -612,7 +612,7 @@ def indexed(tmp_path: Path) -> Project:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     project = Project(root, cwd)
-    assert sorted(os.listdir(project.index.parent)) == [".gitignore", "queue.db"]
+    assert sorted(os.listdir(project.index.parent)) == [".gitignore", "queue.db", "queue.db-clock"]
     return project
 
 

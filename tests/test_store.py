@@ -953,3 +953,182 @@ def test_a_corrupt_log_elsewhere_does_not_block_an_append(root: Path) -> None:
         assert store.append("f-a", "T", "A").lamport_clock == 2
         with pytest.raises(StoreError, match="Line 1: invalid JSON"):
             store.status()
+
+
+# --------------------------------------------------------------------------- later appends
+
+# After its first append to a log, a store keeps the log open and appends to it with the
+# clock file alone, leaving the index to catch up later. These tests pin what that may
+# never cost: a line missing from the index, a value issued twice, a line in the wrong file.
+
+
+def indexed_count(root: Path) -> int:
+    """Rows in the index file right now, read without catching it up."""
+    conn = sqlite3.connect(root / ".replaylog" / "queue.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_lines_appended_after_the_first_reach_the_index_when_anyone_catches_up(
+    root: Path, tmp_path: Path
+) -> None:
+    with EventStore(root, fsync=False) as store:
+        written = [store.append("f1", "T", "A", {"i": i}) for i in range(5)]
+        deferred = indexed_count(root)
+    assert deferred < 5  # what the test is about: the index was behind the log
+    # Another process, which never appended, sees every line and can deliver it.
+    result = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(root), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["totals"] == {"events": 5, "pending": 5, "delivered": 0, "failed": 0}
+    assert status["lamport_clock"] == written[-1].lamport_clock == 5
+    with EventStore(root, fsync=False) as store:
+        assert [e.event_id for e in store.pending()] == [e.event_id for e in written]
+        assert snapshot(store) == rebuilt_elsewhere(root, tmp_path / "rebuilt.db")
+
+
+def test_a_log_replaced_by_one_of_the_same_size_gets_the_next_line(
+    store: EventStore, root: Path
+) -> None:
+    store.append("f1", "T", "A")
+    store.append("f1", "T", "A")
+    path = log_file(root, "f1")
+    # A checkout puts another file of exactly the same size in its place.
+    other = foreign_line(700, node_id="elsewhere")
+    padding = path.stat().st_size - len(other)
+    assert padding > 0
+    replacement = foreign_line(700, node_id="elsewhere" + "x" * padding)
+    assert len(replacement) == path.stat().st_size
+    staged = path.with_name("checkout.tmp")
+    staged.write_bytes(replacement)
+    os.replace(staged, path)
+    event = store.append("f1", "T", "B")
+    assert event.lamport_clock == 701
+    assert [e.lamport_clock for e in store.read("f1")] == [700, 701]
+
+
+def test_a_log_grown_by_another_writer_puts_the_next_value_above_its_lines(
+    store: EventStore, root: Path
+) -> None:
+    store.append("f1", "T", "A")
+    store.append("f1", "T", "A")
+    append_event(root / "kitty-specs" / "f1", Event.new("X", "Y", lamport_clock=90), fsync=False)
+    assert store.append("f1", "T", "B").lamport_clock == 91
+    assert store.append("f1", "T", "B").lamport_clock == 92
+    assert [e.lamport_clock for e in store.read("f1")] == [1, 2, 90, 91, 92]
+
+
+_FORKED = """
+import os, sys
+from replaylog.store import EventStore
+root, count = sys.argv[1], int(sys.argv[2])
+with EventStore(root, fsync=False) as store:
+    store.append("shared", "T", "parent")  # the log is now kept open, and the clock
+    pid = os.fork()
+    who = "child" if pid == 0 else "parent"
+    for i in range(count):
+        store.append("shared", "T", who, {"i": i})
+    if pid == 0:
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_forked_child_and_its_parent_append_at_once_without_sharing_locks(root: Path) -> None:
+    count = 400
+    result = subprocess.run(
+        [sys.executable, "-c", _FORKED, str(root), str(count)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    with EventStore(root, fsync=False) as store:
+        objs = store.read_raw("shared")
+        clocks = [o["lamport_clock"] for o in objs]
+        assert len(objs) == 1 + 2 * count
+        assert all(x < y for x, y in pairwise(clocks)), "values not rising in file order"
+        for who in ("parent", "child"):
+            mine = [o["payload"]["i"] for o in objs if o["aggregate_id"] == who and o["payload"]]
+            assert mine == list(range(count)), who
+        assert store.status()["totals"]["events"] == 1 + 2 * count
+
+
+def clock_file(root: Path) -> Path:
+    return root / ".replaylog" / "queue.db-clock"
+
+
+def test_a_lost_clock_file_is_started_again_above_every_value(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        for _ in range(3):
+            store.append("f1", "T", "A")
+        store.append("f2", "T", "A")
+    clock_file(root).unlink()
+    with EventStore(root, fsync=False) as store:
+        assert store.append("f2", "T", "B").lamport_clock == 5
+        assert store.append("f1", "T", "B").lamport_clock == 6
+
+
+def test_an_unreadable_clock_file_is_never_trusted(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        for _ in range(3):
+            store.append("f1", "T", "A")
+        # Garbage where the value was (a negative number as read): the next append
+        # goes through the index and writes the clock again.
+        clock_file(root).write_bytes(b"\xff" * 8)
+        assert store.append("f1", "T", "B").lamport_clock == 4
+        assert store.append("f1", "T", "B").lamport_clock == 5
+    assert store.status()["lamport_clock"] == 5
+
+
+def test_a_clock_with_no_value_left_refuses_the_append_and_writes_nothing(
+    store: EventStore, root: Path
+) -> None:
+    write_by_hand(root, "f1", foreign_line(2**63 - 1))
+    before = log_file(root, "f1").read_bytes()
+    with pytest.raises(StoreError, match="corrected by hand"):
+        store.append("f1", "T", "A")
+    assert log_file(root, "f1").read_bytes() == before
+
+
+_FORK_WHILE_LOCKED = """
+import fcntl, os, sys, time
+from replaylog.store import EventStore
+root = sys.argv[1]
+with EventStore(root, fsync=False) as store:
+    store.append("shared", "T", "parent")
+    path = store.log_path("shared")
+    kept = store._open_logs["shared"].fd  # the descriptor kept open for the next append
+    fcntl.flock(kept, fcntl.LOCK_EX)  # as if the parent were in the middle of an append
+    pid = os.fork()
+    if pid == 0:
+        store.append("shared", "T", "child")  # must wait: the lock is its parent's
+        os._exit(0)
+    time.sleep(1.0)
+    while_locked = os.path.getsize(path)
+    fcntl.flock(kept, fcntl.LOCK_UN)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), while_locked, os.path.getsize(path))
+"""
+
+
+def test_a_forked_child_waits_for_a_lock_its_parent_holds(root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _FORK_WHILE_LOCKED, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    code, while_locked, after = map(int, result.stdout.split())
+    assert code == 0
+    assert while_locked == len(log_file(root, "shared").read_bytes().splitlines(True)[0])
+    assert after > while_locked

@@ -8,8 +8,9 @@ delivery state of the events that are still there.
 Ingesting lines is the hot path of ``replaylog append`` and of ``rebuild-index``, so it
 runs on the standard ``sqlite3`` module: importing SQLAlchemy alone takes several times
 longer than a whole append. Everything else (status, pending, delivery updates) is in
-:mod:`replaylog.queries`, on SQLAlchemy Core. Lock order is always: a log's ``flock``
-first, then the SQLite write lock, never two logs at once, so processes cannot deadlock.
+:mod:`replaylog.delivery`, on SQLAlchemy Core. Lock order is always: a log's ``flock``
+first, then the SQLite write lock, then the clock file's lock (:class:`ClockFile`), never
+two logs at once, so processes cannot deadlock.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import mmap
 import os
 import sqlite3
 import stat
+import struct
 import time
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
 from .errors import BadIndexError, StoreError
+from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
 
-__all__ = ["HEAD_REVISION", "Index", "REVISIONS"]
+__all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001",)
@@ -38,6 +42,7 @@ HEAD_REVISION = REVISIONS[-1]
 #: append path); a test checks that both agree.
 _TABLES = frozenset({"events", "logs", "meta"})
 
+_CLOCK = struct.Struct("<q")
 _HEAD_BYTES = 64 * 1024
 _BATCH = 20_000
 _REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
@@ -56,13 +61,109 @@ def _file_id(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
 
-class Index:
-    """An open ``queue.db``. Not shared between threads; one per process is plenty."""
+class ClockFile:
+    """The highest Lamport value the index has issued or seen, in ``<index>-clock``.
+
+    An append takes its values here, under this small file's own ``flock``, instead of
+    in an index transaction; the index takes the appended lines in when it next catches
+    up (SPEC section 4 lets its writes be deferred). The file is mapped into memory, so
+    that taking a value costs two system calls (the lock and its release). The value
+    only rises. Lock order: a log's ``flock``, then SQLite, then this file's lock, which
+    is never held while waiting for anything else.
+
+    The index keeps its own record of the clock too (``meta``), which the file always
+    equals or exceeds; a file that is missing or unreadable is started again from that
+    record by the next append that goes through the index.
+    """
+
+    SIZE = 8  # one signed 64-bit integer, little-endian: what SQLite can hold too
 
     def __init__(self, path: str) -> None:
         self.path = path
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            self.fd = os.open(path, flags, 0o600)
+            try:
+                st = os.fstat(self.fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError(0, "not a regular file")
+                if st.st_size < self.SIZE:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                    try:
+                        if os.fstat(self.fd).st_size < self.SIZE:
+                            os.ftruncate(self.fd, self.SIZE)  # zeros: 0, nothing issued
+                    finally:
+                        fcntl.flock(self.fd, fcntl.LOCK_UN)
+                self._map = mmap.mmap(self.fd, self.SIZE)
+            except BaseException:
+                os.close(self.fd)
+                raise
+        except OSError as exc:
+            raise BadIndexError(f"{path}: cannot open the clock: {exc.strerror}") from exc
+        self.pid = os.getpid()
+
+    def _read(self) -> int | None:
+        value = _CLOCK.unpack_from(self._map)[0]
+        return value if value >= 0 else None
+
+    def reserve(self, count: int, floor: int | None = None) -> int | None:
+        """Issue ``count`` values above the file's value (and above ``floor``, when given);
+        returns the first. None if the file is unreadable and no ``floor`` was given."""
+        fd = self.fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            value = self._read()
+            if value is None:
+                if floor is None:
+                    return None
+                value = 0
+            if floor is not None and floor > value:
+                value = floor
+            last = value + count
+            if last > MAX_CLOCK:
+                raise StoreError(
+                    "the Lamport clock would pass 2**63-1, the largest value a line may"
+                    f" hold (it is at {value}): a log holds a value close to that limit,"
+                    " which must be corrected by hand"
+                )
+            _CLOCK.pack_into(self._map, 0, last)
+            return value + 1
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def raise_to(self, value: int) -> None:
+        """Make sure the clock is at least ``value`` (lines other nodes wrote, seen)."""
+        fd = self.fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = self._read()
+            if current is None or current < value:
+                _CLOCK.pack_into(self._map, 0, value)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def value(self) -> int:
+        return self._read() or 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self._map.close()
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Index:
+    """An open ``queue.db``. Not shared between threads; one per process is plenty."""
+
+    def __init__(self, path: str, *, clock_of: str | None = None) -> None:
+        """``clock_of``: the index whose clock file this one shares (a rebuild's new
+        index, built under a temporary name, raises the clock of the index it replaces)."""
+        self.path = path
+        self.clock_path = (clock_of or path) + "-clock"
+        self.pid = os.getpid()
         self.conn = self._connect(path)
         self._in_write = False
+        self._clock_file: ClockFile | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -148,6 +249,9 @@ class Index:
 
     def close(self) -> None:
         self.conn.close()
+        if self._clock_file is not None:
+            self._clock_file.close()
+            self._clock_file = None
 
     # ------------------------------------------------------------------ transactions
 
@@ -170,9 +274,24 @@ class Index:
 
     # ------------------------------------------------------------------ clock
 
-    def clock(self) -> int:
+    @property
+    def clock_file(self) -> ClockFile:
+        """The clock file, opened on first use (and again in a forked child, whose
+        inherited descriptor would share its parent's lock)."""
+        clock_file = self._clock_file
+        if clock_file is None or clock_file.pid != os.getpid():
+            if clock_file is not None:
+                clock_file.close()
+            clock_file = self._clock_file = ClockFile(self.clock_path)
+        return clock_file
+
+    def _recorded_clock(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'lamport'").fetchone()
         return int(row[0]) if row else 0
+
+    def clock(self) -> int:
+        """The highest Lamport value issued or seen: the next append's is above it."""
+        return max(self._recorded_clock(), self.clock_file.value())
 
     def _see(self, value: int) -> None:
         self.conn.execute(
@@ -180,10 +299,12 @@ class Index:
             " DO UPDATE SET value = max(value, excluded.value)",
             (value,),
         )
+        self.clock_file.raise_to(value)
 
     def reserve_clock(self, count: int) -> int:
         """Issue ``count`` clock values; returns the first. Call inside :meth:`write`."""
-        first = self.clock() + 1
+        first = self.clock_file.reserve(count, floor=self._recorded_clock())
+        assert first is not None  # with a floor, an unreadable file is started again
         self._see(first + count - 1)
         return first
 

@@ -600,6 +600,30 @@ def _tail_state(fd: int, size: int) -> tuple[int, bytes | None]:
     return -1, b""  # longer than any line may be
 
 
+def write_durably(fd: int, data: bytes, before: int, fsync: bool, path: str) -> None:
+    """Append ``data`` to the locked log ``fd`` of size ``before`` and fsync it.
+
+    On failure the log is cut back to ``before``, so nothing half-written is left.
+    """
+    try:
+        written = os.write(fd, data)
+        if written < len(data):  # a short write (a full disk, a signal): write the rest
+            view = memoryview(data)[written:]
+            while view:
+                view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, before)
+        except OSError:
+            pass
+        raise StoreError(
+            f"{path}: cannot append to the log: {exc.strerror}; nothing was written",
+            path=path,
+        ) from exc
+
+
 class LogWriter:
     """An open, exclusively locked log, ready to take whole lines.
 
@@ -680,27 +704,17 @@ class LogWriter:
         if self._needs_newline:
             data = b"\n" + data
         before = self.size
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
-            if self.fsync:
-                os.fsync(self.fd)
-        except OSError as exc:
-            try:
-                os.ftruncate(self.fd, before)
-            except OSError:
-                pass
-            raise StoreError(
-                f"{self.path}: cannot append to the log: {exc.strerror}; nothing was written",
-                path=self.path,
-            ) from exc
+        write_durably(self.fd, data, before, self.fsync, self.path)
         self.size = before + len(data)
         first = before + (1 if self._needs_newline else 0)
         self._needs_newline = False
         self.torn_tail = None
         return first
+
+    def detach(self) -> int:
+        """Hand the open descriptor to the caller, who must release its lock and close it."""
+        fd, self.fd = self.fd, -1
+        return fd
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -97,7 +97,7 @@ def rebuild(
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
-    fresh = Index(temp)
+    fresh = Index(temp, clock_of=index_path)
     try:
         # A temporary file that is thrown away on any failure: no journal, no syncing of
         # each page, and the indexes built once after the rows are in (much faster than

@@ -1,9 +1,15 @@
 """EventStore (SPEC section 7): the logs, the index and replay, tied together.
 
 The log is the truth; the index follows it. Every method that reports or uses index
-state first catches up with the logs. An append locks the feature's log, catches the
+state first catches up with the logs.
+
+An append locks the feature's log. The first append of a store to a log catches the
 index up with it, takes its Lamport values from the index, writes and fsyncs the log,
-and only then records the new lines in the index.
+and records the new lines in the index. The store then keeps the log open: a later
+append that finds the log exactly as the store left it (same file, size and time) only
+takes its Lamport values from the clock file, writes and fsyncs. The index takes those
+lines in when it next catches up (SPEC section 4 lets its writes be deferred past an
+append, never skipped), in one batch.
 """
 
 from __future__ import annotations
@@ -29,11 +35,8 @@ from .event import (
     LineTemplate,
     build_event,
     build_events,
-    check_name,
-    check_optional_id,
-    generate_event_id,
     local_node_id,
-    normalize_payload,
+    new_line_object,
     utc_now,
 )
 from .index import Index
@@ -64,6 +67,36 @@ def find_root(start: str | None = None) -> str:
         current = parent
 
 
+_inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
+
+
+class _OpenLog:
+    """A log this store appended to, kept open, and how it looked after that append."""
+
+    __slots__ = ("fd", "path", "ino", "dev", "size", "pid")
+
+    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+        self.fd = fd
+        self.path = path
+        self.pid = os.getpid()
+        self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
+
+    def unchanged(self) -> bool:
+        """Under the lock: is the log still the file and size this store left it at?"""
+        if os.lseek(self.fd, 0, os.SEEK_END) != self.size:  # the size, without a stat
+            return False  # another writer, a repair, a rewrite: the full append looks
+        try:
+            here = os.lstat(self.path)  # not replaced (checkout, merge driver), not moved
+        except OSError:
+            return False
+        return here.st_ino == self.ino and here.st_dev == self.dev
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class EventStore:
     """The event store of one project root. Use as a context manager, or call ``close``."""
 
@@ -88,6 +121,7 @@ class EventStore:
         self._index: Index | None = None
         self._seen_all_logs = False
         self._delivery: Delivery | None = None
+        self._open_logs: dict[str, _OpenLog] = {}
 
     def __repr__(self) -> str:
         return f"EventStore(root={self.root!r}, index_path={self.index_path!r})"
@@ -99,7 +133,13 @@ class EventStore:
         self.close()
 
     def close(self) -> None:
-        """Close the index. The logs need no closing: every append is complete on return."""
+        """Close the index and the logs kept open (every append is complete on return)."""
+        for open_log in self._open_logs.values():
+            open_log.close()
+        self._open_logs.clear()
+        if self._index is not None and self._index.pid != os.getpid():
+            _inherited.append(self._index)  # a forked child's copy: its parent's to close
+            self._delivery = self._index = None
         if self._delivery is not None:
             self._delivery.close()
             self._delivery = None
@@ -138,9 +178,16 @@ class EventStore:
 
     @property
     def index(self) -> Index:
-        if self._index is None:
-            self._index = Index(self.index_path)
-        return self._index
+        index = self._index
+        if index is not None and index.pid != os.getpid():
+            # A forked child: SQLite connections must not cross a fork. The parent's is
+            # set aside, never used or closed here, and the child opens its own.
+            _inherited.append(index)
+            self._index = index = None
+            self._delivery = None
+        if index is None:
+            index = self._index = Index(self.index_path)
+        return index
 
     @property
     def delivery(self) -> Delivery:
@@ -172,14 +219,14 @@ class EventStore:
         correlation_id: str | None = None,
     ) -> Event:
         """Append one event durably and return it with its id and Lamport value."""
-        item = {
-            "event_type": event_type,
-            "aggregate_id": aggregate_id,
-            "payload": payload,
-            "causation_id": causation_id,
-            "correlation_id": correlation_id,
-        }
-        return self._append(feature, [self._new_line_object(item, utc_now())])[0]
+        obj = new_line_object(
+            event_type, aggregate_id, payload, causation_id, correlation_id, self.node_id
+        )
+        if feature in self._open_logs:  # a name checked when its log was first opened
+            events = self._append_to_open_log(feature, [LineTemplate.of_new(obj)], [obj])
+            if events is not None:
+                return events[0]
+        return self._append(feature, [obj])[0]
 
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         """Append several events with one lock, one ``write`` and one fsync.
@@ -220,17 +267,15 @@ class EventStore:
         if "event_type" not in item or "aggregate_id" not in item:
             raise UsageError("each event needs 'event_type' and 'aggregate_id'")
         # The id, time and node are this store's own; only what the caller gave is checked.
-        return {
-            "event_id": generate_event_id(),
-            "event_type": check_name(item["event_type"], "event_type"),
-            "aggregate_id": check_name(item["aggregate_id"], "aggregate_id"),
-            "payload": normalize_payload(item.get("payload")),
-            "timestamp": now,
-            "node_id": self.node_id,
-            "lamport_clock": 1,
-            "causation_id": check_optional_id(item.get("causation_id"), "causation_id"),
-            "correlation_id": check_optional_id(item.get("correlation_id"), "correlation_id"),
-        }
+        return new_line_object(
+            item["event_type"],
+            item["aggregate_id"],
+            item.get("payload"),
+            item.get("causation_id"),
+            item.get("correlation_id"),
+            self.node_id,
+            now,
+        )
 
     def _append(
         self, feature: str, objs: list[dict[str, Any]], given_ids: list[str] | None = None
@@ -246,6 +291,10 @@ class EventStore:
         if len(set(ids)) != len(ids):
             twice = next(i for i in ids if ids.count(i) > 1)
             raise UsageError(f"event {twice} is twice in one append; each event_id once")
+        if not given_ids:
+            events = self._append_to_open_log(feature, templates, objs)
+            if events is not None:
+                return events
         index = self.index
         if not self._seen_all_logs:
             # Once per store (so once per command): lines merged into other logs since
@@ -305,7 +354,58 @@ class EventStore:
                 fd=writer.fd,
                 last_line=lines[-1],
             )
+            self._keep_open(feature, writer)
         return build_events(objs)  # the line objects are not used again: no copies
+
+    def _keep_open(self, feature: str, writer: _log.LogWriter) -> None:
+        """Keep the log of ``writer`` open for the next appends; its lock is released."""
+        old = self._open_logs.pop(feature, None)
+        if old is not None:
+            old.close()
+        st = os.fstat(writer.fd)
+        open_log = _OpenLog(writer.detach(), writer.path, st)
+        fcntl.flock(open_log.fd, fcntl.LOCK_UN)
+        self._open_logs[feature] = open_log
+
+    def _append_to_open_log(
+        self, feature: str, templates: list[LineTemplate], objs: list[dict[str, Any]]
+    ) -> list[Event] | None:
+        """Append to a log this store left open, if nobody changed it since; None when
+        the full append must run (first append, another writer, a rewrite, a fork)."""
+        open_log = self._open_logs.get(feature)
+        index = self._index
+        if open_log is None or index is None:
+            return None
+        clock = index._clock_file
+        if open_log.pid != os.getpid() or clock is None or clock.pid != open_log.pid:
+            # A forked child: an inherited descriptor would share its parent's locks.
+            self._open_logs.pop(feature).close()
+            return None
+        fd = open_log.fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            # Nothing new in the log since this store's last append: every value in it
+            # is at most the clock's, so the clock alone gives the next ones.
+            first = clock.reserve(len(templates)) if open_log.unchanged() else None
+            if first is None:
+                self._open_logs.pop(feature).close()  # closing releases the lock
+                return None
+            data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
+            try:
+                _log.write_durably(fd, data, open_log.size, self.fsync, open_log.path)
+            except BaseException:
+                self._open_logs.pop(feature).close()
+                raise
+            open_log.size += len(data)
+        finally:
+            if open_log.fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        if len(objs) == 1:
+            objs[0]["lamport_clock"] = first
+            return [build_event(objs[0])]
+        for k, obj in enumerate(objs):
+            obj["lamport_clock"] = first + k
+        return build_events(objs)
 
     # ------------------------------------------------------------------ reading
 
