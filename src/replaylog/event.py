@@ -215,12 +215,19 @@ def new_line_object(
 
     ``lamport_clock`` is 1 until the store gives the event its value.
     """
-    check_name(event_type, "event_type")
-    check_name(aggregate_id, "aggregate_id")
+    # The checks of check_name and check_optional_id, written out: this runs per append.
+    if type(event_type) is not str or not 0 < len(event_type) <= MAX_NAME_CHARS:
+        check_name(event_type, "event_type")
+    if type(aggregate_id) is not str or not 0 < len(aggregate_id) <= MAX_NAME_CHARS:
+        check_name(aggregate_id, "aggregate_id")
     if payload is None:
         payload = {}
     elif type(payload) is not dict or not _is_small_and_flat(payload) and not _is_plain(payload):
         payload = normalize_payload(payload)
+    if causation_id is not None and type(causation_id) is not str:
+        check_optional_id(causation_id, "causation_id")
+    if correlation_id is not None and type(correlation_id) is not str:
+        check_optional_id(correlation_id, "correlation_id")
     return {
         "event_id": generate_event_id(),
         "event_type": event_type,
@@ -229,8 +236,8 @@ def new_line_object(
         "timestamp": utc_now() if now is None else now,
         "node_id": node_id,
         "lamport_clock": 1,
-        "causation_id": check_optional_id(causation_id, "causation_id"),
-        "correlation_id": check_optional_id(correlation_id, "correlation_id"),
+        "causation_id": causation_id,
+        "correlation_id": correlation_id,
     }
 
 

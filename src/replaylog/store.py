@@ -81,16 +81,6 @@ class _OpenLog:
         self.pid = os.getpid()
         self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
 
-    def unchanged(self) -> bool:
-        """Under the lock: is the log still the file and size this store left it at?"""
-        if os.lseek(self.fd, 0, os.SEEK_END) != self.size:  # the size, without a stat
-            return False  # another writer, a repair, a rewrite: the full append looks
-        try:
-            here = os.lstat(self.path)  # not replaced (checkout, merge driver), not moved
-        except OSError:
-            return False
-        return here.st_ino == self.ino and here.st_dev == self.dev
-
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -382,15 +372,27 @@ class EventStore:
             self._open_logs.pop(feature).close()
             return None
         fd = open_log.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock = fcntl.flock
+        flock(fd, fcntl.LOCK_EX)
         try:
-            # Nothing new in the log since this store's last append: every value in it
-            # is at most the clock's, so the clock alone gives the next ones.
-            first = clock.reserve(len(templates)) if open_log.unchanged() else None
+            first = None
+            # Nothing new in the log since this store's last append (the _OpenLog checks,
+            # written out): every value in it is at most the clock's, so the clock alone
+            # gives the next ones.
+            if os.lseek(fd, 0, os.SEEK_END) == open_log.size:
+                try:
+                    here = os.lstat(open_log.path)
+                except OSError:
+                    here = None
+                if here is not None and here.st_ino == open_log.ino and here.st_dev == open_log.dev:
+                    first = clock.reserve(len(templates))
             if first is None:
                 self._open_logs.pop(feature).close()  # closing releases the lock
                 return None
-            data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
+            if len(templates) == 1:
+                data = templates[0].line(first)
+            else:
+                data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
             try:
                 _log.write_durably(fd, data, open_log.size, self.fsync, open_log.path)
             except BaseException:
@@ -399,7 +401,7 @@ class EventStore:
             open_log.size += len(data)
         finally:
             if open_log.fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                flock(fd, fcntl.LOCK_UN)
         if len(objs) == 1:
             objs[0]["lamport_clock"] = first
             return [build_event(objs[0])]
