@@ -691,8 +691,8 @@ class _LineReader:
 
     def line(self, row: Any) -> bytes:
         fd = self.fds.get(row.feature)
-        path = self.store.log_path(row.feature)
         if fd is None:
+            path = self.store.log_path(row.feature)
             try:
                 fd = _log._open_log(path, os.O_RDONLY)
             except OSError as exc:
@@ -706,6 +706,7 @@ class _LineReader:
         data = os.pread(fd, row.length, row.offset)
         if len(data) != row.length or row.event_id.encode() not in data:
             # Only a log rewritten since the index caught up can get here.
+            path = self.store.log_path(row.feature)
             raise StoreError(
                 f"{path} changed while its events were being read (expected event"
                 f" {row.event_id} at byte {row.offset}); run again",
