@@ -6,7 +6,7 @@ state first catches up with the logs.
 An append locks the feature's log. The first append of a store to a log catches the
 index up with it, takes its Lamport values from the index, writes and fsyncs the log,
 and records the new lines in the index. The store then keeps the log open: a later
-append that finds the log exactly as the store left it (same file, size and time) only
+append that finds the log exactly as the store left it (the same file, the same size) only
 takes its Lamport values from the clock file, writes and fsyncs. The index takes those
 lines in when it next catches up (SPEC section 4 lets its writes be deferred past an
 append, never skipped), in one batch.
