@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli_run import Run
 from receiver import Action, Receiver, RecordedRequest, unused_port_url
 
 from replaylog import (
@@ -55,28 +56,6 @@ TOKEN = "rlTok_s3cr3t-Qx7vLm2Zp9Kw4Tn8"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@dataclass(frozen=True)
-class Run:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-    seconds: float
-
-    def __str__(self) -> str:
-        return (
-            f"replaylog {' '.join(self.args)} -> exit {self.code} in {self.seconds:.1f} s\n"
-            f"stdout: {self.out[-2000:]!r}\nstderr: {self.err!r}"
-        )
-
-    def error_line(self) -> str:
-        """The one ``Error: ...`` line on stderr; fails if stderr holds anything else."""
-        assert "Traceback" not in self.out + self.err, self
-        lines = self.err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: "), self
-        return lines[0]
 
 
 def cli(
