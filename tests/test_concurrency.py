@@ -42,7 +42,7 @@ API_WRITER = r"""
 import json, os, random, sys, time
 from replaylog import Event, EventStore
 
-root, name, count, features, fsync, go, out = sys.argv[1:8]
+root, name, count, features, fsync, go, out, hold = sys.argv[1:9]
 count = int(count)
 features = features.split(",")
 rng = random.Random(name)
@@ -52,9 +52,15 @@ while not os.path.exists(go):
 seq = step = 0
 with EventStore(root, fsync=fsync == "1") as store:
     while seq < count:
+        if seq == count - 1:
+            # The last event waits until every reader has run beside the writers, so
+            # that the readers are proved against appends in progress on every machine.
+            deadline = time.monotonic() + 300
+            while not os.path.exists(hold) and time.monotonic() < deadline:
+                time.sleep(0.005)
         feature = features[step % len(features)]
         step += 1
-        if rng.random() < 0.4:
+        if rng.random() < 0.4 and seq < count - 1:
             # One lock, one write, one fsync for several events; Event objects and
             # mappings mixed, as append_many takes both.
             size = min(rng.randint(2, 12), count - seq)
@@ -247,6 +253,20 @@ def wait_until_reading(readers: Readers) -> None:
         time.sleep(0.05)
 
 
+def wait_until_beside(readers: Readers, go_at: float) -> None:
+    """Every reader loop has completed a run that began after the writers started.
+
+    The writers hold their last event until this returns, so each such run overlaps
+    the writing, however fast the writers are on this machine.
+    """
+    deadline = time.monotonic() + 300
+    while not all(any(began >= go_at for began, _ in reader.spans) for reader in readers.loops):
+        failed = [f for reader in readers.loops for f in reader.failures]
+        assert not failed, failed
+        assert time.monotonic() < deadline, "the readers did not run beside the writers"
+        time.sleep(0.02)
+
+
 def stop_readers(readers: Readers) -> None:
     readers.stop_file.touch()
     for reader in readers.loops:
@@ -387,6 +407,7 @@ def test_api_writers_racing_lose_nothing_and_keep_order_and_clock(
         }
     features = sorted({f for plan in plans.values() for f in plan})
     go = tmp_path / "go"
+    hold = tmp_path / "readers-ran-beside"
     readers = start_readers(root, "shared", tmp_path / "stop")
     procs = {
         name: subprocess.Popen(
@@ -401,6 +422,7 @@ def test_api_writers_racing_lose_nothing_and_keep_order_and_clock(
                 "1" if fsync else "0",
                 str(go),
                 str(tmp_path / f"{name}.json"),
+                str(hold),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -411,8 +433,10 @@ def test_api_writers_racing_lose_nothing_and_keep_order_and_clock(
     }
     try:
         wait_until_reading(readers)  # the writers' interpreters start meanwhile
-        go.touch()
         go_at = time.monotonic()
+        go.touch()
+        wait_until_beside(readers, go_at)
+        hold.touch()
         for name, proc in procs.items():
             _, err = proc.communicate(timeout=900)
             assert proc.returncode == 0, f"writer {name}: {err[-2000:]}"
@@ -458,11 +482,14 @@ def test_cli_appends_racing_lose_nothing_and_keep_order_and_clock(
     written: Written = {name: [] for name in plans}
     errors: list[str] = []
     go = threading.Event()
+    hold = threading.Event()  # the last append waits until the readers ran beside
 
     def write(k: int, name: str, plan: list[str]) -> None:
         env = writer_env(k, fsync=True)
         go.wait(timeout=60)
         for seq in range(per_writer):
+            if seq == per_writer - 1:
+                hold.wait(timeout=300)
             feature = plan[seq % len(plan)]
             payload = json.dumps({"writer": name, "seq": seq})
             argv = cli_args(root, "append", feature, "--type", "w", "--aggregate", name)
@@ -492,8 +519,10 @@ def test_cli_appends_racing_lose_nothing_and_keep_order_and_clock(
         for thread in threads:
             thread.start()
         wait_until_reading(readers)
-        go.set()
         go_at = time.monotonic()
+        go.set()
+        wait_until_beside(readers, go_at)
+        hold.set()
         for thread in threads:
             thread.join(timeout=1800)
             assert not thread.is_alive(), "a CLI writer did not finish"
@@ -550,6 +579,7 @@ def test_two_replays_at_once_lose_nothing_and_never_send_two_contents(
                 "0",
                 str(go),
                 str(tmp_path / "late.json"),
+                str(go),  # nothing to wait for before its last event
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -632,11 +662,14 @@ def test_a_stalled_log_reader_does_not_hold_up_appends(tmp_path: Path) -> None:
         )
         before = [obj["event_id"] for obj in store.read_raw("f")]
     # Far more output than a pipe holds: unread, the reader blocks in the middle.
+    # bufsize=0: readline takes bytes from the pipe one at a time, so nothing of the
+    # output sits in a Python buffer that communicate() (which reads the raw pipe) skips.
     reader = subprocess.Popen(
         cli_args(root, "log", "f", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env_for(),
+        bufsize=0,
     )
     appended: list[str] = []
     held_up = stalled = False
