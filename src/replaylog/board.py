@@ -399,8 +399,8 @@ def snapshot(
 
 # --------------------------------------------------------------------------- render
 
-_GAP = 1
-_MIN_COLUMN = 15
+_GAP = 2
+_MAX_COLUMN = 24
 _MIN_WIDTH = 20
 
 
@@ -415,14 +415,28 @@ def _fit(text: str, width: int) -> str:
     return text[: width - 1] + "~"
 
 
+def _bands(widths: list[int], width: int) -> list[range]:
+    """Consecutive columns grouped so that each group fits ``width``."""
+    bands: list[range] = []
+    start, used = 0, 0
+    for index, column in enumerate(widths):
+        if index > start and used + _GAP + column > width:
+            bands.append(range(start, index))
+            start, used = index, 0
+        used += column if index == start else _GAP + column
+    bands.append(range(start, len(widths)))
+    return bands
+
+
 def render(snap: Mapping[str, Any], *, width: int = 80, title: str | None = None) -> str:
     """The board as plain text: lanes as columns, wrapped into bands that fit ``width``.
 
-    The first lines are ``title`` (default: the mission slug) and the transition count;
-    each card is ``WP-id actor``, cut with ``~`` when the column is too narrow; a
-    ``genesis`` or ``uninitialized`` column appears only when a WP is there; the last
-    line is the summary. The same snapshot always gives the same text, and no line is
-    longer than ``width`` (at least 20).
+    The first lines are ``title`` (default: the mission slug) and the transition count.
+    Each lane is a column as wide as its cards (at most 24 characters, longer cards cut
+    with ``~``); the columns wrap into as many bands as ``width`` needs. A ``genesis`` or
+    ``uninitialized`` column appears only when a WP is there. The last line is the
+    summary. The same snapshot always gives the same text, and no line is longer than
+    ``width`` (at least 20).
     """
     width = max(width, _MIN_WIDTH)
     packages: Mapping[str, Mapping[str, Any]] = snap.get("work_packages") or {}
@@ -434,31 +448,30 @@ def render(snap: Mapping[str, Any], *, width: int = 80, title: str | None = None
     lanes = list(DISPLAY_LANES)
     lanes += [lane for lane in ("genesis", UNINITIALIZED) if by_lane.get(lane)]
     lanes += sorted(lane for lane in by_lane if lane not in lanes)
+    headers = [f"{lane} {len(by_lane.get(lane, []))}" for lane in lanes]
+    cap = min(_MAX_COLUMN, width)
+    widths = [
+        min(cap, max([len(header), *(len(card) for card in by_lane.get(lane, []))]))
+        for lane, header in zip(lanes, headers, strict=True)
+    ]
 
     events = snap.get("event_count", 0)
     stamp = snap.get("materialized_at")
     heading = title or snap.get("mission_slug") or "(no mission slug)"
     count = f"{events} transition{'' if events == 1 else 's'}"
-    out = [
-        _fit(heading, width).rstrip(),
-        _fit(f"{count}, last at {stamp}" if stamp else count, width).rstrip(),
-    ]
-
-    per_band = max(1, (width + _GAP) // (_MIN_COLUMN + _GAP))
-    column = (width - _GAP * (per_band - 1)) // per_band
-    for start in range(0, len(lanes), per_band):
-        band = lanes[start : start + per_band]
+    out = [_fit(heading, width), _fit(f"{count}, last at {stamp}" if stamp else count, width)]
+    gap = " " * _GAP
+    for band in _bands(widths, width):
         out.append("")
-        headers = (_fit(f"{lane} {len(by_lane.get(lane, []))}", column) for lane in band)
-        out.append(" ".join(headers).rstrip())
-        out.append(" ".join("-" * column for _ in band))
-        depth = max(len(by_lane.get(lane, [])) for lane in band)
+        out.append(gap.join(_fit(headers[i], widths[i]) for i in band))
+        out.append(gap.join("-" * widths[i] for i in band))
+        depth = max(len(by_lane.get(lanes[i], [])) for i in band)
         for row in range(depth):
             cells = []
-            for lane in band:
-                cards = by_lane.get(lane, [])
-                cells.append(_fit(cards[row] if row < len(cards) else "", column))
-            out.append(" ".join(cells).rstrip())
+            for i in band:
+                cards = by_lane.get(lanes[i], [])
+                cells.append(_fit(cards[row] if row < len(cards) else "", widths[i]))
+            out.append(gap.join(cells))
     counts = [f"{lane} {len(by_lane[lane])}" for lane in lanes if by_lane.get(lane)]
     total = len(packages)
     summary = f"{total} work package{'' if total == 1 else 's'}"
@@ -466,7 +479,7 @@ def render(snap: Mapping[str, Any], *, width: int = 80, title: str | None = None
         summary += ": " + ", ".join(counts)
     out.append("")
     out.extend(textwrap.wrap(summary, width, subsequent_indent="  "))
-    return "\n".join(out) + "\n"
+    return "\n".join(line.rstrip() for line in out) + "\n"
 
 
 # --------------------------------------------------------------------------- move
