@@ -567,21 +567,40 @@ def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Take over the logs from a merge driver .gitattributes already names"
+    " (spec-kitty's, say): replaylog's line is added after it; no line is removed.",
+)
 @json_option
 @pass_ctx
-def git_setup(ctx: _Context, as_json: bool) -> None:
-    """Configure this clone so that git merges logs with `replaylog merge-driver`."""
+def git_setup(ctx: _Context, replace: bool, as_json: bool) -> None:
+    """Configure this clone so that git merges logs with `replaylog merge-driver`.
+
+    A .gitattributes that already gives the logs another merge driver is left as it is
+    unless --replace is given.
+    """
     from .gitmerge import git_setup as setup
 
     with _errors(as_json):
-        changed = setup(ctx.root)
+        changed = setup(ctx.root, replace=replace, logs_dir=ctx.logs_dir)
         if as_json:
             _json_out(changed)
-        else:
+            return
+        other = changed.get("existing_driver")
+        if other is not None and not replace:
             click.echo(
-                f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
-                f" git config: {'updated' if changed['config'] else 'already set'}"
+                f".gitattributes gives the logs the merge driver {other!r}; nothing was"
+                " changed. `replaylog git-setup --replace` makes git use replaylog's driver"
+                " instead (spec-kitty's driver also merges these logs)"
             )
+            return
+        click.echo(
+            f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
+            f" git config: {'updated' if changed['config'] else 'already set'}"
+            + (f" (replaces the merge driver {other!r} for the logs)" if other else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -519,7 +519,7 @@ class EventStore:
         try:
             from .gitmerge import driver_warning
 
-            warning = driver_warning(self.root)
+            warning = driver_warning(self.root, os.path.relpath(self.logs_root, self.root))
         except (ImportError, ReplaylogError, OSError):
             warning = None
         if warning:
