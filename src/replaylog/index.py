@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import BadIndexError, StoreError
 from .event import MAX_CLOCK
-from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
+from .log import Unclean, _line_object_at, _open_log, scan_log
 
 __all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
 
@@ -486,27 +486,42 @@ class Index:
         prior: Sequence[Any] | None,
         check_existing: bool,
     ) -> int:
+        # The fast path of every line kind (spec-kitty's logs as well as the store's own).
+        from .fastread import index_columns, mixed_chunks
+
         max_lamport = prior[5] if prior is not None and start > 0 else 0
         last_line_start = prior[3] if prior is not None and start > 0 else 0
         end, lines, added = start, start_line, 0
-        for chunk in clean_chunks(path, start=start, start_line=start_line, lock=lock_log):
-            eids, types, aggs, nodes, clocks = chunk.columns
-            count = len(eids)
+        for chunk in mixed_chunks(path, start=start, start_line=start_line, lock=lock_log):
+            types, aggs, nodes, clocks = index_columns(chunk)
+            count = len(chunk.event_ids)
+            values: Sequence[int | None] = clocks
+            derive = None in clocks
+            if derive and not check_existing and clocks.count(None) == count:
+                # No line carries a clock (spec-kitty's): each one's value is 1 + the last.
+                values = range(max_lamport + 1, max_lamport + 1 + count)
+                derive = False
             rows = list(
                 zip(
                     repeat(feature),
                     range(chunk.first_line, chunk.first_line + count),
                     chunk.offsets,
                     chunk.lengths,
-                    eids,
+                    chunk.event_ids,
                     types,
                     aggs,
                     nodes,
-                    clocks,
+                    values,
                 )
             )
-            added += self._insert(feature, path, rows, check_existing)
-            max_lamport = max(max_lamport, max(clocks))
+            if derive:  # some lines carry a clock and some not: line by line
+                rows, max_lamport = self._with_clocks(
+                    feature, path, rows, check_existing, max_lamport
+                )
+                added += self._insert(feature, path, rows, False)
+            else:
+                added += self._insert(feature, path, rows, check_existing)
+                max_lamport = max(max_lamport, max(values))  # type: ignore[type-var]
             last_line_start = chunk.offsets[-1]
             end, lines = chunk.end, chunk.first_line + count - 1
         self._see(max_lamport)

@@ -32,7 +32,6 @@ from .event import (
     ULID_PATTERN,
     Event,
     EventValidationError,
-    build_events,
 )
 
 if TYPE_CHECKING:
@@ -481,17 +480,6 @@ def clean_chunks(
         os.close(fd)
 
 
-def _fast_read(path: str) -> list[dict[str, Any]] | None:
-    """Every line object of a clean log, or None when :func:`scan_log` must read it."""
-    objs: list[dict[str, Any]] = []
-    try:
-        for chunk in clean_chunks(path):
-            objs.extend(chunk.objs)
-    except Unclean:
-        return None
-    return objs
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     # Reading makes many small objects, none of them cyclic: the cycle collector would
@@ -507,10 +495,12 @@ def _gc_paused() -> Iterator[None]:
 
 def read_events_raw(feature_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every line of a feature's log as its JSON object, in file order (every kind)."""
+    from .fastread import read_objects
+
     path = log_path(feature_dir)
     with _gc_paused():
-        objs = _fast_read(path)
-        if objs is None:
+        objs = read_objects(path)
+        if objs is None:  # something unusual: the plain path judges it, and names it
             objs = [line.obj for line in scan_log(path)]
     return objs
 
@@ -518,10 +508,23 @@ def read_events_raw(feature_dir: str | os.PathLike[str]) -> list[dict[str, Any]]
 def iter_events(feature_dir: str | os.PathLike[str]) -> Iterator[Line]:
     """Stream the lines of a feature's log in file order, each as its kind's record
     (:class:`Event`, :class:`~replaylog.lines.StatusEvent`, ...), in bounded memory."""
+    from .fastread import build_records, mixed_chunks
     from .lines import build_line
 
-    for line in scan_log(log_path(feature_dir)):
-        yield build_line(line.obj)
+    path = log_path(feature_dir)
+    done = 0  # lines given out by the fast path
+    try:
+        for chunk in mixed_chunks(path):
+            yield from build_records(chunk)
+            done = chunk.first_line + len(chunk.objs) - 1
+        return
+    except Unclean:
+        pass
+    # The plain path reads from the start, so that it knows every id before this point
+    # (duplicates), and gives out only what the fast path had not.
+    for line in scan_log(path):
+        if line.number > done:
+            yield build_line(line.obj)
 
 
 def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
@@ -529,11 +532,13 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
     (an envelope as :class:`Event`, a transition as :class:`~replaylog.lines.StatusEvent`,
     an annotation as :class:`~replaylog.lines.Annotation`, a record as
     :class:`~replaylog.lines.Record`); ``[]`` when there is no log."""
+    from .fastread import read_lines
+
     path = log_path(feature_dir)
     with _gc_paused():
-        objs = _fast_read(path)
-        if objs is not None:  # a clean log of the store's own events
-            return build_events(objs)  # type: ignore[return-value]
+        lines = read_lines(path)
+        if lines is not None:
+            return lines
         from .lines import build_line
 
         return [build_line(line.obj) for line in scan_log(path)]

@@ -1,0 +1,501 @@
+"""The fast read path for logs of every line kind (SPEC sections 8 and 10).
+
+A log that spec-kitty wrote mixes envelopes, transitions, annotations and records.
+Read line by line (:func:`~replaylog.log.scan_log`), each line costs a dozen Python
+calls. Here a log is read in large chunks; each chunk is parsed, its lines are grouped
+by their keys (a log has a handful of key sets), and each group is told its kind and
+validated column by column in C: ``map`` over C functions, ``set(map(type, ...))``, one
+regex over a whole joined column. The records are then built group by group, again
+with ``map`` over C functions, not a Python call per line.
+
+Anything unusual (a blank, bad, duplicate, torn or oversized line, an integer wider
+than 64 bits, a value of a doubtful type, a line of no kind) raises
+:class:`~replaylog.log.Unclean`, and the caller reads the log again with ``scan_log``,
+which finds and names the exact problem. So this path accepts exactly what ``scan_log``
+accepts and gives the same records (``tests/test_fastread.py`` holds it to that).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from collections.abc import Iterator
+from itertools import accumulate, chain, compress, repeat
+from operator import itemgetter
+from typing import Any, NamedTuple
+
+import msgspec
+
+from .event import (
+    _FIELD_SET,
+    MAX_CLOCK,
+    MAX_LINE_BYTES,
+    MAX_NAME_CHARS,
+    OPTIONAL_FIELDS,
+    TIMESTAMP_PATTERN,
+    ULID_PATTERN,
+    Event,
+)
+from .lines import Annotation, Line, Record, StatusEvent
+from .lines._base import _ACTOR_KEYS
+from .lines.transition import _ISO_8601, _LANE_SET
+from .log import _READ_CHUNK, Unclean, _flock, _open_log
+
+# msgspec parses as fast as orjson, and reads an integer wider than 64 bits exactly, as
+# the plain path's parser does (orjson would make it a float): no scan for them needed.
+_decode = msgspec.json.Decoder().decode
+
+__all__ = [
+    "Group",
+    "MixedChunk",
+    "index_columns",
+    "mixed_chunks",
+    "read_lines",
+    "read_objects",
+]
+
+_new_object = object.__new__
+_set_attr = object.__setattr__
+_NOTHING: frozenset[str] = frozenset()
+
+_TYPE_STR = frozenset({str})
+_TYPE_INT = frozenset({int})
+_TYPE_BOOL = frozenset({bool})
+_TYPE_DICT = frozenset({dict})
+_TYPE_OPT_STR = frozenset({str, type(None)})
+_TYPE_ACTOR = frozenset({str, dict})
+
+# ULID_PATTERN's characters: the first digit at most 7, Crockford's base32 for the rest.
+_ULID_FIRST = b"01234567"
+_ULID_DIGITS = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+assert re.fullmatch(ULID_PATTERN, "7" + _ULID_DIGITS.decode()[:25])  # the same alphabet
+# One regex over a whole column joined by newlines (none of these patterns can match one).
+_STAMPS = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
+_ISO_TIMES = re.compile(f"(?:{_ISO_8601.pattern}\n)*")
+
+_ENVELOPE = "envelope"
+_TRANSITION = "transition"
+_ANNOTATION = "annotation"
+_RECORD = "record"
+
+# What each kind's record keeps as fields, and which of them a line may lack.
+_CLASSES: dict[str, type[Any]] = {
+    _ENVELOPE: Event,
+    _TRANSITION: StatusEvent,
+    _ANNOTATION: Annotation,
+    _RECORD: Record,
+}
+_KNOWN: dict[str, frozenset[str]] = {
+    _ENVELOPE: _FIELD_SET,
+    _TRANSITION: StatusEvent._KNOWN,
+    _ANNOTATION: Annotation._KNOWN,
+    _RECORD: Record._KNOWN,
+}
+_OPTIONAL: dict[str, tuple[str, ...]] = {
+    _ENVELOPE: OPTIONAL_FIELDS,
+    _TRANSITION: StatusEvent.OPTIONAL,
+    _ANNOTATION: Annotation.OPTIONAL,
+    _RECORD: Record.OPTIONAL,
+}
+
+
+class Plan(NamedTuple):
+    """What the lines of one key set are and need, worked out once per key set."""
+
+    kind: str
+    keys: frozenset[str]
+    checked: tuple[tuple[str, int], ...]  # the fields to check and their rules
+    extra_keys: tuple[str, ...]  # keys the record keeps in ``extra``, in line order
+    missing: tuple[str, ...]  # optional fields the lines lack, set to None
+    absent: frozenset[str]
+    cls: type[Any]
+
+
+class Group(NamedTuple):
+    """The lines of one chunk that hold the same keys in the same order: one kind."""
+
+    plan: Plan
+    positions: range | list[int]  # where its lines are in the chunk
+    objs: list[dict[str, Any]]
+
+
+class MixedChunk(NamedTuple):
+    """Consecutive lines of a log, every one validated, with their places and groups."""
+
+    first_line: int  # physical number of the first line
+    offsets: list[int]
+    lengths: list[int]  # bytes of each line without its newline
+    objs: list[dict[str, Any]]
+    event_ids: list[str]
+    groups: list[Group]
+    end: int  # offset just past the chunk's last newline
+
+
+# --------------------------------------------------------------------------- checks
+
+# The rule of each field a kind checks (SPEC sections 2 and 10), as check_line applies
+# them: a string, a non-empty one ("name"), one of at most 200 characters, a lane, a JSON
+# object, a boolean, an integer in 0..2**63-1, a string or null ("opt"), an actor as
+# check_actor says, the annotation kind; a timestamp and a transition's time are strings
+# matched by a regex once per chunk.
+_STR, _NAME, _NAME200, _LANE, _DICT, _BOOL, _CLOCK, _OPT, _ACTOR, _KIND, _STAMP, _TIME = range(12)
+_REQUIRED: dict[str, tuple[tuple[str, int], ...]] = {
+    _ENVELOPE: (("event_type", _NAME200), ("payload", _DICT)),
+    _TRANSITION: (
+        ("wp_id", _NAME),
+        ("from_lane", _LANE),
+        ("to_lane", _LANE),
+        ("at", _TIME),
+        ("actor", _ACTOR),
+        ("force", _BOOL),
+        ("execution_mode", _STR),
+    ),
+    _ANNOTATION: (
+        ("kind", _KIND),
+        ("wp_id", _NAME),
+        ("at", _STR),
+        ("actor", _ACTOR),
+        ("delta", _DICT),
+    ),
+    _RECORD: (("type", _NAME), ("at", _STR)),
+}
+_IF_THERE: dict[str, tuple[tuple[str, int], ...]] = {
+    _ENVELOPE: (
+        ("aggregate_id", _NAME200),
+        ("node_id", _NAME),
+        ("lamport_clock", _CLOCK),
+        ("causation_id", _OPT),
+        ("correlation_id", _OPT),
+    ),
+    _TRANSITION: (("lamport_clock", _CLOCK),),
+    _ANNOTATION: (("lamport_clock", _CLOCK),),
+    _RECORD: (("lamport_clock", _CLOCK),),
+}
+
+_plans: dict[tuple[str, ...], Plan] = {}
+_MAX_PLANS = 4096  # key sets remembered; a log of ever-new key sets is still read right
+
+
+def _kind_of(keys: frozenset[str]) -> str:
+    """The kind told by the keys, as :func:`~replaylog.lines.line_kind` tells it (the
+    ``kind`` value is checked with the other fields)."""
+    if "event_type" in keys:
+        return _ENVELOPE
+    if "kind" in keys:
+        return _ANNOTATION
+    if "type" in keys:
+        return _RECORD
+    if "to_lane" in keys:
+        return _TRANSITION
+    raise Unclean
+
+
+def _plan(shape: tuple[str, ...]) -> Plan:
+    """The plan of a key set (in line order); raise :class:`Unclean` if its lines cannot
+    be of any kind (no id, a required field missing)."""
+    plan = _plans.get(shape)
+    if plan is not None:
+        return plan
+    keys = frozenset(shape)
+    _need("event_id" in keys)
+    kind = _kind_of(keys)
+    checked = list(_REQUIRED[kind])
+    _need(all(name in keys for name, _ in checked))
+    checked.extend(field for field in _IF_THERE[kind] if field[0] in keys)
+    if kind == _ENVELOPE:  # its time: a timestamp (ISO-8601 UTC), else any string `at`
+        checked.append(("timestamp", _STAMP) if "timestamp" in keys else ("at", _STR))
+        _need(checked[-1][0] in keys)
+    known = _KNOWN[kind]
+    missing = tuple(k for k in _OPTIONAL[kind] if k not in keys)
+    plan = Plan(
+        kind,
+        keys,
+        tuple(checked),
+        tuple(k for k in shape if k not in known),
+        missing,
+        frozenset(missing) if missing else _NOTHING,
+        _CLASSES[kind],
+    )
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[shape] = plan
+    return plan
+
+
+def _all_match(pattern: re.Pattern[str], texts: list[Any]) -> bool:
+    """True if every text is a string that matches: one regex over them joined."""
+    try:
+        joined = "\n".join(texts) + "\n"
+    except TypeError:
+        return False
+    # A text holding a newline could pass as two texts: the count rules that out.
+    return joined.count("\n") == len(texts) and pattern.fullmatch(joined) is not None
+
+
+def _all_ulids(eids: list[str]) -> bool:
+    """True if every id matches ULID_PATTERN: 26 characters of its alphabet, the first at
+    most 7; checked on the ids joined, in C, several times faster than a regex."""
+    try:
+        if set(map(len, eids)) != {26}:
+            return False
+        joined = "".join(eids).encode("ascii")
+    except (TypeError, UnicodeEncodeError):  # not a string, or not ASCII
+        return False
+    return not joined.translate(None, _ULID_DIGITS) and not joined[::26].translate(
+        None, _ULID_FIRST
+    )
+
+
+def _need(ok: bool) -> None:
+    if not ok:
+        raise Unclean
+
+
+def _column(objs: list[dict[str, Any]], name: str) -> list[Any]:
+    return list(map(itemgetter(name), objs))
+
+
+def _check_actors(actors: list[Any]) -> None:
+    """A string, or an object of exactly role, profile, tool and model (str or null)."""
+    kinds = set(map(type, actors))
+    _need(kinds <= _TYPE_ACTOR)
+    if dict in kinds:
+        objects = list(compress(actors, map(isinstance, actors, repeat(dict))))
+        _need(set(map(frozenset, objects)) == {_ACTOR_KEYS})
+        values = chain.from_iterable(map(dict.values, objects))
+        _need(set(map(type, values)) <= _TYPE_OPT_STR)
+
+
+def _check_kind(groups: list[Group]) -> tuple[list[Any], list[Any]]:
+    """Every rule :func:`~replaylog.lines.check_line` applies, over all the lines of one
+    kind in a chunk, column by column; returns the timestamps and the transition times,
+    for the caller to match once per chunk (the join for that refuses what is no string)."""
+    columns: dict[int, Any] = {}
+    for group in groups:  # a handful: the lines' columns, gathered by rule
+        checked = group.plan.checked
+        rows = zip(*map(itemgetter(*[name for name, _ in checked]), group.objs), strict=True)
+        for (_, rule), column in zip(checked, rows, strict=True):
+            if rule in columns:
+                columns[rule] = [*columns[rule], *column]
+            else:
+                columns[rule] = column
+    try:
+        for rule, values in columns.items():
+            if rule <= _NAME200:  # _STR, _NAME, _NAME200: the join refuses any non-string
+                "".join(values)
+                if rule != _STR:
+                    _need("" not in values)
+                    if rule == _NAME200:
+                        _need(max(map(len, values)) <= MAX_NAME_CHARS)
+            elif rule == _LANE:  # only strings are in the set
+                _need(_LANE_SET.issuperset(values))
+            elif rule == _KIND:
+                _need(set(values) == {"annotation"})
+            elif rule == _DICT:
+                _need(set(map(type, values)) == _TYPE_DICT)
+            elif rule == _BOOL:
+                _need(set(map(type, values)) == _TYPE_BOOL)
+            elif rule == _OPT:
+                _need(set(map(type, values)) <= _TYPE_OPT_STR)
+            elif rule == _CLOCK:
+                _need(set(map(type, values)) == _TYPE_INT)
+                _need(min(values) >= 0 and max(values) <= MAX_CLOCK)
+            elif rule == _ACTOR:
+                _check_actors(values)
+    except TypeError:  # a value of another type where a string or a lane must be
+        raise Unclean from None
+    return columns.get(_STAMP, []), columns.get(_TIME, [])
+
+
+def _groups(objs: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], range | list[int]]]:
+    """The chunk's lines grouped by their keys (in order): ``(keys, positions)``."""
+    shapes = list(map(tuple, objs))
+    first = shapes[0]
+    if shapes.count(first) == len(shapes):
+        return [(first, range(len(objs)))]
+    found: dict[tuple[str, ...], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        found.setdefault(shape, []).append(i)
+    return list(found.items())
+
+
+def check_objects(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
+    """Validate a chunk's parsed lines; returns their ids and groups, or raise
+    :class:`Unclean` on any doubt."""
+    _need(set(map(type, objs)) == _TYPE_DICT)
+    groups = []
+    kinds: dict[str, list[Group]] = {}
+    for shape, positions in _groups(objs):
+        plan = _plan(shape)
+        members = objs if type(positions) is range else list(map(objs.__getitem__, positions))
+        group = Group(plan, positions, members)
+        groups.append(group)
+        kinds.setdefault(plan.kind, []).append(group)
+    eids = _column(objs, "event_id")
+    _need(_all_ulids(eids))
+    for same_kind in kinds.values():
+        stamps, times = _check_kind(same_kind)
+        if stamps:
+            _need(_all_match(_STAMPS, stamps))
+        if times:
+            _need(_all_match(_ISO_TIMES, times))
+    return eids, groups
+
+
+def mixed_chunks(
+    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True
+) -> Iterator[MixedChunk]:
+    """Read a log of any line kinds from byte ``start`` in validated chunks.
+
+    Raises :class:`Unclean` on anything the plain path must judge (see the module
+    docstring); duplicate ids are looked for from ``start`` on. A missing file yields
+    nothing.
+    """
+    try:
+        fd = _open_log(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    except OSError:
+        raise Unclean from None
+    try:
+        limit: int | None = None
+        if lock:
+            # As scan_log does: the shared lock waits out an append in progress, and every
+            # byte below the size seen then is a complete write. Reading only those, the
+            # lock can go at once, so a slow consumer never holds up an append.
+            _flock(fd, fcntl.LOCK_SH, path)
+            limit = os.fstat(fd).st_size
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        seen: set[str] = set()
+        carry = b""
+        pos = start  # where the next pread starts
+        base = start  # offset of carry's first byte
+        line = start_line
+        while True:
+            want = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit - pos)
+            chunk = os.pread(fd, want, pos) if want > 0 else b""
+            if not chunk:
+                break
+            pos += len(chunk)
+            data = carry + chunk if carry else chunk
+            parts = data.split(b"\n")
+            carry = parts.pop()
+            if not parts:
+                _need(len(carry) < MAX_LINE_BYTES)
+                continue
+            lengths = list(map(len, parts))
+            _need(len(carry) < MAX_LINE_BYTES and max(lengths) < MAX_LINE_BYTES)
+            try:
+                objs = list(map(_decode, parts))
+            except (ValueError, RecursionError):
+                raise Unclean from None
+            eids, groups = check_objects(objs)
+            if len(set(eids)) != len(eids) or not seen.isdisjoint(eids):
+                raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            seen.update(eids)
+            offsets = list(accumulate(map((1).__add__, lengths), initial=base))
+            end = offsets.pop()
+            yield MixedChunk(line + 1, offsets, lengths, objs, eids, groups, end)
+            line += len(parts)
+            base = end
+            if pos == limit:
+                break  # all there is: no read to learn it
+        if carry:
+            raise Unclean  # a torn tail
+    finally:
+        os.close(fd)
+
+
+def _prepare(group: Group) -> type[Any]:
+    """Turn a group's line objects into its records' instance dicts, as
+    :func:`~replaylog.lines.build_line` does one by one: keys the record does not know
+    moved into ``extra``, the optional fields it lacks set to None and named in ``absent``.
+    Returns the record class."""
+    plan, objs = group.plan, group.objs
+    extra_keys = plan.extra_keys
+    if extra_keys:
+        values = [list(map(dict.pop, objs, repeat(k))) for k in extra_keys]
+        extras: Any = map(dict, map(zip, repeat(extra_keys), zip(*values, strict=True)))
+    else:
+        extras = iter(dict, None)  # a new empty dict for each line
+    # The keys build_line adds, in its order: the missing fields, extra, absent.
+    if plan.missing:
+        list(map(dict.update, objs, repeat(dict.fromkeys(plan.missing))))
+    list(map(dict.__setitem__, objs, repeat("extra"), extras))
+    list(map(dict.__setitem__, objs, repeat("absent"), repeat(plan.absent)))
+    return plan.cls
+
+
+def build_records(chunk: MixedChunk) -> list[Line]:
+    """The records of a chunk's lines, in file order; the line objects are consumed."""
+    count = len(chunk.objs)
+    if len(chunk.groups) == 1:
+        classes: Any = repeat(_prepare(chunk.groups[0]), count)
+    else:
+        classes = [None] * count
+        for group in chunk.groups:
+            cls = _prepare(group)
+            list(map(classes.__setitem__, group.positions, repeat(cls)))
+    records: list[Line] = list(map(_new_object, classes))
+    list(map(_set_attr, records, repeat("__dict__"), chunk.objs))
+    return records
+
+
+def index_columns(
+    chunk: MixedChunk,
+) -> tuple[list[str], list[str], list[str], list[int | None]]:
+    """What the index keeps of each line of a chunk, in file order, as
+    :func:`~replaylog.lines.index_fields` gives it: event types, aggregates, node ids and
+    Lamport values (None where a line carries none). Call before :func:`build_records`."""
+    parts = [_index_part(group) for group in chunk.groups]
+    if len(parts) == 1:
+        return parts[0]
+    count = len(chunk.objs)
+    columns: tuple[list[Any], ...] = tuple([None] * count for _ in range(4))
+    for group, values in zip(chunk.groups, parts, strict=True):
+        for column, part in zip(columns, values, strict=True):
+            list(map(column.__setitem__, group.positions, part))
+    return columns  # type: ignore[return-value]
+
+
+def _index_part(group: Group) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    objs, keys, kind = group.objs, group.plan.keys, group.plan.kind
+    blank = [""] * len(objs)
+
+    def col(name: str, default: Any) -> list[Any]:
+        return _column(objs, name) if name in keys else [default] * len(objs)
+
+    clocks = col("lamport_clock", None)
+    if kind == _ENVELOPE:
+        return col("event_type", ""), col("aggregate_id", ""), col("node_id", ""), clocks
+    subjects = col("wp_id", "")
+    if kind == _RECORD:
+        if set(map(type, subjects)) != _TYPE_STR:  # a record's wp_id may be anything
+            subjects = [s if type(s) is str else "" for s in subjects]
+        return col("type", ""), subjects, blank, clocks
+    return blank, subjects, blank, clocks
+
+
+def read_objects(path: str) -> list[dict[str, Any]] | None:
+    """Every line object of a log (any kinds), or None when ``scan_log`` must read it."""
+    objs: list[dict[str, Any]] = []
+    try:
+        for chunk in mixed_chunks(path):
+            objs.extend(chunk.objs)
+    except Unclean:
+        return None
+    return objs
+
+
+def read_lines(path: str) -> list[Line] | None:
+    """Every line of a log as its kind's record, or None when ``scan_log`` must read it."""
+    chunks: list[MixedChunk] = []
+    try:
+        chunks.extend(mixed_chunks(path))
+    except Unclean:
+        return None
+    # Built only once every chunk is known good: building consumes the line objects.
+    if len(chunks) == 1:
+        return build_records(chunks[0])
+    return list(chain.from_iterable(map(build_records, chunks)))

@@ -1,0 +1,356 @@
+"""The fast read path (``replaylog.fastread``) gives what the plain path gives.
+
+The plain path is :func:`~replaylog.log.scan_log` line by line, each line built with
+:func:`~replaylog.lines.build_line`. The fast path must give the same records (same
+types, fields, ``extra`` and ``absent``) and, on a bad log, the same error, on every
+log of the spec-kitty corpus, on the store's own logs and on generated mixes of valid
+and invalid lines of every kind; and it must really be taken for a log that is good.
+The index built through it holds what the plain path gives too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replaylog import Event, EventStore, StoreError, fastread
+from replaylog.lines import Line, build_line, index_fields
+from replaylog.log import (
+    EVENTS_FILENAME,
+    append_events,
+    iter_events,
+    lamport_of,
+    log_path,
+    read_events,
+    read_events_raw,
+    scan_log,
+)
+
+Outcome = tuple[Any, ...]
+
+
+def described(records: list[Line]) -> list[tuple[str, str]]:
+    """Each record as its type and its instance dict in JSON (``true`` is not ``1``)."""
+    out = []
+    for record in records:
+        d = dict(record.__dict__)
+        d["absent"] = sorted(d["absent"])
+        out.append((type(record).__name__, json.dumps(d, sort_keys=True)))
+    return out
+
+
+def plain(feature: Path) -> Outcome:
+    try:
+        records = [build_line(line.obj) for line in scan_log(log_path(feature))]
+    except StoreError as err:
+        return "error", str(err), err.line, err.path
+    return "ok", described(records)
+
+
+def plain_raw(feature: Path) -> Outcome:
+    try:
+        objs = [line.obj for line in scan_log(log_path(feature))]
+    except StoreError as err:
+        return "error", str(err), err.line, err.path
+    return "ok", json.dumps(objs)
+
+
+def fast(feature: Path) -> Outcome:
+    try:
+        records = read_events(feature)
+    except StoreError as err:
+        return "error", str(err), err.line, err.path
+    return "ok", described(records)
+
+
+def fast_stream(feature: Path) -> Outcome:
+    records = []
+    try:
+        for record in iter_events(feature):
+            records.append(record)
+    except StoreError as err:
+        return "error", str(err), err.line, err.path
+    return "ok", described(records)
+
+
+def fast_raw(feature: Path) -> Outcome:
+    try:
+        objs = read_events_raw(feature)
+    except StoreError as err:
+        return "error", str(err), err.line, err.path
+    return "ok", json.dumps(objs)
+
+
+def assert_paths_agree(feature: Path) -> None:
+    expected = plain(feature)
+    assert fast(feature) == expected
+    assert fast_stream(feature) == expected
+    assert fast_raw(feature) == plain_raw(feature)
+
+
+def corpus_logs(corpus: Path) -> list[Path]:
+    logs = sorted(corpus.glob("*/kitty-specs/*/" + EVENTS_FILENAME))
+    assert len(logs) == 183
+    return logs
+
+
+# --------------------------------------------------------------------------- real logs
+
+
+def test_every_corpus_log_is_read_by_the_fast_path_exactly_as_by_the_plain_path(
+    spec_kitty_corpus: Path,
+) -> None:
+    for log in corpus_logs(spec_kitty_corpus):
+        assert fastread.read_lines(str(log)) is not None, f"{log}: the fast path gave up"
+        assert_paths_agree(log.parent)
+
+
+def test_the_stores_own_logs_are_read_by_the_fast_path_exactly_as_by_the_plain_path(
+    tmp_path: Path,
+) -> None:
+    events = [
+        Event.new("WPStatusChanged", f"WP{i % 7}", {"i": i, "f": i / 3, "big": 2**70})
+        for i in range(3000)
+    ]
+    events.append(Event.new("Noted", "WP1", {}, causation_id="c", correlation_id=None))
+    events.append(Event.new("Noted", "WP2", {"deep": [{"a": [1, None]}]}, extra={"zz": [1]}))
+    written = append_events(tmp_path, events, fsync=False)
+    assert fastread.read_lines(log_path(tmp_path)) is not None
+    assert_paths_agree(tmp_path)
+    assert read_events(tmp_path) == written
+
+
+def index_rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            'SELECT feature, line, "offset", length, event_id, event_type, aggregate_id,'
+            " node_id, lamport FROM events ORDER BY feature, line"
+        ).fetchall()
+
+
+def expected_rows(feature: str, log: Path) -> list[tuple[Any, ...]]:
+    """What the index must hold of a log, worked out from the plain path."""
+    rows, clock = [], 0
+    for line in scan_log(str(log)):
+        event_type, aggregate, node, _ = index_fields(line.obj)
+        clock_before = clock
+        value = lamport_of(line.obj, clock_before)
+        clock = max(clock, value)
+        length = line.end - line.offset - (1 if line.terminated else 0)
+        rows.append(
+            (feature, line.number, line.offset, length, line.obj["event_id"], event_type,
+             aggregate, node, value)
+        )  # fmt: skip
+    return rows
+
+
+def test_the_index_of_the_corpus_holds_what_the_plain_path_reads(
+    tmp_path: Path, spec_kitty_corpus: Path
+) -> None:
+    root = tmp_path / "project"
+    shutil.copytree(spec_kitty_corpus / "head" / "kitty-specs", root / "kitty-specs")
+    for p in root.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    logs = sorted((root / "kitty-specs").glob("*/" + EVENTS_FILENAME))
+    with EventStore(root, fsync=False) as store:
+        store.rebuild_index()
+        rebuilt = index_rows(root / ".replaylog" / "queue.db")
+    expected = [row for log in logs for row in expected_rows(log.parent.name, log)]
+    assert rebuilt == expected
+    # Caught up line by line from an empty index, it holds the same.
+    (root / ".replaylog" / "queue.db").unlink()
+    with EventStore(root, fsync=False) as store:
+        store.status()
+    assert index_rows(root / ".replaylog" / "queue.db") == expected
+
+
+# --------------------------------------------------------------------------- generated
+
+ULID_CHARS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+LANES = ["planned", "claimed", "in_progress", "for_review", "done", "genesis", "blocked"]
+ACTORS = st.one_of(
+    st.sampled_from(["claude", "human", ""]),
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["implementer", None]),
+            "profile": st.sampled_from(["p", None]),
+            "tool": st.sampled_from(["t", None]),
+            "model": st.sampled_from(["m", None]),
+        }
+    ),
+)
+TIMES = st.sampled_from(
+    ["2026-02-09T10:31:07.123456+00:00", "2026-02-09T10:31:07Z", "2026-02-09 10:31",
+     "2026-02-09T10:31:07+0530"]
+)  # fmt: skip
+STAMPS = st.sampled_from(["2026-11-20T22:00:00.000001Z", "2026-11-20T22:00:00+00:00"])
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+# Values that break a field of some kind or other (and some that are still good).
+ODD_VALUES = [
+    None, 0, 1, -1, 2**63, 2**64, True, 1.5, "", "x", "doing", "in_progress", [], {},
+    {"role": "r"}, {"role": 1, "profile": None, "tool": None, "model": None},
+    "01jd0000000000000000000000", "81JD0000000000000000000000", "01JD000000000000000000000I",
+    "01JD00000000000000000000000", "01JD0000000000000000000\u00e90", "annotation", "note",
+    "2026-13-01T00:00:00Z", "t" * 201, "2026-11-20T22:00:00Z"]  # fmt: skip
+BAD_VALUES = st.sampled_from(ODD_VALUES)
+
+
+def ulid(i: int) -> str:
+    return "01JD" + "".join(ULID_CHARS[(i >> (5 * k)) & 31] for k in range(22))[::-1]
+
+
+@st.composite
+def good_line(draw: st.DrawFn, i: int) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["transition", "annotation", "record", "envelope", "partial"]))
+    obj: dict[str, Any] = {"event_id": ulid(i)}
+    if kind == "transition":
+        obj.update(
+            wp_id=draw(st.sampled_from(["WP01", "WP02"])),
+            from_lane=draw(st.sampled_from(LANES)),
+            to_lane=draw(st.sampled_from(LANES)),
+            at=draw(TIMES),
+            actor=draw(ACTORS),
+            force=draw(st.booleans()),
+            execution_mode=draw(st.sampled_from(["worktree", ""])),
+        )
+        for name in draw(
+            st.lists(
+                st.sampled_from(
+                    ["mission_slug", "feature_slug", "mission_id", "reason", "review_ref",
+                     "evidence", "review_result", "policy_metadata"]
+                ),
+                unique=True,
+            )
+        ):  # fmt: skip
+            obj[name] = draw(VALUES)
+    elif kind == "annotation":
+        obj.update(
+            kind="annotation",
+            wp_id="WP01",
+            at=draw(st.sampled_from(["", "whenever", "2026-02-09T10:31:07Z"])),
+            actor=draw(ACTORS),
+            delta=draw(st.dictionaries(st.sampled_from(["note", "agent"]), VALUES, max_size=2)),
+        )
+    elif kind == "record":
+        obj.update(type=draw(st.sampled_from(["DecisionRecorded", "x"])), at="2026-02-09")
+    elif kind == "envelope":
+        obj.update(
+            Event.new(
+                "Moved", "WP01", {"v": draw(VALUES)}, lamport_clock=draw(st.integers(0, 2**63 - 1))
+            ).to_dict()
+        )
+        obj["event_id"] = ulid(i)
+    else:
+        obj.update(event_type="Moved", payload={}, timestamp=draw(STAMPS))
+        if draw(st.booleans()):
+            del obj["timestamp"]
+            obj["at"] = "any time"
+    if kind != "envelope" and draw(st.integers(0, 5)) == 0:
+        obj["lamport_clock"] = draw(st.integers(0, 2**63 - 1))
+    if draw(st.integers(0, 3)) == 0:
+        obj[draw(st.sampled_from(["zz", "aa", "aggregate_type", "project_slug"]))] = draw(VALUES)
+    return obj
+
+
+@st.composite
+def log_lines(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """A log of a few lines of every kind, some broken; and whether it is all plain good."""
+    lines: list[bytes] = []
+    clean = True
+    for i in range(draw(st.integers(1, 10))):
+        obj = draw(good_line(i))
+        if draw(st.integers(0, 5)) == 0:  # break (or perhaps not) a field
+            clean = False
+            name = draw(st.sampled_from(sorted(obj) + ["kind", "type", "to_lane", "event_type"]))
+            if draw(st.booleans()) and name in obj:
+                del obj[name]
+            else:
+                obj[name] = draw(BAD_VALUES)
+        keys = sorted(obj) if draw(st.booleans()) else list(reversed(sorted(obj)))
+        lines.append(json.dumps({k: obj[k] for k in keys}).encode() + b"\n")
+    if draw(st.integers(0, 3)) == 0:  # a mishap of the bytes
+        clean = False
+        where = draw(st.integers(0, len(lines) - 1))
+        mishap = draw(
+            st.sampled_from(["blank", "garbage", "duplicate", "conflict", "torn", "crlf"])
+        )
+        if mishap == "blank":
+            lines.insert(where, b"  \n")
+        elif mishap == "garbage":
+            lines[where] = lines[where][: draw(st.integers(0, 20))] + b"\n"
+        elif mishap == "duplicate":
+            lines.append(lines[where])
+        elif mishap == "conflict":
+            obj = json.loads(lines[where])
+            obj["zz_changed"] = 1
+            lines.append(json.dumps(obj).encode() + b"\n")
+        elif mishap == "torn":
+            lines[-1] = lines[-1][:-1]
+        else:
+            lines = [line.replace(b"\n", b"\r\n") for line in lines]
+    return b"".join(lines), clean
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(log=log_lines())
+def test_generated_logs_of_every_kind_give_the_same_records_and_errors_on_both_paths(
+    tmp_path_factory: pytest.TempPathFactory, log: tuple[bytes, bool]
+) -> None:
+    data, clean = log
+    feature = tmp_path_factory.mktemp("feat")
+    (feature / EVENTS_FILENAME).write_bytes(data)
+    assert_paths_agree(feature)
+    if clean:  # good lines of every kind: the fast path must take them itself
+        assert fastread.read_lines(log_path(feature)) is not None
+
+
+def test_every_field_of_every_kind_given_every_odd_value_is_judged_alike_on_both_paths(
+    tmp_path: Path,
+) -> None:
+    good = {
+        "transition": {"event_id": ulid(1), "wp_id": "WP01", "from_lane": "planned",
+                       "to_lane": "claimed", "at": "2026-02-09T10:31:07Z", "actor": "a",
+                       "force": False, "execution_mode": "worktree", "mission_slug": "m"},
+        "annotation": {"event_id": ulid(1), "kind": "annotation", "wp_id": "WP01", "at": "x",
+                       "actor": {"role": None, "profile": None, "tool": None, "model": None},
+                       "delta": {}},
+        "record": {"event_id": ulid(1), "type": "DecisionRecorded", "at": "x", "wp_id": 3},
+        "envelope": {**Event.new("Moved", "WP01", {}).to_dict(), "event_id": ulid(1)},
+        "partial": {"event_id": ulid(1), "event_type": "Moved", "payload": {}, "at": "x"},
+    }  # fmt: skip
+    taken = 0
+    for kind, obj in good.items():
+        names = sorted(obj) + ["kind", "type", "to_lane", "event_type", "lamport_clock"]
+        for name in names:
+            variants = [{k: v for k, v in obj.items() if k != name}]
+            variants += [{**obj, name: value} for value in ODD_VALUES]
+            for variant in variants:
+                feature = tmp_path / f"f{taken}"
+                feature.mkdir()
+                # Beside a good line of another kind, so that the log mixes kinds.
+                other = {**good["transition"], "event_id": ulid(2)}
+                (feature / EVENTS_FILENAME).write_text(
+                    json.dumps(other, sort_keys=True) + "\n" + json.dumps(variant) + "\n"
+                )
+                assert fast(feature) == plain(feature), (kind, name, variant.get(name))
+                taken += 1
+    assert taken > 1000
