@@ -11,9 +11,12 @@ How an answer is handled::
     network error, timeout, 408, 425, 429, 5xx     -> retried; when spent: BatchResult with
                                                       transient_error, then the run stops
     401, 403                                       -> AuthenticationError
+    412                                            -> DeliveryError: protocol mismatch
     404, 3xx, other statuses                       -> DeliveryError naming the URL
     413                                            -> batch split in halves; a single event
                                                       still refused is rejected
+    400 with "details" naming events               -> those rejected (one BatchResult), the
+                                                      rest of the batch sent again without them
     any other 4xx                                  -> every event of the batch rejected
 
 The token is only ever put in the ``Authorization`` header: it is kept out of reprs,
@@ -63,9 +66,12 @@ SNIPPET_CHARS = 200
 MAX_REASON_CHARS = 1000
 
 _BODY_HEAD = b'{"events": ['
+_BODY_FEATURES = b'], "features": ['
+_BODY_NODE = b'], "node_id": '
 _BODY_SEP = b", "
 _BODY_TAIL = b"]}"
-_ACCEPTED_STATUSES = frozenset({"success", "duplicate"})
+_ACCEPTED_STATUSES = frozenset({"success", "accepted", "warning", "duplicate"})
+_REJECTED_STATUS = "rejected"
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -75,7 +81,7 @@ class ReplayConfig:
 
     ``deadline`` is a ``time.monotonic()`` value after which nothing more is attempted
     (offline emit uses it): each request's timeout is ``min(timeout, time left)`` and no
-    sleep goes past it.
+    sleep goes past it. ``node_id`` is the sender's, sent in every batch body.
     """
 
     url: str
@@ -87,6 +93,7 @@ class ReplayConfig:
     allow_insecure_http: bool = False
     max_batch_bytes: int = 256 * 1024
     deadline: float | None = None
+    node_id: str | None = None
 
     def __post_init__(self) -> None:
         _validate_url(self.url, allow_insecure_http=self.allow_insecure_http)
@@ -110,6 +117,8 @@ class ReplayConfig:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
         if self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
+        if self.node_id is not None and (not isinstance(self.node_id, str) or not self.node_id):
+            raise UsageError(f"the node id must be a non-empty string, got {self.node_id!r}")
 
     def __repr__(self) -> str:
         token = "None" if self.token is None else "'***'"
@@ -117,7 +126,8 @@ class ReplayConfig:
             f"ReplayConfig(url={self.url!r}, token={token}, batch_size={self.batch_size!r}, "
             f"max_retries={self.max_retries!r}, backoff_base={self.backoff_base!r}, "
             f"timeout={self.timeout!r}, allow_insecure_http={self.allow_insecure_http!r}, "
-            f"max_batch_bytes={self.max_batch_bytes!r}, deadline={self.deadline!r})"
+            f"max_batch_bytes={self.max_batch_bytes!r}, deadline={self.deadline!r}, "
+            f"node_id={self.node_id!r})"
         )
 
     __str__ = __repr__
@@ -130,10 +140,11 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class PendingEvent:
-    """One event to send: its id and its log line without the trailing newline."""
+    """One event to send: its id, its log line without the trailing newline, its feature."""
 
     event_id: str
     line: bytes
+    feature: str
 
 
 @dataclass(frozen=True)
@@ -164,9 +175,28 @@ def idempotency_key(event_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(event_ids).encode("utf-8")).hexdigest()
 
 
-def batch_body(lines: Iterable[bytes]) -> bytes:
-    """The JSON body of a batch, built from the raw log lines (never re-serialized)."""
-    return _BODY_HEAD + _BODY_SEP.join(lines) + _BODY_TAIL
+def batch_body(events: Iterable[PendingEvent], node_id: str | None = None) -> bytes:
+    """The JSON body of a batch: ``{"events", "features", "node_id"}``.
+
+    The events are the raw log lines, never re-serialized; ``features`` gives the feature
+    of each, in the same order. Without a ``node_id`` that key is left out.
+    """
+    batch = list(events)
+    return (
+        _BODY_HEAD
+        + _BODY_SEP.join(event.line for event in batch)
+        + _BODY_FEATURES
+        + _BODY_SEP.join(_json_string(event.feature) for event in batch)
+        + _body_end(node_id)
+    )
+
+
+def _body_end(node_id: str | None) -> bytes:
+    return _BODY_NODE + _json_string(node_id) + b"}" if node_id is not None else _BODY_TAIL
+
+
+def _json_string(text: str) -> bytes:
+    return json.dumps(text).encode("ascii")
 
 
 class Replayer:
@@ -236,10 +266,23 @@ class Replayer:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, events: Iterable[PendingEvent]) -> Iterator[BatchResult]:
-        for batch in _chunk(events, self.config.batch_size, self.config.max_batch_bytes):
+        config = self.config
+        for batch in _chunk(events, config.batch_size, config.max_batch_bytes, config.node_id):
             stopped = yield from self._send_batch(batch, carried_attempts=0)
             if stopped:
                 return
+
+    def _request(self, batch: list[PendingEvent]) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of one batch, the same on every retry of it."""
+        ids = (event.event_id for event in batch)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(ids)}
+        if self.config.token is not None:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        body = batch_body(batch, self.config.node_id)
+        if len(body) > GZIP_THRESHOLD:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
 
     def _send_batch(
         self, batch: list[PendingEvent], *, carried_attempts: int
@@ -249,14 +292,7 @@ class Replayer:
         Returns True when the run must stop (transient failure or deadline passed).
         """
         ids = tuple(event.event_id for event in batch)
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(ids)}
-        if self.config.token is not None:
-            headers["Authorization"] = f"Bearer {self.config.token}"
-        body = batch_body(event.line for event in batch)
-        if len(body) > GZIP_THRESHOLD:
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            headers["Content-Encoding"] = "gzip"
-
+        body, headers = self._request(batch)
         attempts = 0
         retries = 0
         last_failure = ""
@@ -277,9 +313,7 @@ class Replayer:
                     parsed = _parse_answer(outcome.content, ids)
                     if parsed is not None:
                         accepted, reasons = parsed
-                        rejected = {
-                            i: self._clean(r)[:MAX_REASON_CHARS] for i, r in reasons.items()
-                        }
+                        rejected = {i: self._reason(r) for i, r in reasons.items()}
                         yield BatchResult(
                             ids, accepted, rejected, None, attempts + carried_attempts
                         )
@@ -292,6 +326,14 @@ class Replayer:
                         f"HTTP 404 Not Found from {self._endpoint}: the server has no replay "
                         "endpoint there; check the URL (--url or REPLAYLOG_URL)"
                     )
+                elif status == 412:
+                    detail = self._snippet(outcome.content)
+                    raise DeliveryError(
+                        f"HTTP 412 from {self._endpoint}: protocol mismatch, the server does "
+                        f"not take batches from replaylog {__version__}"
+                        + (f" ({detail})" if detail else "")
+                        + "; nothing was changed: upgrade replaylog or the server"
+                    )
                 elif status == 413:
                     return (
                         yield from self._split(batch, ids, outcome, attempts + carried_attempts)
@@ -299,6 +341,20 @@ class Replayer:
                 elif status in RETRYABLE_STATUSES or 500 <= status < 600:
                     last_failure = f"HTTP {status}"
                     retry_after = _parse_retry_after(outcome.retry_after)
+                elif status == 400 and (details := _parse_details(outcome.content, ids)):
+                    # The server named the events it refuses: only they fail, and the
+                    # others go again as a batch of their own (its own key).
+                    rejected = {i: self._reason(r) for i, r in details.items()}
+                    yield BatchResult(
+                        tuple(rejected), (), rejected, None, attempts + carried_attempts
+                    )
+                    rest = [event for event in batch if event.event_id not in rejected]
+                    if not rest:
+                        return False
+                    batch, ids = rest, tuple(event.event_id for event in rest)
+                    body, headers = self._request(batch)
+                    attempts = retries = carried_attempts = 0
+                    continue
                 elif 400 <= status < 500:
                     reason = f"HTTP {status}: {self._snippet(outcome.content)}"
                     rejected = dict.fromkeys(ids, reason)
@@ -421,6 +477,9 @@ class Replayer:
             hint = "check the token in REPLAYLOG_TOKEN (or the variable of --token-env)"
         return f"authentication failed: HTTP {status} from {self._endpoint}; {hint}"
 
+    def _reason(self, reason: str) -> str:
+        return self._clean(reason)[:MAX_REASON_CHARS]
+
     def _snippet(self, content: bytes) -> str:
         """The first characters of an answer body, on one line, token masked."""
         return self._clean(content.decode("utf-8", errors="replace"))[:SNIPPET_CHARS]
@@ -443,22 +502,28 @@ class _Answer:
 
 
 def _chunk(
-    events: Iterable[PendingEvent], batch_size: int, max_bytes: int
+    events: Iterable[PendingEvent], batch_size: int, max_bytes: int, node_id: str | None
 ) -> Iterator[list[PendingEvent]]:
     """Group events lazily: at most ``batch_size`` events and ``max_bytes`` of JSON body.
 
     A single event whose body alone exceeds ``max_bytes`` goes in a batch of its own.
     """
-    empty = len(_BODY_HEAD) + len(_BODY_TAIL)
+    empty = len(_BODY_HEAD) + len(_BODY_FEATURES) + len(_body_end(node_id))
+    separators = 2 * len(_BODY_SEP)  # one among the events, one among the features
+    feature_sizes: dict[str, int] = {}
     batch: list[PendingEvent] = []
     size = empty
     for event in events:
-        added = len(event.line) + (len(_BODY_SEP) if batch else 0)
+        own = feature_sizes.get(event.feature)
+        if own is None:
+            own = feature_sizes[event.feature] = len(_json_string(event.feature))
+        own += len(event.line)
+        added = own + (separators if batch else 0)
         if batch and (len(batch) >= batch_size or size + added > max_bytes):
             yield batch
             batch = []
             size = empty
-            added = len(event.line)
+            added = own
         batch.append(event)
         size += added
     if batch:
@@ -475,7 +540,7 @@ def _parse_answer(
     """
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -493,9 +558,10 @@ def _parse_answer(
                 return None
             if status in _ACCEPTED_STATUSES:
                 accepted.add(event_id)
-            else:
-                error = item.get("error")
-                rejected.setdefault(event_id, _reason(error) if error is not None else status)
+            elif status == _REJECTED_STATUS:
+                rejected.setdefault(event_id, _item_reason(item, ("error", "error_message")))
+            # "queued", "pending" or a status not named in SPEC section 5: the event
+            # stays pending, neither accepted nor rejected.
     elif "accepted" in data or "rejected" in data:
         accepted_list = data.get("accepted", [])
         rejected_list = data.get("rejected", [])
@@ -509,9 +575,7 @@ def _parse_answer(
             if isinstance(item, str):
                 rejected.setdefault(item, "rejected by the server")
             elif isinstance(item, dict) and isinstance(item.get("event_id"), str):
-                reason = item.get("reason")
-                text = _reason(reason) if reason is not None else "rejected by the server"
-                rejected.setdefault(item["event_id"], text)
+                rejected.setdefault(item["event_id"], _item_reason(item, ("reason",)))
             else:
                 return None
     else:
@@ -521,6 +585,41 @@ def _parse_answer(
         i: rejected[i] for i in dict.fromkeys(ids) if i in rejected and i not in accepted
     }
     return accepted_ids, rejected_ids
+
+
+def _parse_details(content: bytes, ids: tuple[str, ...]) -> dict[str, str]:
+    """The events a 400 answer names in ``details``, with their reasons, in batch order.
+
+    ``details`` is a list (or a JSON string holding one) of ``{"event_id", "error" |
+    "reason"}``. Entries that name no event of the batch are ignored; an empty result
+    means the answer has no usable details.
+    """
+    try:
+        data = json.loads(content)
+        details = data.get("details") if isinstance(data, dict) else None
+        if isinstance(details, str):
+            details = json.loads(details)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(details, list):
+        return {}
+    named: dict[str, str] = {}
+    for item in details:
+        if isinstance(item, dict) and isinstance(item.get("event_id"), str):
+            reason = _item_reason(item, ("error", "reason", "error_message"), "HTTP 400")
+            named.setdefault(item["event_id"], reason)
+    return {i: named[i] for i in dict.fromkeys(ids) if i in named}
+
+
+def _item_reason(
+    item: dict[str, Any], keys: tuple[str, ...], default: str = "rejected by the server"
+) -> str:
+    """The first of ``keys`` that ``item`` has (not null), as text."""
+    for key in keys:
+        value = item.get(key)
+        if value is not None:
+            return _reason(value)
+    return default
 
 
 def _reason(value: Any) -> str:

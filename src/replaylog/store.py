@@ -528,7 +528,8 @@ class EventStore:
 
         Raises :class:`TransientDeliveryError` when retries are spent (events stay
         pending), :class:`AuthenticationError` on 401/403 and :class:`DeliveryError`
-        on 404 and other stops. ``on_batch(events_done, events_total)`` reports progress.
+        on 404, 412 and other stops. ``on_batch(events_done, events_total)`` reports
+        progress.
         """
         from .replay import PendingEvent, ReplayConfig, Replayer
         from .reports import ReplayReport
@@ -542,6 +543,7 @@ class EventStore:
             timeout=timeout,
             allow_insecure_http=allow_insecure_http,
             deadline=deadline,
+            node_id=self.node_id,
         )
         # A bad name is refused before the replay lock creates its file (section 1).
         names = [_log.validate_feature_name(feature)] if feature is not None else None
@@ -557,7 +559,7 @@ class EventStore:
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
                         features_of.setdefault(row.event_id, []).append(row.feature)
-                        yield PendingEvent(row.event_id, reader.line(row))
+                        yield PendingEvent(row.event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
                     attempts += result.attempts
