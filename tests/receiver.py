@@ -34,6 +34,9 @@ Action shorthands (see :meth:`Action.parse`):
     "drop"        store the events, then close without answering (the answer is lost)
     "stall"       wait ``Action.seconds`` (default 3, at most 10), then close; store nothing
     "garbage"     200 with a body that is not JSON; store nothing
+    "trickle"     store, then send the whole answer (status line, headers, body) one
+                  byte every ``Action.seconds``; ``Action.trickle(s, body_only=True)``
+                  sends the status line and headers at once and trickles the body
 
 Requests to other paths get 404, other methods 405, bodies that are not a batch 400.
 """
@@ -64,12 +67,12 @@ MAX_STALL_SECONDS = 10.0
 class Action:
     """How to answer one request."""
 
-    kind: str = "ok"  # ok | status | close | drop | stall | garbage
+    kind: str = "ok"  # ok | status | close | drop | stall | garbage | trickle | trickle-body
     status: int = 200
     retry_after: str | None = None
     shape: str | None = None  # "accepted" or "results"; None: the receiver's answer_shape
     body: bytes | None = None  # for kind "status": the body to send (default: a short text)
-    seconds: float = 3.0  # for kind "stall"
+    seconds: float = 3.0  # for kind "stall"; for "trickle", the time between two bytes
 
     @classmethod
     def parse(cls, spec: Action | str) -> Action:
@@ -83,6 +86,8 @@ class Action:
             return cls(shape="results")
         if text in ("close", "drop", "stall", "garbage"):
             return cls(kind=text)
+        if text == "trickle":
+            return cls.trickle(1.0)
         code, _, retry_after = spec.strip().partition(":")
         if code.isdigit():
             return cls(kind="status", status=int(code), retry_after=retry_after or None)
@@ -105,6 +110,11 @@ class Action:
     def stall(cls, seconds: float) -> Action:
         """Wait ``seconds`` (at most 10), then close without answering."""
         return cls(kind="stall", seconds=seconds)
+
+    @classmethod
+    def trickle(cls, seconds: float, *, body_only: bool = False) -> Action:
+        """Store, then answer one byte every ``seconds`` (until the receiver stops)."""
+        return cls(kind="trickle-body" if body_only else "trickle", seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -336,6 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif action.kind == "drop":
             owner._store(events)
             self.close_connection = True
+        elif action.kind in ("trickle", "trickle-body"):
+            outcome = owner._store(events)
+            body = _answer(outcome, action.shape or owner.answer_shape)
+            self._trickle(action, body)
         elif action.kind == "garbage":
             self._reply(200, b"<html>this is not the answer you are looking for</html>")
         elif action.kind == "status" and (
@@ -348,6 +362,25 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = owner._store(events)
             shape = action.shape or owner.answer_shape
             self._reply(action.status, _answer(outcome, shape), content_type="application/json")
+
+    def _trickle(self, action: Action, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        slow = body
+        try:
+            if action.kind == "trickle-body":
+                self.wfile.write(head)
+            else:
+                slow = head + body
+            for i in range(len(slow)):
+                self.wfile.write(slow[i : i + 1])
+                if self.owner._stopping.wait(action.seconds):
+                    return
+        except OSError:
+            return  # the client gave up: that is what a trickle tests
 
     def _read_body(self) -> bytes | None:
         length = self.headers.get("Content-Length")

@@ -52,7 +52,7 @@ def fill(store: EventStore, n: int, features: tuple[str, ...] = ("alpha",)) -> l
 
 
 def run_cli(
-    root: Path, *args: str, env: dict[str, str] | None = None
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
     full_env["REPLAYLOG_FSYNC"] = "0"
@@ -62,7 +62,7 @@ def run_cli(
         capture_output=True,
         text=True,
         env=full_env,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -265,6 +265,27 @@ def test_cli_replay_exits_1_on_412_with_one_error_line(tmp_path, receiver):
     assert "protocol mismatch" in result.stderr
     status = json.loads(run_cli(root, "status", "--json").stdout)
     assert status["totals"]["pending"] == 1 and status["totals"]["failed"] == 0
+
+
+def test_cli_replay_timeout_cuts_off_a_server_that_sends_a_byte_a_second(tmp_path, receiver):
+    root = tmp_path / "p"
+    assert run_cli(root, "append", "f", "--type", "t", "--aggregate", "a").returncode == 0
+    receiver.hook = lambda request: Action.trickle(1.0)
+    started = time.monotonic()
+    try:
+        result = run_cli(
+            root, "replay", "--url", receiver.url, "--timeout", "2", "--max-retries", "0",
+            timeout=12,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("replay --timeout 2 was still running after 12 s")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "timed out" in result.stderr
+    assert elapsed < 2 + 3.0, f"took {elapsed:.1f} s with --timeout 2"
+    with EventStore(root) as s:
+        ((status, retries, error),) = rows(s).values()
+    assert (status, retries) == ("pending", 1) and error and error.startswith("timed out")
 
 
 def test_a_500_then_200_recovers_inside_one_run(store, receiver):

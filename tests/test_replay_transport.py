@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -1060,3 +1061,38 @@ def test_the_receiver_shuts_down_promptly_even_while_a_handler_stalls() -> None:
             list(replay.run(make_events(1)))
         leaving = time.monotonic()
     assert time.monotonic() - leaving < 2.0
+
+
+def run_in_thread(replay: Replayer, events: list[PendingEvent], limit: float) -> Any:
+    """Run ``replay`` in a thread; its results, or None if it still runs after ``limit``."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(list(replay.run(events))), daemon=True)
+    thread.start()
+    thread.join(limit)
+    return None if thread.is_alive() else out[0]
+
+
+@pytest.mark.parametrize("body_only", [False, True], ids=["whole-answer", "body"])
+def test_the_timeout_bounds_a_request_up_to_the_last_byte_of_a_trickled_answer(
+    body_only: bool,
+) -> None:
+    # Each byte comes well within the timeout, so only a bound on the whole request ends it.
+    with Receiver() as r, Replayer(real(r.url, timeout=1.0, max_retries=0)) as replay:
+        r.script([Action.trickle(0.2, body_only=body_only)])
+        started = time.monotonic()
+        results = run_in_thread(replay, make_events(2), limit=6.0)
+        elapsed = time.monotonic() - started
+        assert results is not None, "the request was not cut off at its timeout"
+    assert 0.9 <= elapsed < 2.5, elapsed
+    (result,) = results
+    assert result.accepted == ()
+    assert result.transient_error is not None and result.transient_error.startswith("timed out")
+
+
+def test_a_trickled_answer_is_retried_and_a_retry_in_time_delivers() -> None:
+    with Receiver() as r, Replayer(real(r.url, timeout=0.5, max_retries=1)) as replay:
+        r.script([Action.trickle(0.1)])
+        results = run_in_thread(replay, make_events(2), limit=6.0)
+    assert results is not None
+    assert results[0].accepted == ids_of(make_events(2))
+    assert results[0].attempts == 2

@@ -19,12 +19,17 @@ How an answer is handled::
                                                       rest of the batch sent again without them
     any other 4xx                                  -> every event of the batch rejected
 
+``timeout`` bounds a whole request, from connect to the last byte of the answer: the
+default transport gives every socket operation only the time left before the request's
+deadline, so a server that trickles its answer is cut off like one that stalls.
+
 The token is only ever put in the ``Authorization`` header: it is kept out of reprs,
 exception messages and results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import gzip
 import hashlib
@@ -32,7 +37,9 @@ import ipaddress
 import json
 import random
 import re
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +47,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from ._version import __version__
@@ -72,6 +80,7 @@ _BODY_SEP = b", "
 _BODY_TAIL = b"]}"
 _ACCEPTED_STATUSES = frozenset({"success", "accepted", "warning", "duplicate"})
 _REJECTED_STATUS = "rejected"
+_WRITE_CHUNK = 16 * 1024  # a write is cut in pieces so that each piece gets the time left
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -79,6 +88,7 @@ _WHITESPACE = re.compile(r"\s+")
 class ReplayConfig:
     """Where and how to replay. Invalid values raise :class:`UsageError` at construction.
 
+    ``timeout`` bounds each request from connect to the last byte of the answer.
     ``deadline`` is a ``time.monotonic()`` value after which nothing more is attempted
     (offline emit uses it): each request's timeout is ``min(timeout, time left)`` and no
     sleep goes past it. ``node_id`` is the sender's, sent in every batch body.
@@ -218,6 +228,13 @@ class Replayer:
         self._endpoint = config.endpoint
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._network: _DeadlineBackend | None = None
+        if transport is None and not _proxied(config.endpoint):
+            self._network = _DeadlineBackend()
+            transport = _DeadlineTransport(self._network, https=not _is_plain_http(config.url))
+        # With a proxy from the environment httpx's own transport is used, as before: each
+        # of its reads and writes is bounded by the timeout, and reading the body by the
+        # request's deadline, but not the time the proxy takes to send the headers.
         self._client = httpx.Client(
             transport=transport,
             timeout=config.timeout,
@@ -225,7 +242,7 @@ class Replayer:
             headers={"User-Agent": f"replaylog/{__version__}"},
             # Loading the system's CA certificates takes 50-250 ms, a large part of an
             # `append --sync` budget; a plain-http URL never uses them.
-            verify=not config.url.lower().startswith("http://"),
+            verify=not _is_plain_http(config.url),
         )
         self._closed = False
 
@@ -412,7 +429,13 @@ class Replayer:
         return (yield from self._send_batch(batch[middle:], carried_attempts=0))
 
     def _attempt(self, body: bytes, headers: dict[str, str], timeout: float) -> _Answer | str:
-        """One POST. Returns the answer, or a one-line description of a retryable failure."""
+        """One POST, ended when ``timeout`` seconds have passed since it started.
+
+        Returns the answer, or a one-line description of a retryable failure.
+        """
+        deadline = time.monotonic() + timeout
+        if self._network is not None:
+            self._network.start(deadline, timeout)
         try:
             with self._client.stream(
                 "POST", self._endpoint, content=body, headers=headers, timeout=timeout
@@ -421,7 +444,7 @@ class Replayer:
                 if status in RETRYABLE_STATUSES or 500 <= status < 600:
                     content = b""  # retried: the body is not needed
                 else:
-                    content, complete = self._read_capped(response)
+                    content, complete = self._read_capped(response, deadline, timeout)
                     if not complete:
                         return f"HTTP {status} with an answer larger than {MAX_ANSWER_BYTES} bytes"
                 return _Answer(
@@ -441,8 +464,13 @@ class Replayer:
             raise DeliveryError(
                 f"could not send to {self._endpoint}: {type(exc).__name__}: {self._clean(exc)}"
             ) from exc
+        finally:
+            if self._network is not None:
+                self._network.stop()
 
-    def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+    def _read_capped(
+        self, response: httpx.Response, deadline: float, timeout: float
+    ) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
@@ -450,8 +478,8 @@ class Replayer:
             size += len(chunk)
             if size > MAX_ANSWER_BYTES:
                 return b"", False
-            if self.config.deadline is not None and time.monotonic() > self.config.deadline:
-                raise httpx.ReadTimeout("deadline passed while reading the answer")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(_over_time(timeout))
         return b"".join(chunks), True
 
     def _time_left(self, timeout: float) -> float | None:
@@ -658,6 +686,200 @@ def _describe_network_error(exc: httpx.HTTPError) -> str:
         kind = "connection error"
     detail = _WHITESPACE.sub(" ", str(exc)).strip()[:SNIPPET_CHARS]
     return f"{kind} ({detail})" if detail and detail.lower() != kind else kind
+
+
+def _over_time(timeout: float) -> str:
+    return f"no complete answer within the timeout of {timeout:g} s"
+
+
+def _is_plain_http(url: str) -> bool:
+    return url.lower().startswith("http://")
+
+
+def _proxied(endpoint: str) -> bool:
+    """Whether the environment names a proxy for ``endpoint`` (httpx then uses it)."""
+    proxies = urllib.request.getproxies()
+    parts = urlsplit(endpoint)
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+# -- the request deadline ----------------------------------------------------------
+#
+# httpx's timeouts apply to each socket operation: a server that sends one byte just
+# before each read times out never trips them. The default transport is httpx's own
+# (httpcore's connection pool) over a network backend that gives every connect, TLS
+# handshake, read and write only the time left before the request's deadline.
+
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    # Most specific first: the first match is the one raised.
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    """httpcore's exceptions as the httpx ones the replayer handles."""
+    try:
+        yield
+    except Exception as exc:
+        for theirs, ours in _HTTPCORE_ERRORS:
+            if isinstance(exc, theirs):
+                raise ours(str(exc)) from exc
+        raise
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, each operation cut to the time left (see above)."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadline: float | None = None
+        self._timeout = 0.0
+
+    def start(self, deadline: float, timeout: float) -> None:
+        """Bound the request that starts now: nothing of it goes past ``deadline``."""
+        self._deadline, self._timeout = deadline, timeout
+
+    def stop(self) -> None:
+        self._deadline = None
+
+    def time_left(
+        self, timeout: float | None, error: type[httpcore.TimeoutException]
+    ) -> float | None:
+        """``timeout`` cut to the time left; raises ``error`` when none is left."""
+        if self._deadline is None:
+            return timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error(_over_time(self._timeout))
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self.time_left(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self.time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        left = self._backend.time_left(timeout, httpcore.ReadTimeout)
+        return self._inner.read(max_bytes, left)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # One piece at a time, so that a server that reads slowly is cut off too.
+        for start in range(0, len(buffer), _WRITE_CHUNK):
+            left = self._backend.time_left(timeout, httpcore.WriteTimeout)
+            self._inner.write(buffer[start : start + _WRITE_CHUNK], left)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._backend.time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, left), self._backend
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport over :class:`_DeadlineBackend`."""
+
+    def __init__(self, backend: _DeadlineBackend, *, https: bool) -> None:
+        self._pool = httpcore.ConnectionPool(
+            # Only https needs the CA certificates (see Replayer); httpx finds them.
+            ssl_context=httpx.create_ssl_context() if https else None,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            answer = self._pool.handle_request(core_request)
+        assert isinstance(answer.stream, Iterable)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_AnswerStream(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _AnswerStream(httpx.SyncByteStream):
+    def __init__(self, inner: Iterable[bytes]) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _httpx_errors():
+            yield from self._inner
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
 
 
 def _is_header_safe(value: str) -> bool:

@@ -529,7 +529,7 @@ class EventStore:
         Raises :class:`TransientDeliveryError` when retries are spent (events stay
         pending), :class:`AuthenticationError` on 401/403 and :class:`DeliveryError`
         on 404, 412 and other stops. ``on_batch(events_done, events_total)`` reports
-        progress.
+        progress. ``timeout`` bounds each request from connect to the last byte.
         """
         from .replay import PendingEvent, ReplayConfig, Replayer
         from .reports import ReplayReport
