@@ -493,6 +493,65 @@ def test_emit_delivers_when_online(store, receiver):
     assert rows(store)[result.event.event_id][0] == "delivered"
 
 
+def refuse_all(kind: str) -> Any:
+    """A receiver hook that refuses every event of every batch, in the way ``kind`` says."""
+
+    def hook(request: RecordedRequest) -> Action:
+        if kind == "rejected":
+            body = {"accepted": [], "rejected": [{"event_id": i, "reason": "not allowed"}
+                                                 for i in request.event_ids]}  # fmt: skip
+            return Action.answer(200, body=json.dumps(body).encode())
+        if kind == "results":
+            results = [{"event_id": i, "status": "rejected", "error_message": "not allowed"}
+                       for i in request.event_ids]  # fmt: skip
+            return Action.answer(200, body=json.dumps({"results": results}).encode())
+        if kind == "400-details":
+            details = [{"event_id": i, "error": "not allowed"} for i in request.event_ids]
+            return Action.answer(400, body=json.dumps({"details": details}).encode())
+        return Action.answer(int(kind), body=b"not allowed")
+
+    return hook
+
+
+@pytest.mark.parametrize("kind", ["rejected", "results", "400-details", "422", "412"])
+def test_emit_refused_by_the_server_stays_pending_and_a_later_replay_sends_it(
+    store, receiver, kind
+):
+    older = fill(store, 1)[0]
+    receiver.hook = refuse_all(kind)
+    result = store.emit("alpha", "note", "A", url=receiver.url, sync_timeout=5)
+    event_id = result.event.event_id
+    assert not result.delivered
+    assert result.warning and "not allowed" in result.warning and "pending" in result.warning
+    state = rows(store)
+    assert state[event_id][0] == state[older][0] == "pending", "a refused emit is not failed"
+    assert store.status()["totals"]["failed"] == 0
+    if kind == "412":  # a 412 answers nothing about the events: they stay untouched
+        assert state[event_id] == ("pending", 0, None)
+    else:  # the refusal is kept as the last error of an attempt
+        assert state[event_id][1] == 1 and "not allowed" in (state[event_id][2] or "")
+    receiver.hook = None
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.pending) == (2, 0)
+    assert set(receiver.events) == {older, event_id}
+
+
+def test_cli_append_sync_refused_exits_0_warns_and_a_plain_replay_delivers(tmp_path, receiver):
+    root = tmp_path / "p"
+    receiver.hook = refuse_all("rejected")
+    result, _ = append_sync(root, receiver.url, 5)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Warning: ") and "not allowed" in result.stderr
+    assert "pending" in result.stderr
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["totals"] == {"events": 1, "pending": 1, "delivered": 0, "failed": 0}
+    receiver.hook = None
+    replayed = run_cli(root, "replay", "--url", receiver.url, "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)["accepted"] == 1
+    assert list(receiver.events) == [result.stdout.strip()]
+
+
 def test_sync_without_url_writes_nothing(tmp_path):
     root = tmp_path / "p"
     result = run_cli(root, "append", "f", "--type", "t", "--aggregate", "a", "--sync")
