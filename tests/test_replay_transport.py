@@ -1096,3 +1096,15 @@ def test_a_trickled_answer_is_retried_and_a_retry_in_time_delivers() -> None:
     assert results is not None
     assert results[0].accepted == ids_of(make_events(2))
     assert results[0].attempts == 2
+
+
+def test_a_proxy_from_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = unused_port_url()  # nothing listens there: only the proxy can answer
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with Receiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        with Replayer(real(target, max_retries=0)) as replay, pytest.raises(DeliveryError):
+            list(replay.run(make_events(1)))  # the receiver is no proxy: it answers 404
+        assert [r.path for r in proxy.requests] == [target + "/api/v1/events/batch/"]
