@@ -552,6 +552,16 @@ def test_cli_append_sync_refused_exits_0_warns_and_a_plain_replay_delivers(tmp_p
     assert list(receiver.events) == [result.stdout.strip()]
 
 
+def test_emit_delivered_while_another_log_is_bad_says_delivered_with_a_warning(store, receiver):
+    fill(store, 1, ("beta",))
+    with open(store.log_path("beta"), "ab") as f:
+        f.write(b"this is not json\n")
+    result = store.emit("alpha", "note", "A", url=receiver.url, sync_timeout=5)
+    assert result.delivered, result.warning
+    assert result.warning and "beta" in result.warning
+    assert list(receiver.events) == [result.event.event_id]
+
+
 def test_sync_without_url_writes_nothing(tmp_path):
     root = tmp_path / "p"
     result = run_cli(root, "append", "f", "--type", "t", "--aggregate", "a", "--sync")

@@ -780,24 +780,35 @@ class EventStore:
                 refused_stay_pending=True,
             )
         except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
+            if self._emitted_status(feature, event.event_id)[0] == "delivered":
+                # The run went on after this event (another log is bad, say).
+                return EmitResult(event, True, f"event {event.event_id} delivered, but: {exc}")
             # A transient stop already says that the event stays pending.
             pending = "" if isinstance(exc, TransientDeliveryError) else "; it stays pending"
             return EmitResult(
                 event, False, f"event {event.event_id} saved, not delivered: {exc}{pending}"
             )
-        row = self.index.conn.execute(
-            "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
-            (feature, event.event_id),
-        ).fetchone()
-        if row and row[0] == "delivered":
+        status, error = self._emitted_status(feature, event.event_id)
+        if status == "delivered":
             return EmitResult(event, True)
-        why = f" ({row[1]})" if row and row[1] else ""
+        why = f" ({error})" if error else ""
         return EmitResult(
             event,
             False,
             f"event {event.event_id} saved, not delivered yet{why}; it stays pending and"
             " the next replay sends it again",
         )
+
+    def _emitted_status(self, feature: str, event_id: str) -> tuple[str | None, str | None]:
+        """An emitted event's delivery status and last error, (None, None) if unknown."""
+        try:
+            row = self.index.conn.execute(
+                "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
+                (feature, event_id),
+            ).fetchone()
+        except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
+            return None, None
+        return (row[0], row[1]) if row else (None, None)
 
 
 def _unreadable(
