@@ -96,7 +96,8 @@ def _over_logs(call: Callable[[], T]) -> tuple[T | None, LogsUnreadableError | N
 
 
 def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any] | None) -> None:
-    """Each bad log as ``PATH:LINE: message`` and exit 1 (SPEC section 10); with --json
+    """Each bad log as ``PATH:LINE: message`` on stdout, one ``Error:`` line, exit 1
+    (SPEC section 10); with --json
     one object: what was shown for the readable logs, ``problems`` and ``error``."""
     problems = [
         {"path": path, "line": line, "message": message} for path, line, message in exc.problems
@@ -107,9 +108,9 @@ def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any
         out["error"] = {"type": type(exc).__name__, "message": str(exc)}
         _json_out(out)
         sys.exit(1)
-    for path, line, message in exc.problems:
+    for path, line, message in exc.problems:  # on stdout, as verify lists them
         where = f"{_shown_path(path)}:{line}" if line else _shown_path(path)
-        click.echo(f"{where}: {message}", err=True)
+        click.echo(f"{where}: {message}")
     _fail(exc, 1, False)
 
 
@@ -473,7 +474,7 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, skip_bad: bool, as_json: 
             return
         for p in result.get("skipped", []):
             where = f"{_shown_path(p['path'])}:{p['line']}" if p["line"] else _shown_path(p["path"])
-            click.echo(f"{where}: {p['message']}", err=True)
+            click.echo(f"{where}: {p['message']}")
         skipped = len(result.get("skipped", []))
         click.echo(
             f"indexed {result['events']} events in {result['features']} features"

@@ -485,7 +485,7 @@ class EventStore:
         report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
         if bad:
             raise _unreadable(
-                bad, "they are left out of the counts, every other log is counted", report
+                bad, "it is left out of the counts, every other log is counted", report
             )
         return report
 
@@ -701,7 +701,7 @@ class EventStore:
             error.report = report  # type: ignore[attr-defined]
             raise error
         if bad:
-            raise _unreadable(bad, "their events were not sent, every other log's were", report)
+            raise _unreadable(bad, "it was not replayed, every other log was", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -816,9 +816,14 @@ def _unreadable(
 ) -> LogsUnreadableError:
     """The error of a command over many logs: ``done`` says what it did all the same."""
     problems = [(err.path or name, err.line, str(err)) for name, err in sorted(bad.items())]
+    if len(problems) == 1:
+        path, _line, message = problems[0]
+        what = f"1 log cannot be read: {path}: {message}"
+    else:
+        what = f"{len(bad)} logs cannot be read ({', '.join(sorted(bad))})"
     return LogsUnreadableError(
-        f"{len(bad)} log(s) cannot be read ({', '.join(sorted(bad))}); {done}. Correct"
-        " or remove the lines named by hand (`replaylog verify` lists every problem)",
+        f"{what}; {done}. Correct or remove the lines named by hand (`replaylog verify`"
+        " lists every problem)",
         problems=problems,
         partial=partial,
     )
