@@ -489,6 +489,9 @@ def test_a_move_on_a_feature_without_a_log_creates_it(tmp_path: Path) -> None:
 def test_status_json_is_replaced_atomically_by_the_new_snapshot(project: Path) -> None:
     path = feature_dir(project, FEATURE) / "status.json"
     path.chmod(0o640)
+    # A second name for the old file: it keeps its inode taken, and shows it untouched.
+    original = path.read_bytes()
+    os.link(path, project / "old-status.json")
     inode = path.stat().st_ino
     moved(project, FEATURE, "WP05", "planned")
     moved(project, FEATURE, "WP05", "claimed")
@@ -500,6 +503,7 @@ def test_status_json_is_replaced_atomically_by_the_new_snapshot(project: Path) -
     assert snap["work_packages"]["WP05"]["lane"] == "claimed"
     assert snap["event_count"] == status_of(project, FEATURE)["event_count"]
     assert path.stat().st_ino != inode  # a new file renamed over the old one
+    assert (project / "old-status.json").read_bytes() == original
     assert path.stat().st_mode & 0o777 == 0o640
     # No temporary file is left behind.
     assert sorted(p.name for p in feature_dir(project, FEATURE).iterdir()) == [
