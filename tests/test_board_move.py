@@ -756,3 +756,23 @@ def test_moves_from_several_processes_at_once_are_all_kept_in_order(small: Path)
     assert status_of(small, "demo") == expected_snapshot(small, "demo")
     assert status_of(small, "demo")["summary"]["in_progress"] == 0
     assert status_of(small, "demo")["summary"]["blocked"] == 4
+
+
+def test_a_move_whose_write_fails_reports_it_and_leaves_nothing_behind(
+    small: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import replaylog.log
+
+    def full_disk(fd: int, data: bytes, before: int, fsync: bool, path: str) -> None:
+        raise StoreError(f"{path}: cannot append to the log: No space left on device", path=path)
+
+    status = (feature_dir(small, "demo") / "status.json").read_bytes()
+    monkeypatch.setattr(replaylog.log, "write_durably", full_disk)
+    r = move(small, "demo", "WP01", "planned")
+    assert r.code == 1
+    assert "No space left on device" in r.error_line()
+    # The log this move would have created is gone again; status.json is as it was.
+    assert not log_of(small, "demo").exists()
+    assert (feature_dir(small, "demo") / "status.json").read_bytes() == status
+    monkeypatch.undo()
+    assert moved(small, "demo", "WP01", "planned")["from_lane"] == "genesis"

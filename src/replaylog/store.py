@@ -628,13 +628,13 @@ class EventStore:
                 with index.write():
                     # A broken index stops the move here, before the line is written.
                     index._catch_up_locked(feature, writer.path, lock_log=False)
+                writer.write([data])  # cut back to where it was if it fails
             except BaseException:
                 if writer.created:
                     # The empty log this move created: nothing is left behind.
                     with contextlib.suppress(OSError):
                         os.unlink(writer.path)
                 raise
-            writer.write([data])
             # Everything below follows a durable line: the move has happened.
             if status_stat is not None:
                 try:
