@@ -776,3 +776,22 @@ def test_a_move_whose_write_fails_reports_it_and_leaves_nothing_behind(
     assert (feature_dir(small, "demo") / "status.json").read_bytes() == status
     monkeypatch.undo()
     assert moved(small, "demo", "WP01", "planned")["from_lane"] == "genesis"
+
+
+def test_an_older_spec_kitty_log_is_moved_in_place(tmp_path: Path, spec_kitty_corpus: Path) -> None:
+    """v2.0.0's lines name ``feature_slug`` and have no meta.json: the move still reads
+    as spec-kitty's, and the board keeps the slug of the earliest line."""
+    root = tmp_path / "old"
+    copy_corpus(spec_kitty_corpus, root, release="v2.0.0")
+    name = "035-frontmatter-history-to-canonical-jsonl"
+    before = run(root, "board", name, "--json")
+    assert before.code == 0, before
+    board = json.loads(before.out)
+    assert board["mission_slug"] == name and board["mission_number"] == "35"
+    line = moved(root, name, "WP77", "planned")
+    assert "mission_id" not in line and line["mission_slug"] == name
+    after = json.loads(run(root, "board", name, "--json").out)
+    assert after["work_packages"]["WP77"]["lane"] == "planned"
+    assert after["event_count"] == board["event_count"] + 1
+    assert read_lanes(feature_dir(root, name))["WP77"] == "planned"
+    assert not (feature_dir(root, name) / "status.json").exists()

@@ -334,10 +334,11 @@ def _board_width() -> int:
 @json_option
 @pass_ctx
 def board(ctx: _Context, feature: str | None, as_json: bool) -> None:
-    """Show FEATURE's board (every feature's without FEATURE): each work package's lane.
+    """Show each work package's lane, as spec-kitty's board does.
 
-    On a terminal, the lanes are columns; --json prints the snapshot spec-kitty writes
-    to status.json (without FEATURE: one snapshot per feature, by name).
+    FEATURE's board, or without FEATURE every feature's. On a terminal the lanes are
+    columns; --json prints the snapshot spec-kitty writes to status.json (without
+    FEATURE: one snapshot per feature, by name).
     """
     from .board import render
 
@@ -423,11 +424,12 @@ def move(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Move work package WP of FEATURE to another lane: one transition line, as spec-kitty
-    writes it, and status.json rewritten when the feature has one.
+    """Move a work package to another lane, as spec-kitty does.
 
-    Without --force only the moves of spec-kitty's lane rules are allowed; a refused
-    move changes nothing and names the lanes allowed from where the WP is.
+    Appends one transition line for WP to FEATURE's log, as spec-kitty writes it, and
+    rewrites status.json when the feature has one. Without --force only the moves of
+    spec-kitty's lane rules are allowed; a refused move changes nothing and names the
+    lanes allowed from where the WP is.
     """
     import warnings
 
