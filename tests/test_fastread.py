@@ -344,13 +344,15 @@ def test_every_field_of_every_kind_given_every_odd_value_is_judged_alike_on_both
             variants = [{k: v for k, v in obj.items() if k != name}]
             variants += [{**obj, name: value} for value in ODD_VALUES]
             for variant in variants:
-                feature = tmp_path / f"f{taken}"
-                feature.mkdir()
-                # Beside a good line of another kind, so that the log mixes kinds.
-                other = {**good["transition"], "event_id": ulid(2)}
-                (feature / EVENTS_FILENAME).write_text(
-                    json.dumps(other, sort_keys=True) + "\n" + json.dumps(variant) + "\n"
-                )
-                assert fast(feature) == plain(feature), (kind, name, variant.get(name))
-                taken += 1
-    assert taken > 1000
+                # Beside a good line of another kind, so that the log mixes kinds; and
+                # beside one of the same kind (the store's own lines have a path of theirs).
+                for other in ("transition", kind):
+                    feature = tmp_path / f"f{taken}"
+                    feature.mkdir()
+                    neighbour = {**good[other], "event_id": ulid(2)}
+                    (feature / EVENTS_FILENAME).write_text(
+                        json.dumps(neighbour, sort_keys=True) + "\n" + json.dumps(variant) + "\n"
+                    )
+                    assert fast(feature) == plain(feature), (kind, name, variant.get(name))
+                    taken += 1
+    assert taken > 2000

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from itertools import accumulate, chain, compress, repeat
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -45,6 +45,28 @@ from .log import _READ_CHUNK, Unclean, _flock, _open_log
 # msgspec parses as fast as orjson, and reads an integer wider than 64 bits exactly, as
 # the plain path's parser does (orjson would make it a float): no scan for them needed.
 _decode = msgspec.json.Decoder().decode
+
+_Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+
+
+class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
+    """A line as the store writes it (SPEC section 2): the nine fields and no other key,
+    their types and lengths checked by msgspec while it parses (the ids and timestamps
+    are matched after). Fields in the order of the line's sorted keys."""
+
+    aggregate_id: _Name
+    causation_id: str | None
+    correlation_id: str | None
+    event_id: str
+    event_type: _Name
+    lamport_clock: Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK)]
+    node_id: Annotated[str, msgspec.Meta(min_length=1)]
+    payload: dict[str, Any]
+    timestamp: str
+
+
+_decode_store_line = msgspec.json.Decoder(_StoreLine).decode
+_as_dict = msgspec.structs.asdict
 
 __all__ = [
     "Group",
@@ -271,13 +293,12 @@ def _check_kind(groups: list[Group]) -> tuple[list[Any], list[Any]]:
     """Every rule :func:`~replaylog.lines.check_line` applies, over all the lines of one
     kind in a chunk, column by column; returns the timestamps and the transition times,
     for the caller to match once per chunk (the join for that refuses what is no string)."""
-    columns: dict[int, Any] = {}
+    columns: dict[int, list[Any]] = {}
     for group in groups:  # a handful: the lines' columns, gathered by rule
-        checked = group.plan.checked
-        rows = zip(*map(itemgetter(*[name for name, _ in checked]), group.objs), strict=True)
-        for (_, rule), column in zip(checked, rows, strict=True):
+        for name, rule in group.plan.checked:
+            column = _column(group.objs, name)
             if rule in columns:
-                columns[rule] = [*columns[rule], *column]
+                columns[rule] += column
             else:
                 columns[rule] = column
     try:
@@ -343,14 +364,26 @@ def check_objects(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
     return eids, groups
 
 
+_STORE_SHAPE = tuple(_StoreLine.__struct_fields__)
+
+
+def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
+    """What msgspec left to check of the store's own lines: the ids and the timestamps."""
+    eids = _column(objs, "event_id")
+    _need(_all_ulids(eids) and _all_match(_STAMPS, _column(objs, "timestamp")))
+    return eids, [Group(_plan(_STORE_SHAPE), range(len(objs)), objs)]
+
+
 def mixed_chunks(
-    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True
+    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True, records: bool = True
 ) -> Iterator[MixedChunk]:
     """Read a log of any line kinds from byte ``start`` in validated chunks.
 
     Raises :class:`Unclean` on anything the plain path must judge (see the module
     docstring); duplicate ids are looked for from ``start`` on. A missing file yields
-    nothing.
+    nothing. With ``records`` (for :func:`build_records` and :func:`index_columns`), the
+    store's own lines are parsed into dicts in the order of their fields; without, each
+    object holds the line's keys in the line's order.
     """
     try:
         fd = _open_log(path, os.O_RDONLY)
@@ -387,10 +420,17 @@ def mixed_chunks(
             lengths = list(map(len, parts))
             _need(len(carry) < MAX_LINE_BYTES and max(lengths) < MAX_LINE_BYTES)
             try:
-                objs = list(map(_decode, parts))
-            except (ValueError, RecursionError):
-                raise Unclean from None
-            eids, groups = check_objects(objs)
+                # The store's own lines are parsed and checked at once; any other line
+                # (spec-kitty's kinds, extra keys) sends the chunk to the general parse.
+                _need(records)
+                objs = list(map(_as_dict, map(_decode_store_line, parts)))
+                eids, groups = _check_store_lines(objs)
+            except (ValueError, RecursionError, Unclean):
+                try:
+                    objs = list(map(_decode, parts))
+                except (ValueError, RecursionError):
+                    raise Unclean from None
+                eids, groups = check_objects(objs)
             if len(set(eids)) != len(eids) or not seen.isdisjoint(eids):
                 raise Unclean  # scan_log reads identical duplicates once, or names the conflict
             seen.update(eids)
@@ -481,7 +521,7 @@ def read_objects(path: str) -> list[dict[str, Any]] | None:
     """Every line object of a log (any kinds), or None when ``scan_log`` must read it."""
     objs: list[dict[str, Any]] = []
     try:
-        for chunk in mixed_chunks(path):
+        for chunk in mixed_chunks(path, records=False):
             objs.extend(chunk.objs)
     except Unclean:
         return None
