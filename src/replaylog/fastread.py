@@ -131,6 +131,7 @@ class Plan(NamedTuple):
     extra_keys: tuple[str, ...]  # keys the record keeps in ``extra``, in line order
     missing: tuple[str, ...]  # optional fields the lines lack, set to None
     absent: frozenset[str]
+    additions: dict[str, Any]  # what each line's instance dict gets: the missing, absent
     cls: type[Any]
 
 
@@ -230,13 +231,15 @@ def _plan(shape: tuple[str, ...]) -> Plan:
         _need(checked[-1][0] in keys)
     known = _KNOWN[kind]
     missing = tuple(k for k in _OPTIONAL[kind] if k not in keys)
+    absent = frozenset(missing) if missing else _NOTHING
     plan = Plan(
         kind,
         keys,
         tuple(checked),
         tuple(k for k in shape if k not in known),
         missing,
-        frozenset(missing) if missing else _NOTHING,
+        absent,
+        {**dict.fromkeys(missing), "absent": absent},
         _CLASSES[kind],
     )
     if len(_plans) >= _MAX_PLANS:
@@ -422,7 +425,7 @@ def mixed_chunks(
             try:
                 # The store's own lines are parsed and checked at once; any other line
                 # (spec-kitty's kinds, extra keys) sends the chunk to the general parse.
-                _need(records)
+                _need(records and parts[0].startswith(b'{"aggregate_id": '))  # sorted keys
                 objs = list(map(_as_dict, map(_decode_store_line, parts)))
                 eids, groups = _check_store_lines(objs)
             except (ValueError, RecursionError, Unclean):
@@ -459,11 +462,10 @@ def _prepare(group: Group) -> type[Any]:
         extras: Any = map(dict, map(zip, repeat(extra_keys), zip(*values, strict=True)))
     else:
         extras = iter(dict, None)  # a new empty dict for each line
-    # The keys build_line adds, in its order: the missing fields, extra, absent.
-    if plan.missing:
-        list(map(dict.update, objs, repeat(dict.fromkeys(plan.missing))))
+    # The keys build_line adds (in another order, which no record shows): extra, the
+    # missing fields as None, absent.
     list(map(dict.__setitem__, objs, repeat("extra"), extras))
-    list(map(dict.__setitem__, objs, repeat("absent"), repeat(plan.absent)))
+    list(map(dict.update, objs, repeat(plan.additions)))
     return plan.cls
 
 
