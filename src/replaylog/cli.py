@@ -522,6 +522,30 @@ def git_setup(ctx: _Context, as_json: bool) -> None:
             )
 
 
+@cli.command(epilog=EXIT_CODES)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@click.option(
+    "--db",
+    default="sqlite:///replaylog-server.db",
+    show_default=True,
+    help="Database URL: sqlite:///PATH, or postgresql+psycopg://USER@HOST/DB for a team.",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False),
+    help="Lines `PROJECT SHA256-HEX-OF-TOKEN [NAME]`; without it, loopback clients only.",
+)
+def serve(host: str, port: int, db: str, tokens_file: str | None) -> None:
+    """Run the receiver: takes replayed batches and shows every clone's boards (SPEC 11)."""
+    with _errors(False):
+        from .server import serve as run_server  # Starlette and uvicorn: only for this command
+
+        run_server(host=host, port=port, db=db, tokens_file=tokens_file)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``replaylog`` and ``python -m replaylog``."""
     args = sys.argv[1:] if argv is None else argv

@@ -4,9 +4,10 @@
     ├── UsageError                 bad input from the caller (feature name, payload, URL)  exit 2
     ├── StoreError                 a log cannot be read or written (.path, .line)           exit 1
     ├── BadIndexError              queue.db is unreadable, foreign or newer than this code  exit 1
-    └── DeliveryError              replay stopped (404, protocol, ...)                      exit 1
-        ├── TransientDeliveryError retries spent; events left pending                        exit 3
-        └── AuthenticationError    the server refused the credentials (401/403)             exit 4
+    ├── DeliveryError              replay stopped (404, protocol, ...)                      exit 1
+    │   ├── TransientDeliveryError retries spent; events left pending                        exit 3
+    │   └── AuthenticationError    the server refused the credentials (401/403)             exit 4
+    └── ReceiverError              `replaylog serve` cannot use its database                exit 1
 
 Low-level errors (OSError, sqlite3.Error, httpx errors) are re-raised as one of these
 with ``raise ... from exc`` so that callers need to catch only ``ReplaylogError``.
@@ -18,6 +19,7 @@ __all__ = [
     "AuthenticationError",
     "DeliveryError",
     "BadIndexError",
+    "ReceiverError",
     "ReplaylogError",
     "StoreError",
     "TransientDeliveryError",
@@ -70,3 +72,10 @@ class AuthenticationError(DeliveryError):
     """The server refused the credentials (401 or 403)."""
 
     exit_code = 4
+
+
+class ReceiverError(ReplaylogError):
+    """The receiver (``replaylog serve``) cannot use its database: unreachable, not its
+    own, or made by a newer replaylog."""
+
+    exit_code = 1

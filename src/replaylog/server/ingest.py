@@ -1,0 +1,193 @@
+"""Reading a batch (SPEC sections 5 and 11): the body, gunzipped under a cap, and its lines.
+
+Nothing here touches the database or the network: :class:`BodyReader` takes the body's
+bytes as they arrive, :func:`parse_batch` turns the whole body into what
+:meth:`Storage.ingest` stores, or raises :class:`BadRequest` with the status to answer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import zlib
+from collections.abc import Callable
+from typing import Any, cast
+
+from ..event import MAX_LINE_BYTES, EventValidationError, check_line_object
+from .storage import Candidate
+from .tokens import NAME_RE
+
+__all__ = [
+    "BadRequest",
+    "BodyReader",
+    "DEFAULT_MAX_BODY_BYTES",
+    "MAX_BATCH_EVENTS",
+    "check_idempotency_key",
+    "parse_batch",
+]
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_BATCH_EVENTS = 1000
+_MAX_KEY_CHARS = 200
+_MAX_NODE_ID_CHARS = 200
+
+
+class BadRequest(Exception):
+    """The request cannot be taken: ``status`` (400, 413, 415, 422) and a message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _fallback_check_line(obj: Any) -> str:
+    # Section 2's envelope rules until replaylog.lines provides every kind of section 10.
+    if "event_type" in obj:
+        check_line_object(obj)
+        return "envelope"
+    raise EventValidationError("invalid event structure: not a section 2 event")
+
+
+def _find_check_line() -> Callable[[Any], str]:
+    try:
+        module = importlib.import_module("replaylog.lines")
+        return cast(Callable[[Any], str], module.check_line)
+    except (ImportError, AttributeError):
+        return _fallback_check_line
+
+
+#: ``replaylog.lines.check_line``: a line's kind, or EventValidationError naming the field.
+check_line = _find_check_line()
+
+
+class BodyReader:
+    """Collects a request body chunk by chunk, inflating gzip as it goes, and stops at
+    ``limit`` bytes of decompressed body (413): a gzip bomb is never inflated past it."""
+
+    def __init__(self, *, gzip: bool, limit: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.limit = limit
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzip else None
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._raw = 0
+
+    def _too_big(self) -> BadRequest:
+        return BadRequest(
+            413, f"the body is over {self.limit} bytes (decompressed); send smaller batches"
+        )
+
+    def _keep(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self.limit:
+            raise self._too_big()
+        self._parts.append(data)
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the next bytes of the body as they came off the wire."""
+        self._raw += len(chunk)
+        if self._raw > self.limit:
+            raise self._too_big()
+        inflate = self._inflate
+        if inflate is None:
+            self._keep(chunk)
+            return
+        try:
+            self._inflate_all(chunk)
+        except zlib.error as exc:
+            raise BadRequest(
+                400, f"the body is not valid gzip ({exc}), though Content-Encoding says gzip"
+            ) from exc
+
+    def _inflate_all(self, data: bytes) -> None:
+        while True:
+            inflate = self._inflate
+            assert inflate is not None
+            if inflate.eof:
+                # Another gzip member follows (as `cat a.gz b.gz` makes): inflate it too.
+                data = inflate.unused_data + data
+                if not data:
+                    return
+                inflate = self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            # Never more than one byte past the cap at once, however well it compresses.
+            self._keep(inflate.decompress(data, self.limit - self._size + 1))
+            data = inflate.unconsumed_tail
+            if not data and not inflate.eof:
+                return  # all input taken: it stopped for want of input, not of room
+
+    def finish(self) -> bytes:
+        """The whole decompressed body; a gzip stream cut short is a 400."""
+        inflate = self._inflate
+        if inflate is not None and not inflate.eof:
+            raise BadRequest(400, "the gzip body is cut short (its end is missing)")
+        return b"".join(self._parts)
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, or None; a key that cannot be one is a 400."""
+    if value is None:
+        return None
+    if not value or len(value) > _MAX_KEY_CHARS or not value.isascii() or not value.isprintable():
+        raise BadRequest(
+            400, f"Idempotency-Key must be 1 to {_MAX_KEY_CHARS} printable ASCII characters"
+        )
+    return value
+
+
+def _refused(event_id: str, error: str) -> dict[str, str]:
+    return {"event_id": event_id, "status": "rejected", "error": error}
+
+
+def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
+    """The sender's node id and, per event in order, a :class:`Candidate` to store or the
+    result of a refused line. A body that is not a batch raises :class:`BadRequest`."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        detail = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise BadRequest(400, f"the body is not JSON: {detail}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest(400, 'the body must be a JSON object {"events", "features", "node_id"}')
+    lines, features, node_id = data.get("events"), data.get("features"), data.get("node_id")
+    if not isinstance(lines, list):
+        raise BadRequest(400, "'events' must be a list of line objects")
+    if len(lines) > MAX_BATCH_EVENTS:
+        raise BadRequest(
+            413, f"a batch holds at most {MAX_BATCH_EVENTS} events, this one {len(lines)}"
+        )
+    if not isinstance(features, list) or len(features) != len(lines):
+        raise BadRequest(
+            400, "'features' must be a list with the feature of each event, in the same order"
+        )
+    if not isinstance(node_id, str) or not node_id or len(node_id) > _MAX_NODE_ID_CHARS:
+        raise BadRequest(400, "'node_id' must be the sender's node id, a non-empty string")
+    entries: list[Candidate | dict[str, str]] = []
+    good_features: set[str] = set()
+    dumps = json.dumps
+    for number, (obj, feature) in enumerate(zip(lines, features, strict=True)):
+        if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str):
+            raise BadRequest(400, f"events[{number}] must be a line object with an 'event_id'")
+        if not isinstance(feature, str):
+            raise BadRequest(400, f"features[{number}] must be a string")
+        event_id: str = obj["event_id"]
+        if feature not in good_features:
+            if feature in (".", "..") or NAME_RE.fullmatch(feature) is None:
+                entries.append(_refused(event_id, f"bad feature name {feature[:140]!r}"))
+                continue
+            good_features.add(feature)
+        try:
+            check_line(obj)
+            # Section 2's form of the line (sorted keys, default separators, ASCII):
+            # byte for byte what the sender's log holds.
+            line = dumps(obj, sort_keys=True, allow_nan=False)
+        except EventValidationError as exc:
+            entries.append(_refused(event_id, f"invalid event structure: {exc}"))
+            continue
+        except ValueError:
+            entries.append(_refused(event_id, "NaN or Infinity in the line: not JSON"))
+            continue
+        if len(line) + 1 > MAX_LINE_BYTES:
+            entries.append(_refused(event_id, f"the line is over {MAX_LINE_BYTES} bytes (1 MiB)"))
+            continue
+        entries.append(Candidate(event_id, feature, line, obj))
+    return node_id, entries
