@@ -257,9 +257,16 @@ def append(
 
 @cli.command("log", epilog=EXIT_CODES)
 @click.argument("feature")
-@click.option("--type", "event_type", help="Only events of this type.")
-@click.option("--aggregate", "aggregate_id", help="Only events of this aggregate.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most N events.")
+@click.option(
+    "--type",
+    "event_type",
+    help="Only lines of this type: an event_type, a record's type, or a kind"
+    " (transition, annotation).",
+)
+@click.option(
+    "--aggregate", "aggregate_id", help="Only lines of this aggregate or work package (wp_id)."
+)
+@click.option("--limit", type=click.IntRange(min=0), help="At most N lines.")
 @json_option
 @pass_ctx
 def log_command(
@@ -270,26 +277,19 @@ def log_command(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Print FEATURE's events in file order."""
+    """Print FEATURE's lines (events, transitions, annotations, records) in file order."""
     with _errors(as_json):
         store = ctx.store()
-        shown = 0
-        for event in store.iter_events(feature):
-            if limit is not None and shown >= limit:
-                break
-            if event_type is not None and event.event_type != event_type:
-                continue
-            if aggregate_id is not None and event.aggregate_id != aggregate_id:
-                continue
-            shown += 1
-            if as_json:
-                _json_out(event.to_dict())
-            else:
-                payload = json.dumps(event.payload, sort_keys=True, ensure_ascii=False)
-                click.echo(
-                    f"{event.lamport_clock:>6}  {event.event_id}  {event.timestamp}  "
-                    f"{event.event_type}  {event.aggregate_id}  {payload}"
-                )
+        lines = store.log(feature, event_type=event_type, aggregate_id=aggregate_id, limit=limit)
+        if as_json:
+            for line in lines:
+                _json_out(line.to_dict())
+            return
+        from .lines import describe
+
+        for line in lines:
+            clock, when, what, subject, detail = describe(line)
+            click.echo(f"{clock:>6}  {line.event_id}  {when}  {what}  {subject}  {detail}")
 
 
 @cli.command(epilog=EXIT_CODES)

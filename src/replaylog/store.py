@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .delivery import Delivery
+    from .lines import Line
     from .reports import EmitResult, ReplayReport, VerifyReport
 
 __all__ = ["EventStore", "find_root"]
@@ -411,13 +412,36 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, feature: str) -> list[Event]:
-        """Every event of a feature, in file order (identical duplicate lines once)."""
+    def read(self, feature: str) -> list[Line]:
+        """Every line of a feature in file order (identical duplicate lines once), each as
+        its kind's record: :class:`Event` for envelopes, and spec-kitty's kinds."""
         return _log.read_events(self.feature_dir(feature))
 
-    def iter_events(self, feature: str) -> Iterator[Event]:
-        """Stream a feature's events in file order, in bounded memory."""
+    def iter_events(self, feature: str) -> Iterator[Line]:
+        """Stream a feature's lines in file order, in bounded memory."""
         return _log.iter_events(self.feature_dir(feature))
+
+    def log(
+        self,
+        feature: str,
+        *,
+        event_type: str | None = None,
+        aggregate_id: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Line]:
+        """``replaylog log``: a feature's lines in file order, filtered as
+        :func:`replaylog.lines.matches` says, at most ``limit`` of them."""
+        from .lines import matches
+
+        if limit == 0:
+            return
+        shown = 0
+        for line in self.iter_events(feature):
+            if matches(line, type=event_type, aggregate=aggregate_id):
+                yield line
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
 
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
         """A feature's line objects exactly as in the log, in file order."""
@@ -434,14 +458,16 @@ class EventStore:
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
         return {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
 
-    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Event]:
+    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
         self.catch_up(names)
-        out: list[Event] = []
+        from .lines import build_line
+
+        out: list[Line] = []
         with _LineReader(self) as reader:
             for row in self.delivery.pending(names):
-                out.append(build_event(_log.parse_line(reader.line(row))))
+                out.append(build_line(_log.parse_line(reader.line(row))))
                 if limit is not None and len(out) >= limit:
                     break
         return out
