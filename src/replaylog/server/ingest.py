@@ -7,13 +7,11 @@ bytes as they arrive, :func:`parse_batch` turns the whole body into what
 
 from __future__ import annotations
 
-import importlib
 import json
 import zlib
-from collections.abc import Callable
-from typing import Any, cast
 
-from ..event import MAX_LINE_BYTES, EventValidationError, check_line_object
+from ..event import MAX_LINE_BYTES, EventValidationError
+from ..lines import check_line
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -39,26 +37,6 @@ class BadRequest(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def _fallback_check_line(obj: Any) -> str:
-    # Section 2's envelope rules until replaylog.lines provides every kind of section 10.
-    if "event_type" in obj:
-        check_line_object(obj)
-        return "envelope"
-    raise EventValidationError("invalid event structure: not a section 2 event")
-
-
-def _find_check_line() -> Callable[[Any], str]:
-    try:
-        module = importlib.import_module("replaylog.lines")
-        return cast(Callable[[Any], str], module.check_line)
-    except (ImportError, AttributeError):
-        return _fallback_check_line
-
-
-#: ``replaylog.lines.check_line``: a line's kind, or EventValidationError naming the field.
-check_line = _find_check_line()
 
 
 class BodyReader:
