@@ -23,3 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def big(request: pytest.FixtureRequest) -> bool:
     """True when the run asked for full-size reliability tests (``pytest --big``)."""
     return bool(request.config.getoption("--big"))
+
+
+# The receiver's fixtures (db_url over SQLite and PostgreSQL, tokens_file).
+pytest_plugins = ["server_fixtures"]
