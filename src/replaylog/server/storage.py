@@ -25,9 +25,9 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 DEFAULT_DB_URL = "sqlite:///replaylog-server.db"
+T = TypeVar("T")
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("s0001",)
@@ -325,6 +326,25 @@ class Storage:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    def _run(self, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """``work`` in one transaction. A connection found dead (the database restarted,
+        or killed it) is tried once more on a new one: nothing of the first try was
+        committed, or, for an ingest, its idempotency key answers the second. Errors that
+        say "not now" become :class:`Busy`."""
+        for attempt in (1, 2):
+            try:
+                with self._write() if write else self._read() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt == 1 and exc.connection_invalidated:
+                    continue
+                if _is_busy(exc):
+                    raise Busy(_first_line(exc)) from exc
+                raise
+            except PoolTimeoutError as exc:
+                raise Busy(_first_line(exc)) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # ------------------------------------------------------------------ ingest
 
     def ingest(
@@ -342,22 +362,11 @@ class Storage:
         line already refused (``{"event_id", "status": "rejected", "error"}``). With
         ``key``, the answer is kept under it; the same key with the same ``body_hash``
         later gets the same answer, with another hash :class:`IdempotencyMismatch`.
-        A lost connection is tried once more on a new one (nothing of the first try was
-        committed, or its key answers the second); then :class:`Busy`.
         """
-        for attempt in (1, 2):
-            try:
-                with self._write() as conn:
-                    return self._ingest(conn, project, node_id, entries, key, body_hash)
-            except DBAPIError as exc:
-                if attempt == 1 and exc.connection_invalidated:
-                    continue
-                if _is_busy(exc):
-                    raise Busy(_first_line(exc)) from exc
-                raise
-            except PoolTimeoutError as exc:
-                raise Busy(_first_line(exc)) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self._run(
+            lambda conn: self._ingest(conn, project, node_id, entries, key, body_hash),
+            write=True,
+        )
 
     def _ingest(
         self,
@@ -464,8 +473,7 @@ class Storage:
         if feature is not None:
             query = query.where(events.c.feature == feature)
         query = query.order_by(events.c.seq).limit(limit)
-        with _BusyGuard(), self._read() as conn:
-            return [EventRow(*r) for r in conn.execute(query)]
+        return self._run(lambda conn: [EventRow(*r) for r in conn.execute(query)])
 
     def features(self, project: str) -> list[tuple[str, int, int]]:
         """``(feature, events, last seq)`` of every feature of ``project``, by name."""
@@ -475,8 +483,9 @@ class Storage:
             .group_by(events.c.feature)
             .order_by(events.c.feature)
         )
-        with _BusyGuard(), self._read() as conn:
-            return [(f, int(n), int(last)) for f, n, last in conn.execute(query)]
+        return self._run(
+            lambda conn: [(f, int(n), int(last)) for f, n, last in conn.execute(query)]
+        )
 
     def feature_lines(self, project: str, feature: str) -> list[str]:
         """Every stored line of one feature, in receive order."""
@@ -485,8 +494,7 @@ class Storage:
             .where(events.c.project == project, events.c.feature == feature)
             .order_by(events.c.seq)
         )
-        with _BusyGuard(), self._read() as conn:
-            return list(conn.scalars(query))
+        return self._run(lambda conn: list(conn.scalars(query)))
 
     def conflicts_page(self, project: str, *, after: int, limit: int) -> list[ConflictRow]:
         """Refused conflicting lines of ``project`` with their stored line, oldest first."""
@@ -510,21 +518,11 @@ class Storage:
             .order_by(conflicts.c.id)
             .limit(limit)
         )
-        with _BusyGuard(), self._read() as conn:
-            return [ConflictRow(*r) for r in conn.execute(query)]
+        return self._run(lambda conn: [ConflictRow(*r) for r in conn.execute(query)])
 
     def ping(self) -> None:
         """Raise :class:`Busy` unless the database answers."""
-        with _BusyGuard(), self._read() as conn:
-            conn.execute(text("SELECT 1"))
-
-
-class _BusyGuard(contextlib.AbstractContextManager[None]):
-    """Turn the database's "not now" errors into :class:`Busy`."""
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if isinstance(exc, SQLAlchemyError) and _is_busy(exc):
-            raise Busy(_first_line(exc)) from exc
+        self._run(lambda conn: conn.execute(text("SELECT 1")))
 
 
 def _first_line(exc: BaseException) -> str:
