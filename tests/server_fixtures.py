@@ -232,7 +232,7 @@ class LiveServer:
 
     def __init__(
         self,
-        db_url: str,
+        db_url: str | None,
         workdir: Path,
         *,
         tokens_file: Path | None = None,
@@ -249,10 +249,11 @@ class LiveServer:
 
     def command(self) -> list[str]:
         if self.busy_timeout is not None:
-            return [sys.executable, "-c", _LAUNCHER, self.db_url, str(self.port),
+            return [sys.executable, "-c", _LAUNCHER, str(self.db_url), str(self.port),
                     str(self.busy_timeout)]  # fmt: skip
-        cmd = [sys.executable, "-m", "replaylog", "serve", "--port", str(self.port),
-               "--db", self.db_url]  # fmt: skip
+        cmd = [sys.executable, "-m", "replaylog", "serve", "--port", str(self.port)]
+        if self.db_url is not None:
+            cmd += ["--db", self.db_url]
         if self.tokens_file is not None:
             cmd += ["--tokens-file", str(self.tokens_file)]
         return cmd
