@@ -220,6 +220,9 @@ class Storage:
 
     @staticmethod
     def _sqlite_engine(url: Any, busy_timeout: float) -> Engine:
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": busy_timeout}
+        )
         path = url.database
         if path and path != ":memory:":
             # The file holds a team's events: readable by its owner only, from its first byte.
@@ -229,9 +232,6 @@ class Storage:
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as exc:
                 raise ReceiverError(f"{path}: cannot create the database: {exc.strerror}") from exc
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": busy_timeout}
-        )
         busy_ms = int(busy_timeout * 1000)
 
         @event.listens_for(engine, "connect")
