@@ -400,3 +400,44 @@ def test_a_tokens_file_with_a_bad_line_is_refused_naming_the_line(tmp_path: Path
     path.write_text("# nothing\n\n", encoding="utf-8")
     with pytest.raises(UsageError, match="no token"):
         load_tokens(str(path))
+
+
+# --------------------------------------------------------------------------- the board
+
+
+def test_the_board_is_section_10s_over_every_clones_events(
+    client: AppClient, spec_kitty_corpus: Path
+) -> None:
+    head = spec_kitty_corpus / "head"
+    stale = set(json.loads((head / "expectations.json").read_text())["stale_status_json"])
+    checked = 0
+    for folder in sorted((head / "kitty-specs").iterdir()):
+        status_file = folder / "status.json"
+        if folder.name in stale or not status_file.is_file():
+            continue
+        raw_lines = (folder / "status.events.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = [json.loads(line) for line in raw_lines if line.strip()]
+        if len(lines) < 20:
+            continue
+        # One clone sends the first half; another sends the whole log, the first half
+        # again (duplicates) and what only it has.
+        half = len(lines) // 2
+        client.post(content=body(lines[:half], feature=folder.name, node="clone-a"))
+        for start in range(0, len(lines), 100):
+            chunk = lines[start : start + 100]
+            client.post(content=body(chunk, feature=folder.name, node="clone-b"))
+        board = client.get(f"/api/v1/features/{folder.name}/board")
+        assert board.status_code == 200, board.text
+        expected = json.loads(status_file.read_text(encoding="utf-8"))
+        got = board.json()
+        for key in ("event_count", "last_event_id", "materialized_at", "summary", "work_packages"):
+            assert got[key] == expected[key], (folder.name, key)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+
+
+def test_the_board_of_a_feature_without_events_is_404(client: AppClient) -> None:
+    assert client.get("/api/v1/features/nothing-here/board").status_code == 404
+    assert client.get("/api/v1/features/..%2Fx/board").status_code in (400, 404)

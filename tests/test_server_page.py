@@ -9,7 +9,6 @@ form when the server has a tokens file. Skipped when Chromium is not installed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import select
@@ -26,15 +25,9 @@ from server_fixtures import BATCH, TOKEN_A, LiveServer, body, transition
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("replaylog.board") is None,
-        reason="to be completed: the board reducer (replaylog.board) has not landed yet",
-    ),
-]
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
+)
 
 
 class Browser:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ._version import __version__
-from .errors import BadIndexError, ReplaylogError, StoreError, UsageError
+from .errors import BadIndexError, LogsUnreadableError, ReplaylogError, StoreError, UsageError
 from .store import DEFAULT_LOGS_DIR, EventStore, find_root
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,6 +82,36 @@ def _errors(as_json: bool) -> Iterator[None]:
                 as_json,
             )
         raise
+
+
+T = TypeVar("T")
+
+
+def _over_logs(call: Callable[[], T]) -> tuple[T | None, LogsUnreadableError | None]:
+    """Run a command over many logs: its result, and the error listing the bad logs."""
+    try:
+        return call(), None
+    except LogsUnreadableError as exc:
+        return exc.partial, exc  # type: ignore[return-value]
+
+
+def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any] | None) -> None:
+    """Each bad log as ``PATH:LINE: message`` on stdout, one ``Error:`` line, exit 1
+    (SPEC section 10); with --json
+    one object: what was shown for the readable logs, ``problems`` and ``error``."""
+    problems = [
+        {"path": path, "line": line, "message": message} for path, line, message in exc.problems
+    ]
+    if as_json:
+        out = dict(shown or {})
+        out["problems"] = problems
+        out["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        _json_out(out)
+        sys.exit(1)
+    for path, line, message in exc.problems:  # on stdout, as verify lists them
+        where = f"{_shown_path(path)}:{line}" if line else _shown_path(path)
+        click.echo(f"{where}: {message}")
+    _fail(exc, 1, False)
 
 
 class _Context:
@@ -299,10 +329,13 @@ def log_command(
 def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     """Per feature: events, pending, delivered and failed; and the Lamport clock."""
     with _errors(as_json), ctx.store() as store:
-        report = store.status(feature)
-        if as_json:
+        report, bad = _over_logs(lambda: store.status(feature))
+        if as_json and bad is None:
             _json_out(report)
             return
+        if bad is not None and (as_json or report is None):
+            _fail_bad_logs(bad, as_json, report)
+        assert report is not None
         width = max([len("feature")] + [len(f) for f in report["features"]])
         click.echo(
             f"{'feature':<{width}}  {'events':>8} {'pending':>8} {'delivered':>9} {'failed':>7}"
@@ -314,6 +347,8 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
                 f" {c['failed']:>7}"
             )
         click.echo(f"lamport clock: {report['lamport_clock']}")
+        if bad is not None:
+            _fail_bad_logs(bad, False, None)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -355,17 +390,22 @@ def replay(
         if not url:
             raise UsageError("no server URL: give --url or set REPLAYLOG_URL")
         with ctx.store() as store, _progress("replaying", as_json) as on_batch:
-            report = store.replay(
-                url,
-                token=os.environ.get(token_env) or None,
-                batch_size=batch_size,
-                max_retries=max_retries,
-                backoff_base=backoff_base,
-                timeout=timeout,
-                feature=feature,
-                allow_insecure_http=allow_insecure_http,
-                on_batch=on_batch,
+            report, bad = _over_logs(
+                lambda: store.replay(
+                    url,
+                    token=os.environ.get(token_env) or None,
+                    batch_size=batch_size,
+                    max_retries=max_retries,
+                    backoff_base=backoff_base,
+                    timeout=timeout,
+                    feature=feature,
+                    allow_insecure_http=allow_insecure_http,
+                    on_batch=on_batch,
+                )
             )
+        if bad is not None and (as_json or report is None):
+            _fail_bad_logs(bad, as_json, report.to_dict() if report is not None else None)
+        assert report is not None
         if as_json:
             _json_out(report.to_dict())
         else:
@@ -373,6 +413,8 @@ def replay(
                 f"accepted {report.accepted}, rejected {report.rejected},"
                 f" pending {report.pending}, batches {report.batches}"
             )
+            if bad is not None:
+                _fail_bad_logs(bad, False, None)
 
 
 @contextmanager
@@ -399,9 +441,15 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | 
 
 @cli.command("rebuild-index", epilog=EXIT_CODES)
 @click.option("--reset-delivery", is_flag=True, help="Forget delivery state: all events pending.")
+@click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Build the index from the readable logs even if some cannot be read (they are"
+    " listed); without it, any bad log keeps the old index as it was.",
+)
 @json_option
 @pass_ctx
-def rebuild_index(ctx: _Context, reset_delivery: bool, as_json: bool) -> None:
+def rebuild_index(ctx: _Context, reset_delivery: bool, skip_bad: bool, as_json: bool) -> None:
     """Build queue.db again from the logs, and swap it in atomically."""
     with _errors(as_json), ctx.store() as store:
         total = len(store.features())
@@ -413,11 +461,25 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, as_json: bool) -> None:
                 if bar is not None:
                     bar(len(seen), total)
 
-            result = store.rebuild_index(reset_delivery=reset_delivery, progress=step)
+            result, bad = _over_logs(
+                lambda: store.rebuild_index(
+                    reset_delivery=reset_delivery, skip_bad=skip_bad, progress=step
+                )
+            )
+        if bad is not None:
+            _fail_bad_logs(bad, as_json, None)
+        assert result is not None
         if as_json:
             _json_out(result)
-        else:
-            click.echo(f"indexed {result['events']} events in {result['features']} features")
+            return
+        for p in result.get("skipped", []):
+            where = f"{_shown_path(p['path'])}:{p['line']}" if p["line"] else _shown_path(p["path"])
+            click.echo(f"{where}: {p['message']}")
+        skipped = len(result.get("skipped", []))
+        click.echo(
+            f"indexed {result['events']} events in {result['features']} features"
+            + (f"; skipped {skipped} log(s) that cannot be read (listed above)" if skipped else "")
+        )
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -505,21 +567,40 @@ def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Take over the logs from a merge driver .gitattributes already names"
+    " (spec-kitty's, say): replaylog's line is added after it; no line is removed.",
+)
 @json_option
 @pass_ctx
-def git_setup(ctx: _Context, as_json: bool) -> None:
-    """Configure this clone so that git merges logs with `replaylog merge-driver`."""
+def git_setup(ctx: _Context, replace: bool, as_json: bool) -> None:
+    """Configure this clone so that git merges logs with `replaylog merge-driver`.
+
+    A .gitattributes that already gives the logs another merge driver is left as it is
+    unless --replace is given.
+    """
     from .gitmerge import git_setup as setup
 
     with _errors(as_json):
-        changed = setup(ctx.root)
+        changed = setup(ctx.root, replace=replace, logs_dir=ctx.logs_dir)
         if as_json:
             _json_out(changed)
-        else:
+            return
+        other = changed.get("existing_driver")
+        if other is not None and not replace:
             click.echo(
-                f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
-                f" git config: {'updated' if changed['config'] else 'already set'}"
+                f".gitattributes gives the logs the merge driver {other!r}; nothing was"
+                " changed. `replaylog git-setup --replace` makes git use replaylog's driver"
+                " instead (spec-kitty's driver also merges these logs)"
             )
+            return
+        click.echo(
+            f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
+            f" git config: {'updated' if changed['config'] else 'already set'}"
+            + (f" (replaces the merge driver {other!r} for the logs)" if other else "")
+        )
 
 
 @cli.command(epilog=EXIT_CODES)

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReplaylogError
+from .errors import ReplaylogError, StoreError
 from .index import INDEX_NAMES, INDEX_SQL, Index
 from .log import log_path
 
@@ -86,8 +86,11 @@ def rebuild(
     store: EventStore,
     *,
     reset_delivery: bool,
+    skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
-) -> dict[str, int]:
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
+    """Build the index from every log; returns the result and the logs that could not be
+    read. With any such log and no ``skip_bad``, nothing is swapped in."""
     index_path = store.index_path
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
     _remove_stale(index_path)
@@ -97,6 +100,7 @@ def rebuild(
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
+    bad: dict[str, StoreError] = {}
     fresh = Index(temp, clock_of=index_path)
     try:
         # A temporary file that is thrown away on any failure: no journal, no syncing of
@@ -108,11 +112,21 @@ def rebuild(
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
             for name in features:
-                events += fresh.ingest(
-                    name, log_path(os.path.join(store.logs_root, name)), fresh=True
-                )
+                path = log_path(os.path.join(store.logs_root, name))
+                # Every log is read even after a bad one, so that all are listed (SPEC 10).
+                fresh.conn.execute("SAVEPOINT one_log")
+                try:
+                    events += fresh.ingest(name, path, fresh=True)
+                except StoreError as exc:
+                    fresh.conn.execute("ROLLBACK TO one_log")
+                    if exc.path is None:
+                        exc.path = path
+                    bad[name] = exc
+                fresh.conn.execute("RELEASE one_log")
                 if progress is not None:
                     progress(name, events)
+            if bad and not skip_bad:
+                raise _KeepOld
             for statement in INDEX_SQL:
                 fresh.conn.execute(statement)
             if not reset_delivery:
@@ -137,12 +151,18 @@ def rebuild(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         fresh.close()
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(temp + suffix)
             except FileNotFoundError:
                 pass
+        if isinstance(exc, _KeepOld):
+            return {"features": len(features) - len(bad), "events": events}, bad
         raise
-    return {"features": len(features), "events": events}
+    return {"features": len(features) - len(bad), "events": events}, bad
+
+
+class _KeepOld(Exception):
+    """Some log is bad and no --skip-bad: the new index is thrown away."""

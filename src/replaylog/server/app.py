@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..board import snapshot
 from .ingest import (
     DEFAULT_MAX_BODY_BYTES,
     BadRequest,
@@ -231,12 +231,11 @@ class Receiver:
         return JSONResponse(snapshot)
 
     def _board(self, project: str, feature: str) -> dict[str, Any] | None:
-        board = importlib.import_module("replaylog.board")  # the CLI's reducer, pure
         lines = self.storage.feature_lines(project, feature)
         if not lines:
             return None
-        result: dict[str, Any] = board.snapshot([json.loads(line) for line in lines], meta=None)
-        return result
+        # The CLI's reducer, over the feature's lines in receive order.
+        return snapshot([json.loads(line) for line in lines], meta=None)
 
     async def conflicts(self, request: Request) -> Response:
         project = self.project(request)
