@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -110,3 +111,18 @@ def test_an_unreachable_postgresql_is_an_error_naming_the_database_not_its_passw
 def test_a_database_url_the_server_cannot_use_is_a_usage_error(url: str) -> None:
     with pytest.raises(UsageError, match="--db"):
         Storage(url)
+
+
+def test_a_sqlite_file_that_is_not_a_database_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "server.db"
+    path.write_bytes(b"this is not a database, but someone's notes" * 100)
+    before = path.read_bytes()
+    storage = Storage(f"sqlite:///{path}")
+    try:
+        with pytest.raises(ReceiverError, match="cannot open the receiver's database"):
+            storage.migrate()
+    finally:
+        storage.close()
+    assert path.read_bytes() == before
