@@ -46,7 +46,7 @@ from .ingest import (
 from .storage import DEFAULT_DB_URL, Busy, IdempotencyMismatch, Storage
 from .tokens import DEFAULT_PROJECT, NAME_RE, Token, load_tokens, token_digest
 
-__all__ = ["RETRY_AFTER_SECONDS", "Receiver", "create_app"]
+__all__ = ["LoopbackOnly", "RETRY_AFTER_SECONDS", "Receiver", "create_app"]
 
 log = logging.getLogger("replaylog.server")
 

@@ -71,8 +71,10 @@ __all__ = [
     "IdempotencyMismatch",
     "REVISIONS",
     "Storage",
+    "VERSION_TABLE",
     "conflicts",
     "events",
+    "find_migrations",
     "idempotency_keys",
     "metadata",
 ]
