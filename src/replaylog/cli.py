@@ -368,7 +368,7 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=10.0,
     show_default=True,
-    help="Seconds per request.",
+    help="Seconds per request, from connect to the last byte of the answer.",
 )
 @server_options
 @json_option
