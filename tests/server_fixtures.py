@@ -313,37 +313,6 @@ class LiveServer:
         self.stop()
 
 
-def client_sends_batch_contract() -> bool:
-    """Whether ``EventStore.replay`` sends section 5's ``features`` and ``node_id``."""
-    import tempfile
-
-    from replaylog import EventStore
-
-    seen: list[bytes] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.content)
-        return httpx.Response(200, json={"accepted": [], "rejected": []})
-
-    with tempfile.TemporaryDirectory() as root, EventStore(root, fsync=False) as store:
-        store.append("probe", "Probe", "A")
-        store.replay("http://127.0.0.1:9", transport=httpx.MockTransport(handler))
-    import gzip
-
-    raw = seen[0] if seen else b"{}"
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    data = json.loads(raw)
-    return "features" in data and "node_id" in data
-
-
-needs_batch_contract = pytest.mark.skipif(
-    not client_sends_batch_contract(),
-    reason="to be completed: EventStore.replay does not send 'features' and 'node_id' yet"
-    " (SPEC section 5, the replay client's side); the receiver refuses such bodies",
-)
-
-
 class TcpProxy:
     """A TCP forwarder on 127.0.0.1 to ``target``: :meth:`down` closes it and every
     connection through it (the database as a client sees it restart), :meth:`up` opens it

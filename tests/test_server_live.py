@@ -30,7 +30,6 @@ from server_fixtures import (
     application_name,
     body,
     envelope,
-    needs_batch_contract,
     terminate_pg_connections,
 )
 
@@ -153,7 +152,7 @@ def test_senders_at_once_with_the_server_killed_lose_nothing_acknowledged(
 def _clone(tmp_path: Path, k: int, events: int) -> Path:
     root = tmp_path / f"clone{k}"
     root.mkdir()
-    with EventStore(root, node_id=f"node-{k}", fsync=False) as store:
+    with EventStore(root, node_id=root.name, fsync=False) as store:
         for feature in ("alpha", "beta"):
             store.append_many(
                 feature,
@@ -164,7 +163,7 @@ def _clone(tmp_path: Path, k: int, events: int) -> Path:
 
 def _replay_until_done(root: Path, url: str, errors: list[BaseException]) -> None:
     try:
-        with EventStore(root, fsync=False) as store:
+        with EventStore(root, node_id=root.name, fsync=False) as store:
             for _ in range(60):
                 try:
                     report = store.replay(url, batch_size=20, max_retries=5, backoff_base=0.05)
@@ -179,18 +178,18 @@ def _replay_until_done(root: Path, url: str, errors: list[BaseException]) -> Non
 
 
 def _check_every_event_once_and_delivered(server: LiveServer, roots: list[Path]) -> None:
-    expected: set[str] = set()
+    expected: dict[str, tuple[str, str]] = {}  # event_id: (feature, sender's node id)
     for root in roots:
         with EventStore(root, fsync=False) as store:
             totals = store.status()["totals"]
             assert totals["delivered"] == totals["events"] and totals["failed"] == 0, totals
             for feature in store.features():
-                expected |= {e.event_id for e in store.read(feature)}
+                expected.update((e.event_id, (feature, root.name)) for e in store.read(feature))
     with server.client() as c:
         stored = all_events(c)
     ids = [e["event"]["event_id"] for e in stored]
     assert len(ids) == len(set(ids)) == len(expected)
-    assert set(ids) == expected
+    assert {e["event"]["event_id"]: (e["feature"], e["node_id"]) for e in stored} == expected
 
 
 def _replay_all(roots: list[Path], url: str, during: Any = None) -> None:
@@ -206,7 +205,6 @@ def _replay_all(roots: list[Path], url: str, during: Any = None) -> None:
     assert not errors, errors
 
 
-@needs_batch_contract
 def test_clients_replaying_at_once_deliver_every_event_exactly_once(
     db_url: str, tmp_path: Path, big: bool
 ) -> None:
@@ -216,7 +214,6 @@ def test_clients_replaying_at_once_deliver_every_event_exactly_once(
         _check_every_event_once_and_delivered(server, roots)
 
 
-@needs_batch_contract
 def test_the_server_killed_mid_replay_and_started_again_loses_nothing(
     db_url: str, tmp_path: Path, big: bool
 ) -> None:
@@ -237,7 +234,6 @@ def test_the_server_killed_mid_replay_and_started_again_loses_nothing(
         server.stop()
 
 
-@needs_batch_contract
 def test_a_busy_sqlite_database_is_waited_for_and_nothing_is_lost(tmp_path: Path) -> None:
     path = tmp_path / "server.db"
     roots = [_clone(tmp_path, k, 40) for k in range(2)]
@@ -256,7 +252,6 @@ def test_a_busy_sqlite_database_is_waited_for_and_nothing_is_lost(tmp_path: Path
         _check_every_event_once_and_delivered(server, roots)
 
 
-@needs_batch_contract
 def test_postgresql_connections_killed_during_replay_lose_nothing(tmp_path: Path) -> None:
     from server_fixtures import pg_schema_url
 
