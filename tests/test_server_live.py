@@ -217,14 +217,25 @@ def test_clients_replaying_at_once_deliver_every_event_exactly_once(
 def test_the_server_killed_mid_replay_and_started_again_loses_nothing(
     db_url: str, tmp_path: Path, big: bool
 ) -> None:
-    roots = [_clone(tmp_path, k, 400 if big else 120) for k in range(3)]
+    per = 400 if big else 150
+    roots = [_clone(tmp_path, k, per) for k in range(3)]
+    total = 3 * 2 * per
     server = LiveServer(db_url, tmp_path).start()
+    stored_at_kills: list[int] = []
+
+    def stored() -> int:
+        with server.client() as c:
+            return sum(f["events"] for f in c.get("/api/v1/features").json()["features"])
 
     def kill_and_restart() -> None:
-        for _ in range(3):
-            time.sleep(0.3)
+        # Kill once a quarter, then half, then three quarters of the events are in.
+        for share in (0.25, 0.5, 0.75):
+            deadline = time.monotonic() + 60
+            while (count := stored()) < share * total and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stored_at_kills.append(count)
             server.kill()
-            time.sleep(0.3)
+            time.sleep(0.2)
             server.start()
 
     try:
@@ -232,6 +243,7 @@ def test_the_server_killed_mid_replay_and_started_again_loses_nothing(
         _check_every_event_once_and_delivered(server, roots)
     finally:
         server.stop()
+    assert any(count < total for count in stored_at_kills), stored_at_kills  # mid-replay
 
 
 def test_a_busy_sqlite_database_is_waited_for_and_nothing_is_lost(tmp_path: Path) -> None:
