@@ -371,17 +371,21 @@ def test_without_a_tokens_file_only_loopback_is_served_in_project_default(
 ) -> None:
     app = create_app(db_url)
     remote = AppClient(app, client=("192.0.2.10", 40000))
+    mapped = AppClient(app, client=("::ffff:10.0.0.1", 40000))
     local6 = AppClient(app, client=("::1", 40000))
+    local_mapped = AppClient(app, client=("::ffff:127.0.0.1", 40000))
     try:
-        assert remote.post(content=body([envelope(0)])).status_code == 403
-        assert remote.get("/health").status_code == 403
-        assert remote.get("/").status_code == 403
+        for other in (remote, mapped):
+            assert other.post(content=body([envelope(0)])).status_code == 403
+            assert other.get("/health").status_code == 403
+            assert other.get("/").status_code == 403
         assert statuses(local6.post(content=body([envelope(0)]))) == ["success"]
+        assert statuses(local_mapped.post(content=body([envelope(1)]))) == ["success"]
         rows = app.state.receiver.storage.events_page("default", after=0, limit=10)
-        assert len(rows) == 1
+        assert len(rows) == 2
     finally:
-        remote.close()
-        local6.close()
+        for c in (remote, mapped, local6, local_mapped):
+            c.close()
         app.state.receiver.storage.close()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -73,9 +74,16 @@ def _busy(exc: Busy) -> Response:
 
 
 def _is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8 and ::1, also as an IPv4-mapped IPv6 address (a dual-stack socket)."""
     if host is None:
         return False
-    return host == "::1" or host.startswith("127.") or host == "localhost"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class LoopbackOnly:
