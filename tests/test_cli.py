@@ -55,6 +55,7 @@ COMMANDS = [
     "requeue",
     "merge-driver",
     "git-setup",
+    "serve",
 ]
 SCRIPT = Path(sys.executable).with_name("replaylog")
 
