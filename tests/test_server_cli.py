@@ -87,3 +87,18 @@ def test_tokens_never_appear_in_the_server_log(tmp_path: Path, tokens_file: Path
     assert "POST /api/v1/events/batch/" in log  # the access log is on
     assert TOKEN_A not in log and "a-wrong-token-value" not in log
     assert "Bearer" not in log
+
+
+def test_a_port_in_use_is_one_error_line_exit_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        db = f"sqlite:///{tmp_path / 's.db'}"
+        result = _run("serve", "--port", str(port), "--db", db, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
