@@ -4,9 +4,10 @@ SQLAlchemy Core over SQLite (the default, one file) or PostgreSQL (``postgresql+
 Alembic makes and upgrades the schema (``migrations/`` beside this module), run by
 :meth:`Storage.migrate` when the server starts.
 
-- ``events``: one row per ``(project, event_id)``, the line as the sender's log holds it
-  (section 2's canonical form), its feature and sender's node id, and ``seq``, the
-  receive sequence number, which only grows.
+- ``events``: one row per ``(project, event_id)``: the line's JSON text as received (the
+  replay client sends each log line as it is; a body laid out otherwise gives section 2's
+  form of the line), its feature and sender's node id, and ``seq``, the receive sequence
+  number, which only grows. Contents are compared as parsed JSON.
 - ``conflicts``: a line that came with an ``event_id`` already stored with other content.
 - ``idempotency_keys``: per ``(project, key)``, the hash of the body and the answer given.
 
