@@ -19,11 +19,11 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import StoreError, UsageError
+from .errors import StoreError, UsageError, os_error
 from .event import (
     MAX_CLOCK,
     MAX_LINE_BYTES,
@@ -618,10 +618,7 @@ def write_durably(fd: int, data: bytes, before: int, fsync: bool, path: str) -> 
             os.ftruncate(fd, before)
         except OSError:
             pass
-        raise StoreError(
-            f"{path}: cannot append to the log: {exc.strerror}; nothing was written",
-            path=path,
-        ) from exc
+        raise os_error(exc, path, "append to the log") from exc
 
 
 class LogWriter:
@@ -658,9 +655,9 @@ class LogWriter:
         except StoreError:
             raise
         except OSError as exc:
-            raise StoreError(
-                f"{self.path}: cannot open the log for appending: {exc.strerror}", path=self.path
-            ) from exc
+            # mkdir names the folder it could not make; the log is the file to name.
+            exc.filename = None
+            raise os_error(exc, self.path, "append to the log") from exc
         try:
             _flock(self.fd, fcntl.LOCK_EX, self.path)
             if self.created and self.fsync:
@@ -786,6 +783,8 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         fd = _open_log(path, os.O_RDWR)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise os_error(exc, path, "repair the log") from exc
     try:
         _flock(fd, fcntl.LOCK_EX, path)
         size = os.fstat(fd).st_size
@@ -800,9 +799,14 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
             except (ValueError, RecursionError):
                 valid = False
         if valid:
-            os.pwrite(fd, b"\n", size)  # fd is not O_APPEND: a plain write would go to 0
-            if fsync:
-                os.fsync(fd)
+            try:
+                os.pwrite(fd, b"\n", size)  # fd is not O_APPEND: a plain write would go to 0
+                if fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                with suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise os_error(exc, path, "repair the log") from exc
             return None
         if start < 0:  # a torn tail longer than a line may be: find its start the slow way
             start = _last_newline(fd, size) + 1
@@ -812,23 +816,42 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         while os.path.lexists(target):
             n += 1
             target = f"{path}.torn-{stamp}-{n}"
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            pos = start
-            while pos < size:
-                block = os.pread(fd, min(_CHUNK, size - pos), pos)
-                os.write(out, block)
-                pos += len(block)
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.ftruncate(fd, start)
+            _copy_aside(fd, start, size, target)
+            os.ftruncate(fd, start)
+        except OSError as exc:
+            # All of the torn bytes are kept aside, or none: the log stays as it was.
+            with suppress(OSError):
+                os.unlink(target)
+            doing = f"move the torn last line of {path} aside to"
+            raise os_error(exc, target, doing) from exc
         if fsync:
-            os.fsync(fd)
-            _fsync_dir(os.fspath(feature_dir))
+            try:
+                os.fsync(fd)
+                _fsync_dir(os.fspath(feature_dir))
+            except OSError as exc:  # the cut is made; only its durability is in doubt
+                raise os_error(exc, path, "repair the log") from exc
         return target
     finally:
         os.close(fd)
+
+
+def _copy_aside(fd: int, start: int, size: int, target: str) -> None:
+    """Copy bytes ``start``..``size`` of ``fd`` into a new file ``target``, all of them
+    (a full disk cuts a write short before it fails), and fsync it."""
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        pos = start
+        while pos < size:
+            block = memoryview(os.pread(fd, min(_CHUNK, size - pos), pos))
+            if not block:
+                raise OSError(errno.EIO, "the log ended before its torn line did", target)
+            pos += len(block)
+            while block:
+                block = block[os.write(out, block) :]
+        os.fsync(out)
+    finally:
+        os.close(out)
 
 
 def _last_newline(fd: int, size: int) -> int:

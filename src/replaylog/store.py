@@ -17,18 +17,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
+import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import log as _log
 from .errors import (
     DeliveryError,
     ReplaylogError,
+    ReplaylogWarning,
     StoreError,
     TransientDeliveryError,
     UsageError,
+    os_error,
+    translate,
 )
 from .event import (
     Event,
@@ -65,6 +71,41 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _edge(method: _F) -> _F:
+    """The library's edge (SPEC section 12): an ``OSError``, ``sqlite3`` or SQLAlchemy
+    error leaves a public method as one of :mod:`replaylog.errors`, with its path."""
+
+    @functools.wraps(method)
+    def mapped(self: EventStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ReplaylogError:
+            raise
+        except Exception as exc:
+            error = translate(exc, path=self.root, index=self.index_path)
+            if error is None:
+                raise
+            raise error from exc
+
+    return cast(_F, mapped)
+
+
+def _edge_iter(store: EventStore, items: Iterator[Any]) -> Iterator[Any]:
+    """:func:`_edge` for a generator: errors met while iterating are mapped too."""
+    try:
+        yield from items
+    except ReplaylogError:
+        raise
+    except Exception as exc:
+        error = translate(exc, path=store.root, index=store.index_path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
@@ -146,6 +187,7 @@ class EventStore:
     def log_path(self, feature: str) -> str:
         return _log.log_path(self.feature_dir(feature))
 
+    @_edge
     def features(self) -> list[str]:
         """Every feature that has a log, sorted by name."""
         try:
@@ -187,6 +229,7 @@ class EventStore:
             self._delivery = Delivery(self.index.conn)
         return self._delivery
 
+    @_edge
     def catch_up(self, features: Iterable[str] | None = None) -> None:
         """Bring the index up to date with the logs (all of them, or the ones named)."""
         # Names are checked before the index is opened: a bad one touches no file (section 1).
@@ -198,6 +241,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ writing
 
+    @_edge
     def append(
         self,
         feature: str,
@@ -218,6 +262,7 @@ class EventStore:
                 return events[0]
         return self._append(feature, [obj])[0]
 
+    @_edge
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         """Append several events with one lock, one ``write`` and one fsync.
 
@@ -335,17 +380,33 @@ class EventStore:
                     )
                 )
                 offset += len(line)
-            index.add_appended(
-                feature,
-                writer.path,
-                rows,
-                size=writer.size,
-                line_count=number,
-                fd=writer.fd,
-                last_line=lines[-1],
-            )
+            try:
+                index.add_appended(
+                    feature,
+                    writer.path,
+                    rows,
+                    size=writer.size,
+                    line_count=number,
+                    fd=writer.fd,
+                    last_line=lines[-1],
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # The lines are durable in the log, so the append is done (SPEC section
+                # 12): reporting a failure would make a retry write them twice. The
+                # index takes them in when it next catches up (section 4).
+                self._warn_index_deferred(len(lines), exc)
             self._keep_open(feature, writer)
         return build_events(objs)  # the line objects are not used again: no copies
+
+    def _warn_index_deferred(self, count: int, exc: BaseException) -> None:
+        error = translate(exc, index=self.index_path)
+        warnings.warn(
+            ReplaylogWarning(
+                f"{count} event(s) saved in the log, but the index could not take them in"
+                f" yet ({error}); the next command that can write the index catches up"
+            ),
+            stacklevel=5,
+        )
 
     def _keep_open(self, feature: str, writer: _log.LogWriter) -> None:
         """Keep the log of ``writer`` open for the next appends; its lock is released."""
@@ -411,18 +472,21 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
+    @_edge
     def read(self, feature: str) -> list[Event]:
         """Every event of a feature, in file order (identical duplicate lines once)."""
         return _log.read_events(self.feature_dir(feature))
 
     def iter_events(self, feature: str) -> Iterator[Event]:
         """Stream a feature's events in file order, in bounded memory."""
-        return _log.iter_events(self.feature_dir(feature))
+        return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
 
+    @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
         """A feature's line objects exactly as in the log, in file order."""
         return _log.read_events_raw(self.feature_dir(feature))
 
+    @_edge
     def status(self, feature: str | None = None) -> dict[str, Any]:
         """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
         names = [feature] if feature is not None else None
@@ -434,6 +498,7 @@ class EventStore:
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
         return {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
 
+    @_edge
     def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Event]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
@@ -448,6 +513,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ maintenance
 
+    @_edge
     def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
         """Check every log (or the ones named): errors, and warnings such as duplicates."""
         names = list(features) if features is not None else self.features()
@@ -472,6 +538,7 @@ class EventStore:
             )
         return VerifyReport(problems)
 
+    @_edge
     def repair(self, feature: str) -> bool:
         """Move a torn, invalid last line aside (SPEC section 3). True if anything changed."""
         feature_dir = self.feature_dir(feature)
@@ -481,6 +548,7 @@ class EventStore:
         after = os.path.getsize(path) if os.path.exists(path) else 0
         return moved is not None or after != before
 
+    @_edge
     def requeue(self, feature: str | None = None, *, event_id: str | None = None) -> int:
         """Make ``failed`` events ``pending`` again; returns how many."""
         names = [feature] if feature is not None else None
@@ -489,6 +557,7 @@ class EventStore:
         with self.index.write():
             return delivery.requeue(names, event_id)
 
+    @_edge
     def rebuild_index(
         self,
         *,
@@ -508,6 +577,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ replay
 
+    @_edge
     def replay(
         self,
         url: str,
@@ -601,10 +671,12 @@ class EventStore:
     def _replay_lock(self, wait: bool) -> Iterator[None]:
         """One replay at a time per index, so no event is in two runs' batches at once."""
         directory = os.path.dirname(self.index_path)
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(
-            os.path.join(directory, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
+        lock_path = os.path.join(directory, "replay.lock")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise os_error(exc, lock_path, "open the replay lock") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -614,6 +686,7 @@ class EventStore:
         finally:
             os.close(fd)
 
+    @_edge
     def emit(
         self,
         feature: str,
@@ -663,10 +736,14 @@ class EventStore:
             )
         except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
             return EmitResult(event, False, f"event {event.event_id} saved, not delivered: {exc}")
-        row = self.index.conn.execute(
-            "SELECT status FROM events WHERE feature = ? AND event_id = ?",
-            (feature, event.event_id),
-        ).fetchone()
+        try:
+            row = self.index.conn.execute(
+                "SELECT status FROM events WHERE feature = ? AND event_id = ?",
+                (feature, event.event_id),
+            ).fetchone()
+        except sqlite3.Error as exc:  # the event is saved: this is not a failure of emit
+            error = translate(exc, index=self.index_path)
+            return EmitResult(event, False, f"event {event.event_id} saved: {error}")
         if row and row[0] == "delivered":
             return EmitResult(event, True)
         return EmitResult(
