@@ -739,7 +739,7 @@ def _shared_lock(path: str) -> Iterator[None]:
             yield
             return
         except OSError as exc:
-            raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+            raise os_error(exc, path, "read the log") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:

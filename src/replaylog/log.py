@@ -235,7 +235,7 @@ def scan_log(
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+        raise os_error(exc, path, "read the log") from exc
     try:
         if lock:
             # The shared lock waits out an append in progress; every byte below the size
