@@ -7,6 +7,8 @@ of events per process) have a small default size so that the whole suite stays q
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -23,3 +25,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def big(request: pytest.FixtureRequest) -> bool:
     """True when the run asked for full-size reliability tests (``pytest --big``)."""
     return bool(request.config.getoption("--big"))
+
+
+@pytest.fixture(scope="session")
+def spec_kitty_corpus() -> Path:
+    """``corpus/spec-kitty`` of the ``shared/`` folder beside the repository: real logs of
+    spec-kitty's own repository (read-only: copy before writing near them)."""
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spec-kitty"
+    if not (corpus / "head" / "kitty-specs").is_dir():
+        pytest.skip(f"the spec-kitty corpus is not at {corpus} (it lives in ../shared)")
+    return corpus

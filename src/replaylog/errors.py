@@ -4,6 +4,7 @@
     ├── UsageError                 bad input from the caller (feature name, payload, URL)  exit 2
     │   └── EventValidationError   an event breaks a rule of SPEC section 2 (replaylog.event)
     ├── StoreError                 a log cannot be read or written (.path, .line)           exit 1
+    │   ├── LogsUnreadableError    some of several logs are bad; the rest were handled      exit 1
     │   ├── MergeConflict          two sides of a merge cannot be joined (replaylog.gitmerge)
     │   └── DiskError              the machine refused a file: an I/O error (.path, .errno) exit 1
     │       ├── DiskFullError      no space left (ENOSPC) or the disk quota is spent (EDQUOT)
@@ -41,6 +42,7 @@ __all__ = [
     "DeliveryError",
     "DiskError",
     "DiskFullError",
+    "LogsUnreadableError",
     "ReplaylogError",
     "ReplaylogWarning",
     "StoreError",
@@ -100,6 +102,27 @@ class DiskFullError(DiskError):
 
 class AccessDeniedError(DiskError):
     """The filesystem is read-only (EROFS), or this user may not write there (EACCES, EPERM)."""
+
+
+class LogsUnreadableError(StoreError):
+    """A command over many logs (``status``, ``rebuild-index``, ``replay``) handled every
+    readable log, and some could not be read (SPEC section 10).
+
+    ``problems`` lists each bad log as ``(path, line, message)``; ``partial`` holds what
+    the command made of the readable logs (a status report, a replay report, ...), or
+    None when it kept things as they were (``rebuild-index`` without ``--skip-bad``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[str, int | None, str]],
+        partial: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.partial = partial
 
 
 class BadIndexError(ReplaylogError):

@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DiskError, ReplaylogError, disk_error, translate
+from .errors import DiskError, ReplaylogError, StoreError, disk_error, translate
 from .index import INDEX_NAMES, INDEX_SQL, Index
 from .log import log_path
 
@@ -90,16 +90,20 @@ def rebuild(
     store: EventStore,
     *,
     reset_delivery: bool,
+    skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
-) -> dict[str, int]:
-    """Build the new index beside the old one and rename it over it; on any failure the
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
+    """Build the index from every log; returns the result and the logs that could not be
+    read. With any such log and no ``skip_bad``, nothing is swapped in.
+
+    The new index is built beside the old one and renamed over it; on any failure the
     temporary files are removed and the old index is left as it was."""
     index_path = store.index_path
     temp = f"{index_path}.rebuild-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(index_path), exist_ok=True)
         _remove_stale(index_path)
-        return _rebuild(store, index_path, temp, reset_delivery, progress)
+        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress)
     except (OSError, sqlite3.Error, DiskError) as exc:
         # The temporary file's name means nothing to the user: name the index instead.
         mapped = translate(exc, path=temp, index=temp)
@@ -115,13 +119,15 @@ def _rebuild(
     index_path: str,
     temp: str,
     reset_delivery: bool,
+    skip_bad: bool,
     progress: Callable[[str, int], None] | None,
-) -> dict[str, int]:
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
+    bad: dict[str, StoreError] = {}
     fresh: Index | None = None
     try:
         fresh = Index(temp, clock_of=index_path)
@@ -134,11 +140,21 @@ def _rebuild(
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
             for name in features:
-                events += fresh.ingest(
-                    name, log_path(os.path.join(store.logs_root, name)), fresh=True
-                )
+                path = log_path(os.path.join(store.logs_root, name))
+                # Every log is read even after a bad one, so that all are listed (SPEC 10).
+                fresh.conn.execute("SAVEPOINT one_log")
+                try:
+                    events += fresh.ingest(name, path, fresh=True)
+                except StoreError as exc:
+                    fresh.conn.execute("ROLLBACK TO one_log")
+                    if exc.path is None:
+                        exc.path = path
+                    bad[name] = exc
+                fresh.conn.execute("RELEASE one_log")
                 if progress is not None:
                     progress(name, events)
+            if bad and not skip_bad:
+                raise _KeepOld
             for statement in INDEX_SQL:
                 fresh.conn.execute(statement)
             if not reset_delivery:
@@ -163,7 +179,7 @@ def _rebuild(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         if fresh is not None:
             fresh.close()
         for suffix in ("", "-wal", "-shm"):
@@ -171,5 +187,11 @@ def _rebuild(
                 os.unlink(temp + suffix)
             except FileNotFoundError:
                 pass
+        if isinstance(exc, _KeepOld):
+            return {"features": len(features) - len(bad), "events": events}, bad
         raise
-    return {"features": len(features), "events": events}
+    return {"features": len(features) - len(bad), "events": events}, bad
+
+
+class _KeepOld(Exception):
+    """Some log is bad and no --skip-bad: the new index is thrown away."""

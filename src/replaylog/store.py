@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from . import log as _log
 from .errors import (
     DeliveryError,
+    LogsUnreadableError,
     ReplaylogError,
     ReplaylogWarning,
     StoreError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .delivery import Delivery
+    from .lines import Line
     from .reports import EmitResult, ReplayReport, VerifyReport
 
 __all__ = ["EventStore", "find_root"]
@@ -231,13 +233,35 @@ class EventStore:
 
     @_edge
     def catch_up(self, features: Iterable[str] | None = None) -> None:
-        """Bring the index up to date with the logs (all of them, or the ones named)."""
+        """Bring the index up to date with the logs (all of them, or the ones named).
+
+        A log that cannot be read raises :class:`StoreError`; over all logs, every
+        readable one is caught up first and :class:`LogsUnreadableError` lists the bad.
+        """
+        if features is None:
+            bad = self._catch_up_all()
+            if bad:
+                raise _unreadable(bad, "every other log was indexed")
+            return
         # Names are checked before the index is opened: a bad one touches no file (section 1).
-        checked = None if features is None else {_log.validate_feature_name(f) for f in features}
+        checked = {_log.validate_feature_name(f) for f in features}
         index = self.index
-        names = set(self.features()) | set(index.known_features()) if checked is None else checked
-        for name in sorted(names):
+        for name in sorted(checked):
             index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+
+    def _catch_up_all(self) -> dict[str, StoreError]:
+        """Catch up with every log; returns the logs that could not be read, by feature
+        (SPEC section 10: one bad log does not stop the others)."""
+        index = self.index
+        bad: dict[str, StoreError] = {}
+        for name in sorted(set(self.features()) | set(index.known_features())):
+            try:
+                index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+            except StoreError as exc:
+                if exc.path is None:
+                    exc.path = self.log_path(name)
+                bad[name] = exc
+        return bad
 
     # ------------------------------------------------------------------ writing
 
@@ -473,13 +497,36 @@ class EventStore:
     # ------------------------------------------------------------------ reading
 
     @_edge
-    def read(self, feature: str) -> list[Event]:
-        """Every event of a feature, in file order (identical duplicate lines once)."""
+    def read(self, feature: str) -> list[Line]:
+        """Every line of a feature in file order (identical duplicate lines once), each as
+        its kind's record: :class:`Event` for envelopes, and spec-kitty's kinds."""
         return _log.read_events(self.feature_dir(feature))
 
-    def iter_events(self, feature: str) -> Iterator[Event]:
-        """Stream a feature's events in file order, in bounded memory."""
+    def iter_events(self, feature: str) -> Iterator[Line]:
+        """Stream a feature's lines in file order, in bounded memory."""
         return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
+
+    def log(
+        self,
+        feature: str,
+        *,
+        event_type: str | None = None,
+        aggregate_id: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Line]:
+        """``replaylog log``: a feature's lines in file order, filtered as
+        :func:`replaylog.lines.matches` says, at most ``limit`` of them."""
+        from .lines import matches
+
+        if limit == 0:
+            return
+        shown = 0
+        for line in self.iter_events(feature):
+            if matches(line, type=event_type, aggregate=aggregate_id):
+                yield line
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
 
     @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
@@ -490,23 +537,32 @@ class EventStore:
     def status(self, feature: str | None = None) -> dict[str, Any]:
         """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
         names = [feature] if feature is not None else None
-        self.catch_up(names)
+        bad = self._catch_up_all() if names is None else {}
+        if names is not None:
+            self.catch_up(names)
         counts = self.delivery.counts(names)
         listed = names if names is not None else sorted(set(self.features()) | set(counts))
         zero = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
-        per = {name: counts.get(name, dict(zero)) for name in listed}
+        per = {name: counts.get(name, dict(zero)) for name in listed if name not in bad}
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
-        return {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
+        report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
+        if bad:
+            raise _unreadable(
+                bad, "they are left out of the counts, every other log is counted", report
+            )
+        return report
 
     @_edge
-    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Event]:
+    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
         self.catch_up(names)
-        out: list[Event] = []
+        from .lines import build_line
+
+        out: list[Line] = []
         with _LineReader(self) as reader:
             for row in self.delivery.pending(names):
-                out.append(build_event(_log.parse_line(reader.line(row))))
+                out.append(build_line(_log.parse_line(reader.line(row))))
                 if limit is not None and len(out) >= limit:
                     break
         return out
@@ -562,18 +618,37 @@ class EventStore:
         self,
         *,
         reset_delivery: bool = False,
+        skip_bad: bool = False,
         progress: Callable[[str, int], None] | None = None,
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         """Build a fresh index from every log and put it in place of the old one.
 
         The new index is built in a temporary file and renamed over the old one, so a
         crash leaves the old index as it was. Delivery state of events that still exist
         is carried over from the old index when it is readable, unless ``reset_delivery``.
+
+        Every log is read; if any cannot be, :class:`LogsUnreadableError` lists each bad
+        one and the old index is kept, unless ``skip_bad``: then the index is built from
+        the readable logs and the result's ``"skipped"`` lists the others.
         """
         from .rebuild import rebuild
 
         self.close()
-        return rebuild(self, reset_delivery=reset_delivery, progress=progress)
+        result, bad = rebuild(
+            self, reset_delivery=reset_delivery, skip_bad=skip_bad, progress=progress
+        )
+        if bad and not skip_bad:
+            raise _unreadable(
+                bad,
+                "the index was not rebuilt and stays as it was (`rebuild-index --skip-bad`"
+                " builds it from the other logs)",
+            )
+        if bad:
+            result["skipped"] = [
+                {"feature": name, "path": err.path, "line": err.line, "message": str(err)}
+                for name, err in sorted(bad.items())
+            ]
+        return result
 
     # ------------------------------------------------------------------ replay
 
@@ -616,7 +691,13 @@ class EventStore:
         # A bad name is refused before the replay lock creates its file (section 1).
         names = [_log.validate_feature_name(feature)] if feature is not None else None
         with self._replay_lock(wait_for_lock):
-            self.catch_up(names)
+            bad: dict[str, StoreError] = {}
+            if names is None:
+                bad = self._catch_up_all()
+                if bad:  # SPEC 10: the readable logs are replayed, the bad ones listed
+                    names = [f for f in self.index.known_features() if f not in bad]
+            else:
+                self.catch_up(names)
             delivery = self.delivery
             total = self._count_pending(names)
             accepted = rejected = batches = attempts = done = 0
@@ -662,6 +743,8 @@ class EventStore:
             )
             error.report = report  # type: ignore[attr-defined]
             raise error
+        if bad:
+            raise _unreadable(bad, "their events were not sent, every other log's were", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -749,6 +832,19 @@ class EventStore:
         return EmitResult(
             event, False, f"event {event.event_id} saved, not delivered yet; it stays pending"
         )
+
+
+def _unreadable(
+    bad: dict[str, StoreError], done: str, partial: object = None
+) -> LogsUnreadableError:
+    """The error of a command over many logs: ``done`` says what it did all the same."""
+    problems = [(err.path or name, err.line, str(err)) for name, err in sorted(bad.items())]
+    return LogsUnreadableError(
+        f"{len(bad)} log(s) cannot be read ({', '.join(sorted(bad))}); {done}. Correct"
+        " or remove the lines named by hand (`replaylog verify` lists every problem)",
+        problems=problems,
+        partial=partial,
+    )
 
 
 class _LineReader:
