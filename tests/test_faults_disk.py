@@ -800,3 +800,58 @@ def test_a_damaged_index_still_names_rebuild_index(tmp_path: Path) -> None:
     with EventStore(root, index_path=index) as store, pytest.raises(BadIndexError) as info:
         store.status()
     assert "rebuild-index" in str(info.value) and str(index) in str(info.value)
+
+
+def test_sqlalchemy_errors_are_mapped_by_their_cause(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    index = str(tmp_path / "queue.db")
+    wrapped = OperationalError("UPDATE events ...", {}, sqlite3.OperationalError("disk I/O error"))
+    mapped = translate(wrapped, index=index)
+    assert isinstance(mapped, DiskError) and index in str(mapped)
+    full = OperationalError("UPDATE", {}, sqlite3.OperationalError("database or disk is full"))
+    assert isinstance(translate(full, index=index), DiskFullError)
+
+
+def test_the_low_level_log_functions_raise_only_replaylog_errors_on_a_full_or_read_only_disk(
+    disk: Disk,
+) -> None:
+    from replaylog.log import append_events, read_events, repair_log
+
+    feature_dir = disk.path / "kitty-specs" / FEATURE
+    first = append_event(feature_dir, Event.new("t", "a"))
+    with open(log_file(disk.path), "ab") as f:
+        f.write(b'{"torn": ' + b"x" * 3 * PAGE)
+    log_bytes = log_file(disk.path).read_bytes()
+    disk.fill()
+    big = Event.new("t", "a", {"text": "x" * 3 * PAGE})
+    with pytest.raises(DiskFullError, match="move the torn last line"):
+        repair_log(feature_dir)
+    assert log_file(disk.path).read_bytes() == log_bytes
+    disk.free()
+    assert repair_log(feature_dir) is not None
+    log_bytes = log_file(disk.path).read_bytes()
+    disk.fill()
+    with pytest.raises(DiskFullError, match=str(log_file(disk.path))):
+        append_event(feature_dir, big)
+    with pytest.raises(DiskFullError, match="cannot append to the log"):
+        append_events(feature_dir, [big, Event.new("t", "b")])
+    assert log_file(disk.path).read_bytes() == log_bytes
+    disk.free()
+    disk.remount("ro")
+    assert [e.event_id for e in read_events(feature_dir)] == [first.event_id]
+    with pytest.raises(AccessDeniedError, match="read-only filesystem"):
+        append_event(feature_dir, Event.new("t", "a"))
+    disk.remount("rw")
+    assert log_file(disk.path).read_bytes() == log_bytes
+
+
+def test_a_full_disk_with_json_is_one_error_object_of_its_kind(disk: Disk) -> None:
+    root = disk.path / "root"
+    (root / ".git").mkdir(parents=True)
+    seed(root)
+    disk.fill()
+    run = cli(root, "status", "--json")
+    assert run.code == 1 and not run.err, run
+    error = json.loads(run.out)["error"]
+    assert error["type"] == "DiskFullError" and FULL in error["message"]
