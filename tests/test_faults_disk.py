@@ -129,10 +129,10 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
 
 
 @pytest.fixture
-def disk2(tmp_path: Path) -> Iterator[Disk]:
-    """A second small disk, for a log and an index on different devices."""
-    path = tmp_path / "disk2"
-    _mount_tmpfs(path, DISK_SIZE)
+def big_disk(tmp_path: Path) -> Iterator[Disk]:
+    """A larger disk, for an index bigger than SQLite's page cache."""
+    path = tmp_path / "big-disk"
+    _mount_tmpfs(path, 32 * DISK_SIZE)
     try:
         yield Disk(path)
     finally:
@@ -189,7 +189,11 @@ def index_content(index: Path, *, delivery: bool = True) -> tuple[list[Any], lis
     """The index's events and logs, as rows (its file bytes may differ after a checkpoint);
     ``delivery``: with each event's delivery state."""
     state = ", status, retry_count, last_error" if delivery else ""
-    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True)
+    wal = Path(f"{index}-wal")
+    # With no WAL to read, the file alone is the index: read it without making a shared
+    # memory file, which a full disk may have no room for.
+    mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
+    conn = sqlite3.connect(f"file:{index}?{mode}", uri=True)
     try:
         events = conn.execute(
             'SELECT feature, line, "offset", length, event_id, event_type, aggregate_id,'
@@ -476,6 +480,31 @@ def test_catch_up_on_a_full_index_disk_fails_in_one_line_then_goes_on(
     assert_index_equals_rebuilt(root, index, tmp_path)
 
 
+def test_a_first_index_on_a_full_disk_leaves_no_empty_file_behind(disk: Disk) -> None:
+    """The first command of a clone, on a full disk: no empty ``queue.db`` and no empty
+    ``.gitignore`` (which would never be written again, and let git see the index)."""
+    root = disk.path / "root"
+    (root / ".git").mkdir(parents=True)
+    feature_dir = root / "kitty-specs" / FEATURE
+    first = append_event(feature_dir, Event.new("t", "a"))
+    before = files(root)
+    disk.fill()
+    run = cli(root, "status")
+    assert_clean_failure(run, disk.path)
+    assert files(root) == before
+    elsewhere = disk.path / "indexes" / "queue.db"
+    elsewhere.parent.mkdir()
+    run = cli(root, "status", index=elsewhere)
+    assert_clean_failure(run, elsewhere)
+    assert os.listdir(elsewhere.parent) == []
+    disk.free()
+    run = cli(root, "status", "--json")
+    assert run.code == 0, run
+    assert json.loads(run.out)["features"][FEATURE]["events"] == 1
+    assert (root / ".replaylog" / ".gitignore").read_text() == "*\n"
+    assert ids_in_log(root) == [first.event_id]
+
+
 def test_rebuild_index_on_a_full_disk_keeps_the_old_index_and_leaves_no_temporary_file(
     disk: Disk, tmp_path: Path
 ) -> None:
@@ -508,6 +537,66 @@ def test_rebuild_index_on_a_full_disk_keeps_the_old_index_and_leaves_no_temporar
     assert json.loads(run.out) == {"features": 1, "events": 2000}
     assert index_content(index) == content  # delivery state carried over
     assert failures == 4
+
+
+def test_rebuild_index_at_every_fill_level_fails_cleanly_or_carries_the_delivery_state(
+    disk: Disk, tmp_path: Path
+) -> None:
+    """From no free page up: each rebuild fails in one line, leaving the old index and no
+    temporary file, until the first that succeeds, which has kept every delivery state
+    (none dropped because the old index could not be opened on the full disk)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    index = disk.path / "queue.db"
+    for k in range(1500):
+        append_event(root / "kitty-specs" / FEATURE, Event.new("t", f"a{k}"), fsync=False)
+    with EventStore(root, index_path=index) as store:
+        store.status()
+        store.index.conn.execute("UPDATE events SET status = 'delivered' WHERE line % 3 = 0")
+    content = index_content(index)
+    before = files(disk.path)
+    for pages in range(0, 256):
+        # No shared-memory file (as after a reboot): opening the old index to read its
+        # delivery state needs disk space too.
+        Path(f"{index}-shm").unlink(missing_ok=True)
+        disk.fill(leave=pages * PAGE)
+        with EventStore(root, index_path=index) as store:
+            try:
+                store.rebuild_index()
+            except DiskFullError as exc:
+                assert exc.path == str(index) and "rebuild-index" not in str(exc)
+                assert files(disk.path) == before, pages
+                assert index_content(index) == content, pages
+                continue
+        break
+    else:
+        pytest.fail("no fill level let the rebuild through")
+    print(f"\nrebuild-index on a full disk: failed cleanly up to {pages - 1} free pages")
+    assert index_content(index) == content  # every delivery state carried over
+
+
+def test_a_large_catch_up_on_a_full_disk_is_a_disk_error_and_keeps_the_index(
+    big_disk: Disk, tmp_path: Path
+) -> None:
+    """A catch-up larger than SQLite's page cache writes pages before its COMMIT: the disk
+    fills in the middle of the transaction, which SQLite rolls back by itself."""
+    root = tmp_path / "root"
+    root.mkdir()
+    index = big_disk.path / "queue.db"
+    seed(root, index=index)
+    content = index_content(index)
+    lines = b"".join(Event.new("pulled", f"b{k}", {"k": k}).to_line() for k in range(40_000))
+    with open(log_file(root), "ab") as f:
+        f.write(lines)
+    big_disk.fill(leave=256 * PAGE)
+    with EventStore(root, index_path=index) as store:
+        with pytest.raises(DiskFullError) as info:
+            store.status()
+        assert info.value.path == str(index)
+        assert index_content(index) == content
+        big_disk.free()
+        assert store.status()["features"][FEATURE]["events"] == 40_003  # the same store
+    assert_index_equals_rebuilt(root, index, tmp_path)
 
 
 def test_replay_on_a_full_disk_keeps_every_outcome_it_recorded(disk: Disk, tmp_path: Path) -> None:

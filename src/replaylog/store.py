@@ -34,7 +34,6 @@ from .errors import (
     StoreError,
     TransientDeliveryError,
     UsageError,
-    os_error,
     translate,
 )
 from .event import (
@@ -754,12 +753,10 @@ class EventStore:
     def _replay_lock(self, wait: bool) -> Iterator[None]:
         """One replay at a time per index, so no event is in two runs' batches at once."""
         directory = os.path.dirname(self.index_path)
-        lock_path = os.path.join(directory, "replay.lock")
-        try:
-            os.makedirs(directory, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise os_error(exc, lock_path, "open the replay lock") from exc
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(
+            os.path.join(directory, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -819,14 +816,10 @@ class EventStore:
             )
         except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
             return EmitResult(event, False, f"event {event.event_id} saved, not delivered: {exc}")
-        try:
-            row = self.index.conn.execute(
-                "SELECT status FROM events WHERE feature = ? AND event_id = ?",
-                (feature, event.event_id),
-            ).fetchone()
-        except sqlite3.Error as exc:  # the event is saved: this is not a failure of emit
-            error = translate(exc, index=self.index_path)
-            return EmitResult(event, False, f"event {event.event_id} saved: {error}")
+        row = self.index.conn.execute(
+            "SELECT status FROM events WHERE feature = ? AND event_id = ?",
+            (feature, event.event_id),
+        ).fetchone()
         if row and row[0] == "delivered":
             return EmitResult(event, True)
         return EmitResult(
