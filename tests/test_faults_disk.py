@@ -285,6 +285,12 @@ def test_append_when_only_the_log_is_full_names_the_log(disk: Disk, tmp_path: Pa
     assert "cannot append to the log" in run.err
     assert log.read_bytes() == log_bytes
     assert index_content(index)[0] == rows
+    # A first append to a new feature leaves no empty log (no new feature) behind.
+    run = cli(root, "append", "new", "--type", "t", "--aggregate", "a", "--payload", big,
+              index=index)  # fmt: skip
+    assert_clean_failure(run, log_file(root, "new"))
+    assert not log_file(root, "new").exists()
+    assert cli(root, "status", "--json", index=index).out.count('"new"') == 0
 
     # The API: the same error, a ReplaylogError with the path; nothing half-written.
     with EventStore(root, index_path=index, fsync=True) as store:

@@ -657,6 +657,38 @@ class LogWriter:
         self._needs_newline = False
 
     def __enter__(self) -> LogWriter:
+        self._open_locked()
+        try:
+            if self.created and self.fsync:
+                _fsync_dir(self.feature_dir)
+            self.size = os.fstat(self.fd).st_size
+            self._check_tail()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_locked(self) -> None:
+        """Open the log (creating it if need be) and take its exclusive lock."""
+        while True:
+            self._open()
+            try:
+                _flock(self.fd, fcntl.LOCK_EX, self.path)
+                st = os.fstat(self.fd)
+                here = os.lstat(self.path)
+            except FileNotFoundError:
+                here = None
+            except BaseException:
+                self.close()
+                raise
+            if here is not None and (here.st_ino, here.st_dev) == (st.st_ino, st.st_dev):
+                return
+            # A first append that failed (a full disk) removed the file it had made
+            # while this one waited for the lock: open the log at the path again.
+            self.close()
+            self.created = False
+
+    def _open(self) -> None:
         flags = os.O_RDWR | os.O_APPEND  # read access to inspect the tail
         try:
             try:
@@ -674,16 +706,6 @@ class LogWriter:
             # mkdir names the folder it could not make; the log is the file to name.
             exc.filename = None
             raise os_error(exc, self.path, "append to the log") from exc
-        try:
-            _flock(self.fd, fcntl.LOCK_EX, self.path)
-            if self.created and self.fsync:
-                _fsync_dir(self.feature_dir)
-            self.size = os.fstat(self.fd).st_size
-            self._check_tail()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
     def _check_tail(self) -> None:
         start, torn = _tail_state(self.fd, self.size)
@@ -717,7 +739,15 @@ class LogWriter:
         if self._needs_newline:
             data = b"\n" + data
         before = self.size
-        write_durably(self.fd, data, before, self.fsync, self.path)
+        try:
+            write_durably(self.fd, data, before, self.fsync, self.path)
+        except StoreError:
+            if self.created and before == 0:
+                # The log this append made holds nothing: remove it, so that a failed
+                # first append leaves no empty log (and no new feature) behind.
+                with suppress(OSError):
+                    os.unlink(self.path)
+            raise
         self.size = before + len(data)
         first = before + (1 if self._needs_newline else 0)
         self._needs_newline = False
