@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+#: The real spec-kitty logs (SPEC section 10): ``shared/`` is beside the repository
+#: (CI puts a copy next to its clone). Read-only: copy a feature before writing to it.
+SPEC_KITTY_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "spec-kitty"
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -29,9 +33,9 @@ def big(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def spec_kitty_corpus() -> Path:
-    """``corpus/spec-kitty`` of the ``shared/`` folder beside the repository: real logs of
-    spec-kitty's own repository (read-only: copy before writing near them)."""
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "spec-kitty"
-    if not (corpus / "head" / "kitty-specs").is_dir():
-        pytest.skip(f"the spec-kitty corpus is not at {corpus} (it lives in ../shared)")
-    return corpus
+    """The folder of real spec-kitty logs (its ``head/`` and ``v2.0.0/``), read-only."""
+    if not (SPEC_KITTY_CORPUS / "head" / "kitty-specs").is_dir():
+        pytest.skip(
+            f"no spec-kitty corpus at {SPEC_KITTY_CORPUS}: put shared/ beside the repository"
+        )
+    return SPEC_KITTY_CORPUS

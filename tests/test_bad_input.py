@@ -357,6 +357,12 @@ def check_refused_everywhere(project: Project, case: Broken, *, timeout: float =
             assert problems and all(p.startswith(f"{log}:") for p in problems), run
             assert problems[0].startswith(f"{log}:{case.line}: {expected}"), run
             message = problems[0]
+        elif run.args[0] in ("status", "replay"):
+            # Over every log (SPEC 10): each bad one listed as on verify, then one error.
+            assert run.error_line().startswith("Error: 1 log cannot be read: "), run
+            listed = [p for p in run.out.splitlines() if p.startswith(f"{log}:")]
+            assert listed and listed[0].startswith(f"{log}:{case.line}: {expected}"), run
+            message = listed[0]
         elif run.args[0] == "append" and case.torn:
             # Refused by the reader (naming the line) or by the writer's look at the tail:
             # either way the message names the command that fixes it.

@@ -101,7 +101,8 @@ def _over_logs(call: Callable[[], T]) -> tuple[T | None, LogsUnreadableError | N
 
 
 def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any] | None) -> None:
-    """Each bad log as ``PATH:LINE: message`` and exit 1 (SPEC section 10); with --json
+    """Each bad log as ``PATH:LINE: message`` on stdout, one ``Error:`` line, exit 1
+    (SPEC section 10); with --json
     one object: what was shown for the readable logs, ``problems`` and ``error``."""
     problems = [
         {"path": path, "line": line, "message": message} for path, line, message in exc.problems
@@ -112,9 +113,9 @@ def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any
         out["error"] = {"type": type(exc).__name__, "message": str(exc)}
         _json_out(out)
         sys.exit(1)
-    for path, line, message in exc.problems:
+    for path, line, message in exc.problems:  # on stdout, as verify lists them
         where = f"{_shown_path(path)}:{line}" if line else _shown_path(path)
-        click.echo(f"{where}: {message}", err=True)
+        click.echo(f"{where}: {message}")
     _fail(exc, 1, False)
 
 
@@ -372,7 +373,7 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=10.0,
     show_default=True,
-    help="Seconds per request.",
+    help="Seconds per request, from connect to the last byte of the answer.",
 )
 @server_options
 @json_option
@@ -478,7 +479,7 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, skip_bad: bool, as_json: 
             return
         for p in result.get("skipped", []):
             where = f"{_shown_path(p['path'])}:{p['line']}" if p["line"] else _shown_path(p["path"])
-            click.echo(f"{where}: {p['message']}", err=True)
+            click.echo(f"{where}: {p['message']}")
         skipped = len(result.get("skipped", []))
         click.echo(
             f"indexed {result['events']} events in {result['features']} features"
@@ -571,21 +572,40 @@ def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Take over the logs from a merge driver .gitattributes already names"
+    " (spec-kitty's, say): replaylog's line is added after it; no line is removed.",
+)
 @json_option
 @pass_ctx
-def git_setup(ctx: _Context, as_json: bool) -> None:
-    """Configure this clone so that git merges logs with `replaylog merge-driver`."""
+def git_setup(ctx: _Context, replace: bool, as_json: bool) -> None:
+    """Configure this clone so that git merges logs with `replaylog merge-driver`.
+
+    A .gitattributes that already gives the logs another merge driver is left as it is
+    unless --replace is given.
+    """
     from .gitmerge import git_setup as setup
 
     with _errors(as_json):
-        changed = setup(ctx.root)
+        changed = setup(ctx.root, replace=replace, logs_dir=ctx.logs_dir)
         if as_json:
             _json_out(changed)
-        else:
+            return
+        other = changed.get("existing_driver")
+        if other is not None and not replace:
             click.echo(
-                f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
-                f" git config: {'updated' if changed['config'] else 'already set'}"
+                f".gitattributes gives the logs the merge driver {other!r}; nothing was"
+                " changed. `replaylog git-setup --replace` makes git use replaylog's driver"
+                " instead (spec-kitty's driver also merges these logs)"
             )
+            return
+        click.echo(
+            f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
+            f" git config: {'updated' if changed['config'] else 'already set'}"
+            + (f" (replaces the merge driver {other!r} for the logs)" if other else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

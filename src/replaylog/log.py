@@ -53,7 +53,6 @@ __all__ = [
     "EVENTS_FILENAME",
     "LogLine",
     "LogWriter",
-    "Problem",
     "append_event",
     "append_events",
     "iter_events",

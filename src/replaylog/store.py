@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from .delivery import Delivery
     from .lines import Line
+    from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
 
 __all__ = ["EventStore", "find_root"]
@@ -547,7 +548,7 @@ class EventStore:
         report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
         if bad:
             raise _unreadable(
-                bad, "they are left out of the counts, every other log is counted", report
+                bad, "it is left out of the counts, every other log is counted", report
             )
         return report
 
@@ -584,7 +585,7 @@ class EventStore:
         try:
             from .gitmerge import driver_warning
 
-            warning = driver_warning(self.root)
+            warning = driver_warning(self.root, os.path.relpath(self.logs_root, self.root))
         except (ImportError, ReplaylogError, OSError):
             warning = None
         if warning:
@@ -672,10 +673,10 @@ class EventStore:
 
         Raises :class:`TransientDeliveryError` when retries are spent (events stay
         pending), :class:`AuthenticationError` on 401/403 and :class:`DeliveryError`
-        on 404 and other stops. ``on_batch(events_done, events_total)`` reports progress.
+        on 404, 412 and other stops. ``on_batch(events_done, events_total)`` reports
+        progress. ``timeout`` bounds each request from connect to the last byte.
         """
-        from .replay import PendingEvent, ReplayConfig, Replayer
-        from .reports import ReplayReport
+        from .replay import ReplayConfig
 
         config = ReplayConfig(
             url=url,
@@ -686,7 +687,32 @@ class EventStore:
             timeout=timeout,
             allow_insecure_http=allow_insecure_http,
             deadline=deadline,
+            node_id=self.node_id,
         )
+        return self._replay(
+            config,
+            transport=transport,
+            feature=feature,
+            on_batch=on_batch,
+            wait_for_lock=wait_for_lock,
+            refused_stay_pending=False,
+        )
+
+    def _replay(
+        self,
+        config: ReplayConfig,
+        *,
+        transport: httpx.BaseTransport | None,
+        feature: str | None,
+        on_batch: Callable[[int, int], None] | None,
+        wait_for_lock: bool,
+        refused_stay_pending: bool,
+    ) -> ReplayReport:
+        """One replay run. With ``refused_stay_pending`` (emit) the server's rejections
+        leave events pending, with the reason as their last error, instead of failed."""
+        from .replay import PendingEvent, Replayer
+        from .reports import ReplayReport
+
         # A bad name is refused before the replay lock creates its file (section 1).
         names = [_log.validate_feature_name(feature)] if feature is not None else None
         with self._replay_lock(wait_for_lock):
@@ -707,14 +733,15 @@ class EventStore:
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
                         features_of.setdefault(row.event_id, []).append(row.feature)
-                        yield PendingEvent(row.event_id, reader.line(row))
+                        yield PendingEvent(row.event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
                     attempts += result.attempts
                     with self.index.write():
                         delivery.record(
                             accepted=result.accepted,
-                            rejected=result.rejected,
+                            rejected={} if refused_stay_pending else result.rejected,
+                            retried=result.rejected if refused_stay_pending else None,
                             transient=(
                                 (result.event_ids, result.transient_error)
                                 if result.transient_error
@@ -743,7 +770,7 @@ class EventStore:
             error.report = report  # type: ignore[attr-defined]
             raise error
         if bad:
-            raise _unreadable(bad, "their events were not sent, every other log's were", report)
+            raise _unreadable(bad, "it was not replayed, every other log was", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -785,7 +812,8 @@ class EventStore:
         """Append durably, then try to deliver within ``sync_timeout`` seconds in all.
 
         Delivery failing for any reason (offline, refused, slow) is not an error: the
-        event is safe in the log, stays pending, and ``warning`` says what happened.
+        event is safe in the log, stays pending (a refusal too: the next ``replay``
+        sends it again), and ``warning`` says what happened.
         A URL or token that can never be used (plain http:// to another host, no host)
         is a :class:`UsageError` before anything is written, like a missing URL.
         """
@@ -804,27 +832,53 @@ class EventStore:
         )
         deadline = started + sync_timeout
         try:
-            self.replay(
-                url,
+            config = ReplayConfig(
+                url=url,
                 token=token,
                 max_retries=0,
                 timeout=max(0.05, deadline - time.monotonic()),
                 allow_insecure_http=allow_insecure_http,
-                transport=transport,
                 deadline=deadline,
+                node_id=self.node_id,
+            )
+            self._replay(
+                config,
+                transport=transport,
+                feature=None,
+                on_batch=None,
                 wait_for_lock=False,
+                refused_stay_pending=True,
             )
         except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
-            return EmitResult(event, False, f"event {event.event_id} saved, not delivered: {exc}")
-        row = self.index.conn.execute(
-            "SELECT status FROM events WHERE feature = ? AND event_id = ?",
-            (feature, event.event_id),
-        ).fetchone()
-        if row and row[0] == "delivered":
+            if self._emitted_status(feature, event.event_id)[0] == "delivered":
+                # The run went on after this event (another log is bad, say).
+                return EmitResult(event, True, f"event {event.event_id} delivered, but: {exc}")
+            # A transient stop already says that the event stays pending.
+            pending = "" if isinstance(exc, TransientDeliveryError) else "; it stays pending"
+            return EmitResult(
+                event, False, f"event {event.event_id} saved, not delivered: {exc}{pending}"
+            )
+        status, error = self._emitted_status(feature, event.event_id)
+        if status == "delivered":
             return EmitResult(event, True)
+        why = f" ({error})" if error else ""
         return EmitResult(
-            event, False, f"event {event.event_id} saved, not delivered yet; it stays pending"
+            event,
+            False,
+            f"event {event.event_id} saved, not delivered yet{why}; it stays pending and"
+            " the next replay sends it again",
         )
+
+    def _emitted_status(self, feature: str, event_id: str) -> tuple[str | None, str | None]:
+        """An emitted event's delivery status and last error, (None, None) if unknown."""
+        try:
+            row = self.index.conn.execute(
+                "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
+                (feature, event_id),
+            ).fetchone()
+        except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
+            return None, None
+        return (row[0], row[1]) if row else (None, None)
 
 
 def _unreadable(
@@ -832,9 +886,14 @@ def _unreadable(
 ) -> LogsUnreadableError:
     """The error of a command over many logs: ``done`` says what it did all the same."""
     problems = [(err.path or name, err.line, str(err)) for name, err in sorted(bad.items())]
+    if len(problems) == 1:
+        path, _line, message = problems[0]
+        what = f"1 log cannot be read: {path}: {message}"
+    else:
+        what = f"{len(bad)} logs cannot be read ({', '.join(sorted(bad))})"
     return LogsUnreadableError(
-        f"{len(bad)} log(s) cannot be read ({', '.join(sorted(bad))}); {done}. Correct"
-        " or remove the lines named by hand (`replaylog verify` lists every problem)",
+        f"{what}; {done}. Correct or remove the lines named by hand (`replaylog verify`"
+        " lists every problem)",
         problems=problems,
         partial=partial,
     )
