@@ -23,8 +23,9 @@ one of these with ``raise ... from exc`` so that callers need to catch only
 ``ReplaylogError``. :func:`translate` is the one place that decides which: a full disk,
 an I/O error or a read-only file is a :class:`DiskError` naming the path and its device
 (never "rebuild the index": the index is fine, the disk is not), a damaged index is a
-:class:`BadIndexError` naming ``replaylog rebuild-index``. :func:`map_exceptions` applies
-it around a block, as httpx's ``map_exceptions`` does.
+:class:`BadIndexError` naming ``replaylog rebuild-index``. Every public method of
+:class:`~replaylog.EventStore` applies it at the library's edge, as httpx's
+``map_exceptions`` does, and the command line uses the same mapping.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from __future__ import annotations
 import errno as _errno
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 __all__ = [
     "AccessDeniedError",
@@ -50,7 +49,6 @@ __all__ = [
     "UsageError",
     "disk_error",
     "database_error",
-    "map_exceptions",
     "os_error",
     "translate",
 ]
@@ -151,9 +149,10 @@ class AuthenticationError(DeliveryError):
 
 # --------------------------------------------------------------------------- translation
 
-_FULL = frozenset({_errno.ENOSPC, _errno.EDQUOT})
-_DENIED = frozenset({_errno.EROFS, _errno.EACCES, _errno.EPERM})
-_DISK = _FULL | _DENIED | {_errno.EIO}
+#: The system errors that are about the disk or the file's permissions, not the data.
+_DISK = frozenset(
+    {_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS, _errno.EACCES, _errno.EPERM, _errno.EIO}
+)
 _LOW_SPACE = 1 << 20  # bytes: below this, a vague SQLite I/O error is taken for a full disk
 
 
@@ -194,8 +193,8 @@ def disk_error(code: int | None, path: str, doing: str, detail: str | None = Non
         )
     if code in (_errno.EACCES, _errno.EPERM):
         return AccessDeniedError(
-            f"{where}: permission denied; give this user write access to it and its"
-            " folder, then run the command again",
+            f"{where}: permission denied; give this user access to it and its folder,"
+            " then run the command again",
             path=path,
             errno=code,
         )
@@ -298,19 +297,3 @@ def translate(
     if type(exc).__module__.startswith("sqlalchemy"):
         return BadIndexError(f"{index or 'the index'}: cannot be used ({exc}); {REBUILD_HINT}")
     return None
-
-
-@contextmanager
-def map_exceptions(
-    *, path: str | None = None, index: str | None = None, doing: str | None = None
-) -> Iterator[None]:
-    """Re-raise ``OSError``, ``sqlite3`` and SQLAlchemy errors of the block as the tree's."""
-    try:
-        yield
-    except ReplaylogError:
-        raise
-    except Exception as exc:
-        mapped = translate(exc, path=path, index=index, doing=doing)
-        if mapped is None:
-            raise
-        raise mapped from exc

@@ -29,7 +29,15 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from .errors import BadIndexError, DiskError, StoreError, database_error, os_error, translate
+from .errors import (
+    REBUILD_HINT,
+    BadIndexError,
+    DiskError,
+    StoreError,
+    database_error,
+    os_error,
+    translate,
+)
 from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
 
@@ -46,7 +54,7 @@ _TABLES = frozenset({"events", "logs", "meta"})
 _CLOCK = struct.Struct("<q")
 _HEAD_BYTES = 64 * 1024
 _BATCH = 20_000
-_REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
+_REBUILD_HINT = REBUILD_HINT
 
 _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
