@@ -869,15 +869,18 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         while os.path.lexists(target):
             n += 1
             target = f"{path}.torn-{stamp}-{n}"
+        doing = f"move the torn last line of {path} aside to"
         try:
+            # All of the torn bytes are kept aside, or none: the log stays as it was.
             _copy_aside(fd, start, size, target)
+        except OSError as exc:
+            raise os_error(exc, target, doing) from exc
+        try:
             os.ftruncate(fd, start)
         except OSError as exc:
-            # All of the torn bytes are kept aside, or none: the log stays as it was.
             with suppress(OSError):
                 os.unlink(target)
-            doing = f"move the torn last line of {path} aside to"
-            raise os_error(exc, target, doing) from exc
+            raise os_error(exc, path, "repair the log") from exc
         if fsync:
             try:
                 os.fsync(fd)
@@ -891,7 +894,8 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
 
 def _copy_aside(fd: int, start: int, size: int, target: str) -> None:
     """Copy bytes ``start``..``size`` of ``fd`` into a new file ``target``, all of them
-    (a full disk cuts a write short before it fails), and fsync it."""
+    (a full disk cuts a write short before it fails), and fsync it; on failure the new
+    file is removed."""
     out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         pos = start
@@ -903,8 +907,12 @@ def _copy_aside(fd: int, start: int, size: int, target: str) -> None:
             while block:
                 block = block[os.write(out, block) :]
         os.fsync(out)
-    finally:
+    except BaseException:
         os.close(out)
+        with suppress(OSError):
+            os.unlink(target)
+        raise
+    os.close(out)
 
 
 def _last_newline(fd: int, size: int) -> int:
