@@ -684,6 +684,13 @@ def test_merge_driver_on_a_full_disk_leaves_ours_as_it_was(disk: Disk, tmp_path:
     assert "OURS was left as it was" in run.err
     assert ours.read_bytes() == ours_bytes
     assert sorted(os.listdir(disk.path)) == [".filler", "base", "ours"]  # no temporary file
+    from replaylog.gitmerge import merge_logs
+
+    with pytest.raises(DiskFullError) as info:
+        merge_logs(str(base), str(ours), str(theirs), argv[-1])
+    assert info.value.path == str(ours)
+    assert ours.read_bytes() == ours_bytes
+    assert sorted(os.listdir(disk.path)) == [".filler", "base", "ours"]
     disk.free()
     run = cli(tmp_path, *argv)
     assert run.code == 0, run
