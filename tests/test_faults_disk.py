@@ -10,7 +10,7 @@ after, no temporary file left), and keep every event acknowledged before. Once t
 filler is removed, the next command goes on, and the index equals a rebuilt one.
 
 A read-only filesystem (a tmpfs remounted ``ro``, or a read-only bind mount of the logs)
-lets ``log`` and ``verify`` work and makes the writing commands fail in one line that
+lets ``log``, ``verify`` and ``board`` work and makes the writing commands fail in one line that
 says so; a child process running as an unprivileged user (``os.setuid``) meets real
 permission bits. Through the API, every one of these raises a ``ReplaylogError``, never
 an ``OSError``, a ``sqlite3`` or a SQLAlchemy error.
@@ -279,15 +279,17 @@ def test_append_when_only_the_log_is_full_names_the_log(disk: Disk, tmp_path: Pa
     rows = index_content(index)[0]
     disk.fill()
     big = json.dumps({"text": "x" * 3 * PAGE})  # more than the last page of the log holds
-    run = cli(root, "append", FEATURE, "--type", "t", "--aggregate", "a", "--payload", big,
-              index=index)  # fmt: skip
+    run = cli(
+        root, "append", FEATURE, "--type", "t", "--aggregate", "a", "--payload", big, index=index
+    )
     assert_clean_failure(run, log)
     assert "cannot append to the log" in run.err
     assert log.read_bytes() == log_bytes
     assert index_content(index)[0] == rows
     # A first append to a new feature leaves no empty log (no new feature) behind.
-    run = cli(root, "append", "new", "--type", "t", "--aggregate", "a", "--payload", big,
-              index=index)  # fmt: skip
+    run = cli(
+        root, "append", "new", "--type", "t", "--aggregate", "a", "--payload", big, index=index
+    )
     assert_clean_failure(run, log_file(root, "new"))
     assert not log_file(root, "new").exists()
     assert cli(root, "status", "--json", index=index).out.count('"new"') == 0
@@ -415,13 +417,33 @@ def test_append_sync_on_a_full_disk_fails_before_anything_is_sent(
     before = files(root)
     disk.fill()
     with Receiver() as server:
-        run = cli(root, "append", FEATURE, "--type", "t", "--aggregate", "a", "--sync",
-                  "--url", server.url)  # fmt: skip
+        run = cli(
+            root,
+            "append",
+            FEATURE,
+            "--type",
+            "t",
+            "--aggregate",
+            "a",
+            "--sync",
+            "--url",
+            server.url,
+        )
         assert_clean_failure(run, disk.path)
         assert files(root) == before and not server.requests
         disk.free()
-        run = cli(root, "append", FEATURE, "--type", "t", "--aggregate", "a", "--sync",
-                  "--url", server.url)  # fmt: skip
+        run = cli(
+            root,
+            "append",
+            FEATURE,
+            "--type",
+            "t",
+            "--aggregate",
+            "a",
+            "--sync",
+            "--url",
+            server.url,
+        )
         assert run.code == 0 and not run.err, run
         assert list(server.events) == [*acknowledged, run.out.strip()]
     assert_index_equals_rebuilt(root, root / ".replaylog" / "queue.db", tmp_path)
