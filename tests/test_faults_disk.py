@@ -477,6 +477,37 @@ def test_a_clock_file_on_a_full_disk_is_an_error_not_a_crash(disk: Disk, tmp_pat
     assert_index_equals_rebuilt(root, index, tmp_path)
 
 
+def test_a_clock_file_the_disk_refuses_during_a_catch_up_is_a_disk_error_not_a_bad_log(
+    disk: Disk, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    index = disk.path / "queue.db"
+    seed(root, index=index)
+    holder = sqlite3.connect(index)  # keeps the index's WAL and shared memory in place
+    try:
+        holder.execute("SELECT count(*) FROM events").fetchall()
+        seed(root, 60, index=index)  # a WAL with room in it, reused after the checkpoint
+        holder.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        for k in range(5):  # lines the index has not seen (a `git pull`)
+            append_event(root / "kitty-specs" / FEATURE, Event.new("pulled", f"b{k}"))
+        clock = Path(f"{index}-clock")
+        with EventStore(root, index_path=index) as store:
+            assert store.index is not None  # open, with its clock file not opened yet
+            clock.unlink()
+            disk.fill()
+            for call in (store.status, store.rebuild_index):
+                with pytest.raises(DiskFullError) as info:
+                    call()
+                assert str(index) in str(info.value), call
+    finally:
+        holder.close()
+    disk.free()
+    with EventStore(root, index_path=index) as store:
+        assert store.status()["features"][FEATURE]["events"] == 68
+    assert_index_equals_rebuilt(root, index, tmp_path)
+
+
 # --------------------------------------------------------------------------- the index
 
 
