@@ -49,6 +49,7 @@ __all__ = [
     "UsageError",
     "disk_error",
     "database_error",
+    "is_log_problem",
     "os_error",
     "translate",
 ]
@@ -297,3 +298,9 @@ def translate(
     if type(exc).__module__.startswith("sqlalchemy"):
         return BadIndexError(f"{index or 'the index'}: cannot be used ({exc}); {REBUILD_HINT}")
     return None
+
+
+def is_log_problem(exc: StoreError, path: str) -> bool:
+    """Whether ``exc`` is about the log at ``path`` (a bad line, a log the disk cannot
+    read), not about the disk of the index or the clock, which stops every log."""
+    return not isinstance(exc, DiskError) or exc.path in (None, path)

@@ -36,6 +36,7 @@ from .errors import (
     StoreError,
     TransientDeliveryError,
     UsageError,
+    is_log_problem,
     translate,
 )
 from .event import (
@@ -257,11 +258,13 @@ class EventStore:
         index = self.index
         bad: dict[str, StoreError] = {}
         for name in sorted(set(self.features()) | set(index.known_features())):
+            path = _log.log_path(os.path.join(self.logs_root, name))
             try:
-                index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+                index.catch_up(name, path)
             except StoreError as exc:
-                if exc.path is None:
-                    exc.path = self.log_path(name)
+                if not is_log_problem(exc, path):
+                    raise  # the index's disk, not this log: nothing else can go on either
+                exc.path = exc.path or path
                 bad[name] = exc
         return bad
 
