@@ -16,6 +16,7 @@ two logs at once, so processes cannot deadlock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import mmap
@@ -28,7 +29,15 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from .errors import BadIndexError, StoreError
+from .errors import (
+    REBUILD_HINT,
+    BadIndexError,
+    DiskError,
+    StoreError,
+    database_error,
+    os_error,
+    translate,
+)
 from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, scan_log
 
@@ -45,7 +54,7 @@ _TABLES = frozenset({"events", "logs", "meta"})
 _CLOCK = struct.Struct("<q")
 _HEAD_BYTES = 64 * 1024
 _BATCH = 20_000
-_REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
+_REBUILD_HINT = REBUILD_HINT
 
 _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
@@ -86,12 +95,11 @@ class ClockFile:
             try:
                 st = os.fstat(self.fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise OSError(0, "not a regular file")
-                if st.st_size < self.SIZE:
+                    raise BadIndexError(f"{path}: the clock file is not a regular file")
+                if st.st_size < self.SIZE or st.st_blocks == 0:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
                     try:
-                        if os.fstat(self.fd).st_size < self.SIZE:
-                            os.ftruncate(self.fd, self.SIZE)  # zeros: 0, nothing issued
+                        self._allocate()
                     finally:
                         fcntl.flock(self.fd, fcntl.LOCK_UN)
                 self._map = mmap.mmap(self.fd, self.SIZE)
@@ -99,8 +107,24 @@ class ClockFile:
                 os.close(self.fd)
                 raise
         except OSError as exc:
-            raise BadIndexError(f"{path}: cannot open the clock: {exc.strerror}") from exc
+            raise os_error(exc, path, "write the clock file") from exc
         self.pid = os.getpid()
+
+    def _allocate(self) -> None:
+        """Give the file's bytes real disk space before they are mapped: a store through
+        the map into a page that has none, on a full disk, kills the process (SIGBUS)
+        where a write only fails with ENOSPC."""
+        size = os.fstat(self.fd).st_size
+        if size < self.SIZE:
+            data = bytes(self.SIZE - size)  # zeros: 0, nothing issued
+            if os.pwrite(self.fd, data, size) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+        if os.fstat(self.fd).st_blocks == 0:  # a sparse file (made by ftruncate)
+            try:
+                os.posix_fallocate(self.fd, 0, self.SIZE)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
 
     def _read(self) -> int | None:
         value = _CLOCK.unpack_from(self._map)[0]
@@ -174,22 +198,33 @@ class Index:
         if os.path.basename(directory) == ".replaylog":
             ignore = os.path.join(directory, ".gitignore")
             if not os.path.exists(ignore):
-                with open(ignore, "w", encoding="ascii") as f:
-                    f.write("*\n")
+                try:
+                    with open(ignore, "w", encoding="ascii") as f:
+                        f.write("*\n")
+                except OSError:
+                    # An empty .gitignore (a full disk) would be taken as done for good.
+                    with contextlib.suppress(OSError):
+                        os.unlink(ignore)
+                    raise
 
     def _connect(self, path: str) -> sqlite3.Connection:
+        created = False
         try:
             self._prepare_dir(path)
             # Create the file ourselves so that it is 0600 from its first byte; SQLite
             # gives its -wal and -shm files the same mode.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             os.close(fd)
         except OSError as exc:
-            raise BadIndexError(f"{path}: cannot create the index: {exc.strerror}") from exc
+            raise os_error(exc, path, "open the index") from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
         except sqlite3.Error as exc:
-            raise BadIndexError(f"{path}: cannot open the index ({exc}); {_REBUILD_HINT}") from exc
+            raise database_error(exc, path, "open the index") from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             # Refuse a foreign or newer database before anything changes it: switching
@@ -202,13 +237,21 @@ class Index:
             self._check_schema(conn, path)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise BadIndexError(
-                f"{path} is not a usable replaylog index ({exc}); {_REBUILD_HINT}"
-            ) from exc
+            if created:
+                self._forget_empty(path)
+            raise database_error(exc, path, "open the index") from exc
         except BaseException:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _forget_empty(path: str) -> None:
+        """Remove the index file this process created when it is still empty (a full or
+        read-only disk refused its first page): leave the folder as it was."""
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
 
     @staticmethod
     def _revision(conn: sqlite3.Connection) -> tuple[str | None, set[str]]:
@@ -267,7 +310,11 @@ class Index:
             yield self.conn
         except BaseException:
             self._in_write = False
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does that): then a second
+            # ROLLBACK would fail and hide the error that matters.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         self._in_write = False
         self.conn.execute("COMMIT")
@@ -427,8 +474,10 @@ class Index:
             self.conn.execute("ROLLBACK TO clean_ingest")
             self.conn.execute("RELEASE clean_ingest")
         except BaseException:
-            self.conn.execute("ROLLBACK TO clean_ingest")
-            self.conn.execute("RELEASE clean_ingest")
+            if self.conn.in_transaction:  # not when SQLite rolled back by itself (disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK TO clean_ingest")
+                    self.conn.execute("RELEASE clean_ingest")
             raise
         else:
             self.conn.execute("RELEASE clean_ingest")
@@ -744,7 +793,7 @@ def _shared_lock(path: str) -> Iterator[None]:
             yield
             return
         except OSError as exc:
-            raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+            raise os_error(exc, path, "read the log") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)
             try:
@@ -865,7 +914,11 @@ def run_migrations(conn: sqlite3.Connection, path: str) -> None:
                 conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            mapped = translate(exc, index=path, doing="upgrade the index")
+            if isinstance(mapped, DiskError):
+                raise mapped from exc
             raise BadIndexError(
                 f"{path}: cannot upgrade the index ({exc}); {_REBUILD_HINT}"
             ) from exc

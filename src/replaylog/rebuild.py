@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReplaylogError, StoreError
+from .errors import DiskError, ReplaylogError, StoreError, disk_error, is_log_problem, translate
 from .index import INDEX_NAMES, INDEX_SQL, Index
 from .log import log_path
 
@@ -46,6 +46,8 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
         return []
     try:
         old = Index(index_path)
+    except DiskError:
+        raise  # the index is fine, the disk is not: its state must not be dropped
     except ReplaylogError:
         return []
     try:
@@ -53,7 +55,9 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
             "SELECT status, retry_count, last_retry_at, last_error, feature, event_id"
             " FROM events WHERE status != 'pending' OR retry_count > 0"
         ).fetchall()
-    except Exception:  # noqa: BLE001 - an unreadable old index just has no state to give
+    except Exception as exc:  # noqa: BLE001 - an unreadable old index has no state to give
+        if isinstance(translate(exc, index=index_path), DiskError):
+            raise
         return []
     finally:
         old.close()
@@ -90,19 +94,43 @@ def rebuild(
     progress: Callable[[str, int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
     """Build the index from every log; returns the result and the logs that could not be
-    read. With any such log and no ``skip_bad``, nothing is swapped in."""
+    read. With any such log and no ``skip_bad``, nothing is swapped in.
+
+    The new index is built beside the old one and renamed over it; on any failure the
+    temporary files are removed and the old index is left as it was."""
     index_path = store.index_path
-    os.makedirs(os.path.dirname(index_path), exist_ok=True)
-    _remove_stale(index_path)
     temp = f"{index_path}.rebuild-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(index_path), exist_ok=True)
+        _remove_stale(index_path)
+        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress)
+    except (OSError, sqlite3.Error, DiskError) as exc:
+        # The temporary file's name means nothing to the user: name the index instead.
+        mapped = translate(exc, path=temp, index=temp)
+        if not isinstance(mapped, DiskError):
+            raise
+        if not (mapped.path or index_path).startswith(index_path):
+            raise mapped from exc  # a log, not the index: its own path says where
+        raise disk_error(mapped.errno, index_path, "rebuild the index") from exc
+
+
+def _rebuild(
+    store: EventStore,
+    index_path: str,
+    temp: str,
+    reset_delivery: bool,
+    skip_bad: bool,
+    progress: Callable[[str, int], None] | None,
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
     bad: dict[str, StoreError] = {}
-    fresh = Index(temp, clock_of=index_path)
+    fresh: Index | None = None
     try:
+        fresh = Index(temp, clock_of=index_path)
         # A temporary file that is thrown away on any failure: no journal, no syncing of
         # each page, and the indexes built once after the rows are in (much faster than
         # keeping them up to date row by row).
@@ -118,9 +146,10 @@ def rebuild(
                 try:
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
+                    if not is_log_problem(exc, path):
+                        raise  # the new index's disk: no log can be indexed
                     fresh.conn.execute("ROLLBACK TO one_log")
-                    if exc.path is None:
-                        exc.path = path
+                    exc.path = exc.path or path
                     bad[name] = exc
                 fresh.conn.execute("RELEASE one_log")
                 if progress is not None:
@@ -152,7 +181,8 @@ def rebuild(
         finally:
             os.close(dir_fd)
     except BaseException as exc:
-        fresh.close()
+        if fresh is not None:
+            fresh.close()
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(temp + suffix)

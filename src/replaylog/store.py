@@ -17,22 +17,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
+import sqlite3
 import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import log as _log
 from .errors import (
     DeliveryError,
     LogsUnreadableError,
     ReplaylogError,
+    ReplaylogWarning,
     StoreError,
     TransientDeliveryError,
     UsageError,
+    is_log_problem,
+    translate,
 )
 from .event import (
     Event,
@@ -71,6 +76,41 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _edge(method: _F) -> _F:
+    """The library's edge (SPEC section 12): an ``OSError``, ``sqlite3`` or SQLAlchemy
+    error leaves a public method as one of :mod:`replaylog.errors`, with its path."""
+
+    @functools.wraps(method)
+    def mapped(self: EventStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ReplaylogError:
+            raise
+        except Exception as exc:
+            error = translate(exc, path=self.root, index=self.index_path)
+            if error is None:
+                raise
+            raise error from exc
+
+    return cast(_F, mapped)
+
+
+def _edge_iter(store: EventStore, items: Iterator[Any]) -> Iterator[Any]:
+    """:func:`_edge` for a generator: errors met while iterating are mapped too."""
+    try:
+        yield from items
+    except ReplaylogError:
+        raise
+    except Exception as exc:
+        error = translate(exc, path=store.root, index=store.index_path)
+        if error is None:
+            raise
+        raise error from exc
 
 
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
@@ -152,6 +192,7 @@ class EventStore:
     def log_path(self, feature: str) -> str:
         return _log.log_path(self.feature_dir(feature))
 
+    @_edge
     def features(self) -> list[str]:
         """Every feature that has a log, sorted by name."""
         try:
@@ -193,6 +234,7 @@ class EventStore:
             self._delivery = Delivery(self.index.conn)
         return self._delivery
 
+    @_edge
     def catch_up(self, features: Iterable[str] | None = None) -> None:
         """Bring the index up to date with the logs (all of them, or the ones named).
 
@@ -216,16 +258,19 @@ class EventStore:
         index = self.index
         bad: dict[str, StoreError] = {}
         for name in sorted(set(self.features()) | set(index.known_features())):
+            path = _log.log_path(os.path.join(self.logs_root, name))
             try:
-                index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+                index.catch_up(name, path)
             except StoreError as exc:
-                if exc.path is None:
-                    exc.path = self.log_path(name)
+                if not is_log_problem(exc, path):
+                    raise  # the index's disk, not this log: nothing else can go on either
+                exc.path = exc.path or path
                 bad[name] = exc
         return bad
 
     # ------------------------------------------------------------------ writing
 
+    @_edge
     def append(
         self,
         feature: str,
@@ -246,6 +291,7 @@ class EventStore:
                 return events[0]
         return self._append(feature, [obj])[0]
 
+    @_edge
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         """Append several events with one lock, one ``write`` and one fsync.
 
@@ -363,17 +409,33 @@ class EventStore:
                     )
                 )
                 offset += len(line)
-            index.add_appended(
-                feature,
-                writer.path,
-                rows,
-                size=writer.size,
-                line_count=number,
-                fd=writer.fd,
-                last_line=lines[-1],
-            )
+            try:
+                index.add_appended(
+                    feature,
+                    writer.path,
+                    rows,
+                    size=writer.size,
+                    line_count=number,
+                    fd=writer.fd,
+                    last_line=lines[-1],
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # The lines are durable in the log, so the append is done (SPEC section
+                # 12): reporting a failure would make a retry write them twice. The
+                # index takes them in when it next catches up (section 4).
+                self._warn_index_deferred(len(lines), exc)
             self._keep_open(feature, writer)
         return build_events(objs)  # the line objects are not used again: no copies
+
+    def _warn_index_deferred(self, count: int, exc: BaseException) -> None:
+        error = translate(exc, index=self.index_path)
+        warnings.warn(
+            ReplaylogWarning(
+                f"{count} event(s) saved in the log, but the index could not take them in"
+                f" yet ({error}); the next command that can write the index catches up"
+            ),
+            stacklevel=5,
+        )
 
     def _keep_open(self, feature: str, writer: _log.LogWriter) -> None:
         """Keep the log of ``writer`` open for the next appends; its lock is released."""
@@ -439,6 +501,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
+    @_edge
     def read(self, feature: str) -> list[Line]:
         """Every line of a feature in file order (identical duplicate lines once), each as
         its kind's record: :class:`Event` for envelopes, and spec-kitty's kinds."""
@@ -446,7 +509,7 @@ class EventStore:
 
     def iter_events(self, feature: str) -> Iterator[Line]:
         """Stream a feature's lines in file order, in bounded memory."""
-        return _log.iter_events(self.feature_dir(feature))
+        return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
 
     def log(
         self,
@@ -470,10 +533,12 @@ class EventStore:
                 if limit is not None and shown >= limit:
                     return
 
+    @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
         """A feature's line objects exactly as in the log, in file order."""
         return _log.read_events_raw(self.feature_dir(feature))
 
+    @_edge
     def status(self, feature: str | None = None) -> dict[str, Any]:
         """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
         names = [feature] if feature is not None else None
@@ -487,13 +552,12 @@ class EventStore:
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
         report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
         if bad:
-            raise _unreadable(
-                bad, "it is left out of the counts, every other log is counted", report
-            )
+            raise _unreadable(bad, "left out of the counts; every other log is counted", report)
         return report
 
     # ------------------------------------------------------------------ the board
 
+    @_edge
     def board(self, feature: str) -> dict[str, Any]:
         """The board of ``feature`` (SPEC section 10): the snapshot spec-kitty writes to
         ``status.json``, made from the log and the feature's ``meta.json`` when present.
@@ -512,6 +576,7 @@ class EventStore:
                 exc.path = _log.log_path(feature_dir)
             raise
 
+    @_edge
     def boards(self) -> dict[str, dict[str, Any]]:
         """The board of every feature that has a log, by feature name.
 
@@ -528,9 +593,10 @@ class EventStore:
                     exc.path = self.log_path(name)
                 bad[name] = exc
         if bad:
-            raise _unreadable(bad, "it is left out, every other board is shown", shown)
+            raise _unreadable(bad, "left out; every other board is shown", shown)
         return shown
 
+    @_edge
     def move(
         self,
         feature: str,
@@ -555,7 +621,7 @@ class EventStore:
         spec-kitty's first transition makes it.
 
         Once the line is durable the move has happened: should ``status.json`` or the
-        index fail after that, a ``RuntimeWarning`` says so (the index catches up at the
+        index fail after that, a ``ReplaylogWarning`` says so (the index catches up at the
         next command; ``replaylog board FEATURE --json`` gives the snapshot).
         """
         from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
@@ -565,6 +631,13 @@ class EventStore:
         # Everything that can be refused is refused before a file is touched.
         feature_dir = self.feature_dir(feature)
         target = canonical_lane(to)
+        for name, value in (("work package", wp_id), ("actor", actor)):
+            # Shown on boards and terminals: a newline or control character would forge lines.
+            if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+                raise UsageError(
+                    f"the {name} {value!r} holds a control character or surrounding space;"
+                    " give it as plain text"
+                )
         meta = _feature_meta(feature_dir)
         mission_id = _mission_id(meta, feature_dir)
         status_path = os.path.join(feature_dir, STATUS_FILENAME)
@@ -620,8 +693,10 @@ class EventStore:
                     # would be written and never shown.
                     raise StoreError(
                         f"{writer.path}: {wp_id}'s last transition is dated"
-                        f" {last.get('last_transition_at')}, which is not before this"
-                        f" machine's time {obj['at']}; check the clock. Nothing was written",
+                        f" {last.get('last_transition_at')}, which sorts after the time now,"
+                        f" {obj['at']} (transitions apply in the order of their `at` text,"
+                        " as spec-kitty applies them), so a new one would not show: check"
+                        " this machine's clock, or that line's `at`. Nothing was written",
                         path=writer.path,
                     )
                 index = self.index
@@ -644,7 +719,7 @@ class EventStore:
                         f"{record.event_id} is in the log, but {status_path} could not be"
                         f" updated: {exc}; `replaylog board {feature} --json` gives the"
                         " snapshot",
-                        RuntimeWarning,
+                        ReplaylogWarning,
                         stacklevel=2,
                     )
             try:
@@ -654,11 +729,12 @@ class EventStore:
                 warnings.warn(
                     f"{record.event_id} is in the log; the index could not take it in yet"
                     f" ({exc}); the next command catches up",
-                    RuntimeWarning,
+                    ReplaylogWarning,
                     stacklevel=2,
                 )
         return record
 
+    @_edge
     def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
@@ -675,6 +751,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ maintenance
 
+    @_edge
     def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
         """Check every log (or the ones named): errors, and warnings such as duplicates."""
         names = list(features) if features is not None else self.features()
@@ -699,6 +776,7 @@ class EventStore:
             )
         return VerifyReport(problems)
 
+    @_edge
     def repair(self, feature: str) -> bool:
         """Move a torn, invalid last line aside (SPEC section 3). True if anything changed."""
         feature_dir = self.feature_dir(feature)
@@ -708,6 +786,7 @@ class EventStore:
         after = os.path.getsize(path) if os.path.exists(path) else 0
         return moved is not None or after != before
 
+    @_edge
     def requeue(self, feature: str | None = None, *, event_id: str | None = None) -> int:
         """Make ``failed`` events ``pending`` again; returns how many."""
         names = [feature] if feature is not None else None
@@ -716,6 +795,7 @@ class EventStore:
         with self.index.write():
             return delivery.requeue(names, event_id)
 
+    @_edge
     def rebuild_index(
         self,
         *,
@@ -754,6 +834,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ replay
 
+    @_edge
     def replay(
         self,
         url: str,
@@ -871,7 +952,7 @@ class EventStore:
             error.report = report  # type: ignore[attr-defined]
             raise error
         if bad:
-            raise _unreadable(bad, "it was not replayed, every other log was", report)
+            raise _unreadable(bad, "not replayed; every other log was", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -894,6 +975,7 @@ class EventStore:
         finally:
             os.close(fd)
 
+    @_edge
     def emit(
         self,
         feature: str,
@@ -1098,8 +1180,14 @@ def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
     if old is not None:
         try:
             previous = json.loads((_read_side_file(path, "status.json") or b"").decode("utf-8"))
-        except (StoreError, UnicodeDecodeError, ValueError, RecursionError):
-            previous = None  # spec-kitty overwrites a damaged snapshot too
+        except (StoreError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            previous = None  # spec-kitty overwrites a damaged snapshot too, but says so here
+            warnings.warn(
+                f"{path} was not a readable snapshot ({exc}); it was replaced by the board"
+                " of the log",
+                ReplaylogWarning,
+                stacklevel=2,
+            )
         if isinstance(previous, dict):
             for key, value in previous.items():
                 out.setdefault(key, value)
