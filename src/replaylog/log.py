@@ -13,23 +13,17 @@ import fcntl
 import gc
 import json
 import math
-import operator
 import os
 import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from itertools import accumulate
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import StoreError, UsageError, os_error
 from .event import (
-    MAX_CLOCK,
     MAX_LINE_BYTES,
-    MAX_NAME_CHARS,
-    TIMESTAMP_PATTERN,
-    ULID_PATTERN,
     Event,
     EventValidationError,
 )
@@ -229,8 +223,8 @@ def scan_log(
     (newline-terminated) line read, blank ones included: where an incremental reader
     resumes. A missing file yields nothing.
     """
-    # Imported here: the append path reads clean logs with clean_chunks and never needs
-    # the line kinds, whose records cost start-up time.
+    # Imported here: the line kinds' records cost start-up time, and an append that finds
+    # its log as the index left it reads nothing.
     from .lines import check_line
 
     try:
@@ -345,138 +339,8 @@ def _line_object_at(fd: int, offset: int, size: int | None = None) -> Any:
     return None
 
 
-_TYPE_STR = frozenset({str})
-_TYPE_OPT_STR = frozenset({str, type(None)})
-_TYPE_INT = frozenset({int})
-_TYPE_DICT = frozenset({dict})
-_KEPT_GETTERS = [
-    operator.itemgetter(name)
-    for name in ("event_id", "event_type", "aggregate_id", "node_id", "lamport_clock", "timestamp")
-]
-_CHECKED_GETTERS = [
-    operator.itemgetter(name) for name in ("payload", "causation_id", "correlation_id")
-]
-# Compiled on first use: the append path never needs them.
-_ULIDS = f"(?:{ULID_PATTERN}\n)*"
-_STAMPS = f"(?:{TIMESTAMP_PATTERN}\n)*"
-
-
-def _all_match(pattern: str, texts: list[str]) -> bool:
-    """True if every text matches: one regex over the texts joined by newlines."""
-    joined = "\n".join(texts) + "\n"
-    # A text holding a newline could pass as two texts: the count rules that out.
-    return joined.count("\n") == len(texts) and re.fullmatch(pattern, joined) is not None
-
-
 class Unclean(Exception):
     """The fast path met something unusual: :func:`scan_log` must judge the log."""
-
-
-class CleanChunk(NamedTuple):
-    """Consecutive lines of a clean log, validated, with their places and columns."""
-
-    first_line: int  # physical number of the first line
-    offsets: list[int]
-    lengths: list[int]  # bytes of each line without its newline
-    objs: list[dict[str, Any]]
-    event_ids: list[str]
-    columns: tuple[list[Any], ...]  # event_id, event_type, aggregate_id, node_id, lamport_clock
-    end: int  # offset just past the chunk's last newline
-
-
-def _check_columns(objs: list[dict[str, Any]]) -> tuple[list[Any], ...]:
-    """Validate parsed lines column by column, in C; raise :class:`Unclean` on any doubt.
-
-    Returns the columns an index needs (event_id, event_type, aggregate_id, node_id,
-    lamport_clock); the others are checked without being kept.
-    """
-    if set(map(type, objs)) != _TYPE_DICT:
-        raise Unclean
-    try:
-        eids, types, aggs, nodes, clocks, stamps = (
-            list(map(getter, objs)) for getter in _KEPT_GETTERS
-        )
-        others = [set(map(type, map(getter, objs))) for getter in _CHECKED_GETTERS]
-    except KeyError:
-        raise Unclean from None
-    payload_types, cause_types, corr_types = others
-    if payload_types != _TYPE_DICT or not (cause_types | corr_types) <= _TYPE_OPT_STR:
-        raise Unclean
-    for texts, longest in ((types, MAX_NAME_CHARS), (aggs, MAX_NAME_CHARS), (nodes, None)):
-        if set(map(type, texts)) != _TYPE_STR:
-            raise Unclean
-        lengths = set(map(len, texts))
-        if min(lengths) < 1 or (longest is not None and max(lengths) > longest):
-            raise Unclean
-    if set(map(type, clocks)) != _TYPE_INT or min(clocks) < 0 or max(clocks) > MAX_CLOCK:
-        raise Unclean
-    if set(map(type, eids)) != _TYPE_STR or set(map(type, stamps)) != _TYPE_STR:
-        raise Unclean
-    if not _all_match(_ULIDS, eids) or not _all_match(_STAMPS, stamps):
-        raise Unclean
-    return eids, types, aggs, nodes, clocks
-
-
-def clean_chunks(
-    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True
-) -> Iterator[CleanChunk]:
-    """Read a clean log from byte ``start`` in chunks, every check done column-wise in C.
-
-    A log as the store writes it (no blank, bad, duplicate, torn or oversized line) is
-    parsed and validated here several times faster than line by line, in bounded
-    memory. Anything unusual raises :class:`Unclean` and the caller reads again with
-    :func:`scan_log`, which finds and names the exact problem: so this path accepts
-    only what ``scan_log`` accepts. Duplicate ids are looked for from ``start`` on.
-    """
-    try:
-        fd = _open_log(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return
-    except OSError:
-        raise Unclean from None
-    try:
-        if lock:
-            _flock(fd, fcntl.LOCK_SH, path)
-        seen: set[str] = set()
-        carry = b""
-        pos = start  # where the next pread starts
-        base = start  # offset of carry's first byte
-        line = start_line
-        while True:
-            chunk = os.pread(fd, _READ_CHUNK, pos)
-            if not chunk:
-                break
-            pos += len(chunk)
-            data = carry + chunk
-            if _has_wide_int(data):
-                raise Unclean  # parse_line reads wide integers exactly; orjson would not
-            parts = data.split(b"\n")
-            carry = parts.pop()
-            if not parts:
-                if len(carry) >= MAX_LINE_BYTES:
-                    raise Unclean
-                continue
-            lengths = list(map(len, parts))
-            if len(carry) >= MAX_LINE_BYTES or max(lengths) >= MAX_LINE_BYTES:
-                raise Unclean
-            try:
-                objs = list(map(_fast_loads, parts))
-            except ValueError:
-                raise Unclean from None
-            columns = _check_columns(objs)
-            eids = columns[0]
-            if len(set(eids)) != len(eids) or not seen.isdisjoint(eids):
-                raise Unclean  # scan_log reads identical duplicates once, or names the conflict
-            seen.update(eids)
-            offsets = list(accumulate(map((1).__add__, lengths), initial=base))
-            end = offsets.pop()
-            yield CleanChunk(line + 1, offsets, lengths, objs, eids, columns, end)
-            line += len(parts)
-            base = end
-        if carry:
-            raise Unclean  # a torn tail
-    finally:
-        os.close(fd)
 
 
 @contextmanager
