@@ -356,3 +356,25 @@ def test_every_field_of_every_kind_given_every_odd_value_is_judged_alike_on_both
                     assert fast(feature) == plain(feature), (kind, name, variant.get(name))
                     taken += 1
     assert taken > 2000
+
+
+@pytest.mark.parametrize("tail", ["good", "identical duplicate", "conflicting duplicate", "bad"])
+def test_a_log_of_several_chunks_is_read_alike_whatever_its_later_chunk_holds(
+    tmp_path: Path, tail: str
+) -> None:
+    first = Event.new("Moved", "WP01", {"text": "x" * 300}).to_line()
+    lines = [first] + [
+        Event.new("Moved", f"WP{i % 9}", {"text": "x" * 300}).to_line() for i in range(14_000)
+    ]
+    assert sum(map(len, lines)) > 4 << 20  # more than one chunk
+    if tail == "identical duplicate":
+        lines.append(first)
+    elif tail == "conflicting duplicate":
+        lines.append(first.replace(b'"text": "x', b'"text": "y'))
+    elif tail == "bad":
+        lines.append(b'{"event_id": 1}\n')
+    lines.append(Event.new("Moved", "WP02", {}).to_line())
+    (tmp_path / EVENTS_FILENAME).write_bytes(b"".join(lines))
+    assert_paths_agree(tmp_path)
+    if tail == "good":
+        assert fastread.read_lines(log_path(tmp_path)) is not None
