@@ -2,17 +2,19 @@
 
 A log that spec-kitty wrote mixes envelopes, transitions, annotations and records.
 Read line by line (:func:`~replaylog.log.scan_log`), each line costs a dozen Python
-calls. Here a log is read in large chunks; each chunk is parsed, its lines are grouped
-by their keys (a log has a handful of key sets), and each group is told its kind and
-validated column by column in C: ``map`` over C functions, ``set(map(type, ...))``, one
-regex over a whole joined column. The records are then built group by group, again
-with ``map`` over C functions, not a Python call per line.
+calls. Here a log is read in chunks of 4 MiB. A chunk of lines as the store writes them
+is parsed by msgspec into a ``Struct`` that checks their fields while it parses. Any
+other chunk is parsed into dicts, its lines are grouped by their keys (a log has a
+handful of key sets), and each kind's fields are checked column by column in C: ``map``
+over C functions, ``set(map(type, ...))``, one regex over a whole joined column. The
+records are then built group by group, again with ``map`` over C functions, not a
+Python call per line.
 
-Anything unusual (a blank, bad, duplicate, torn or oversized line, an integer wider
-than 64 bits, a value of a doubtful type, a line of no kind) raises
-:class:`~replaylog.log.Unclean`, and the caller reads the log again with ``scan_log``,
-which finds and names the exact problem. So this path accepts exactly what ``scan_log``
-accepts and gives the same records (``tests/test_fastread.py`` holds it to that).
+Anything unusual (a blank, bad, duplicate, torn or oversized line, a value of a
+doubtful type, a line of no kind) raises :class:`~replaylog.log.Unclean`, and the caller
+reads the log again with ``scan_log``, which finds and names the exact problem. So this
+path accepts exactly what ``scan_log`` accepts and gives the same records
+(``tests/test_fastread.py`` holds it to that).
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ from .lines._base import _ACTOR_KEYS
 from .lines.transition import _ISO_8601, _LANE_SET
 from .log import _READ_CHUNK, Unclean, _flock, _open_log
 
+__all__ = [
+    "Group",
+    "MixedChunk",
+    "Plan",
+    "build_records",
+    "check_objects",
+    "index_columns",
+    "mixed_chunks",
+    "read_lines",
+    "read_objects",
+]
+
 # msgspec parses as fast as orjson, and reads an integer wider than 64 bits exactly, as
 # the plain path's parser does (orjson would make it a float): no scan for them needed.
 _decode = msgspec.json.Decoder().decode
@@ -68,15 +82,6 @@ class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
 _decode_store_line = msgspec.json.Decoder(_StoreLine).decode
 _as_dict = msgspec.structs.asdict
 
-__all__ = [
-    "Group",
-    "MixedChunk",
-    "index_columns",
-    "mixed_chunks",
-    "read_lines",
-    "read_objects",
-]
-
 _new_object = object.__new__
 _set_attr = object.__setattr__
 _NOTHING: frozenset[str] = frozenset()
@@ -91,7 +96,8 @@ _TYPE_ACTOR = frozenset({str, dict})
 # ULID_PATTERN's characters: the first digit at most 7, Crockford's base32 for the rest.
 _ULID_FIRST = b"01234567"
 _ULID_DIGITS = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-assert re.fullmatch(ULID_PATTERN, "7" + _ULID_DIGITS.decode()[:25])  # the same alphabet
+if not re.fullmatch(ULID_PATTERN, "7" + _ULID_DIGITS.decode()[:25]):  # pragma: no cover
+    raise ImportError("fastread's ULID alphabet differs from ULID_PATTERN's")
 # One regex over a whole column joined by newlines (none of these patterns can match one).
 _STAMPS = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
 _ISO_TIMES = re.compile(f"(?:{_ISO_8601.pattern}\n)*")
