@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -96,6 +97,28 @@ class _Context:
 
 
 pass_ctx = click.make_pass_decorator(_Context)
+
+
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds, at least 0 (above 0 with ``positive``): never NaN,
+    infinity or a negative number, which would mean no bound at all or a bound in the past."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+            bound = "above 0" if self.positive else "at least 0"
+            self.fail(f"{value!r} is not a finite number of seconds {bound}", param, ctx)
+        return seconds
 
 
 def json_option(f: F) -> F:
@@ -191,7 +214,9 @@ def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, An
 @click.option("--causation-id", help="The id of the event that caused this one.")
 @click.option("--correlation-id", help="An id shared by related events.")
 @click.option("--sync", is_flag=True, help="After appending, try to deliver within --sync-timeout.")
-@click.option("--sync-timeout", type=float, default=2.0, show_default=True, help="Seconds, in all.")
+@click.option(
+    "--sync-timeout", type=Seconds(), default=2.0, show_default=True, help="Seconds, in all."
+)
 @click.option("--url", envvar="REPLAYLOG_URL", help="Server base URL for --sync (REPLAYLOG_URL).")
 @server_options
 @json_option
@@ -323,14 +348,14 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option(
     "--backoff-base",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=1.0,
     show_default=True,
     help="Seconds; retry k sleeps backoff_base * 2**k * U(0.5, 1).",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(positive=True),
     default=10.0,
     show_default=True,
     help="Seconds per request.",
@@ -399,10 +424,21 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | 
 
 @cli.command("rebuild-index", epilog=EXIT_CODES)
 @click.option("--reset-delivery", is_flag=True, help="Forget delivery state: all events pending.")
+@click.option(
+    "--wait",
+    type=Seconds(),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait at most for a running replay to finish before the swap.",
+)
 @json_option
 @pass_ctx
-def rebuild_index(ctx: _Context, reset_delivery: bool, as_json: bool) -> None:
-    """Build queue.db again from the logs, and swap it in atomically."""
+def rebuild_index(ctx: _Context, reset_delivery: bool, wait: float, as_json: bool) -> None:
+    """Build queue.db again from the logs, and swap it in atomically.
+
+    A replay running meanwhile records its outcomes first: the new index is put in place
+    when it has finished (waiting --wait seconds at most), with every outcome in it.
+    """
     with _errors(as_json), ctx.store() as store:
         total = len(store.features())
         with _progress("indexing", as_json) as bar:
@@ -413,7 +449,7 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, as_json: bool) -> None:
                 if bar is not None:
                     bar(len(seen), total)
 
-            result = store.rebuild_index(reset_delivery=reset_delivery, progress=step)
+            result = store.rebuild_index(reset_delivery=reset_delivery, progress=step, wait=wait)
         if as_json:
             _json_out(result)
         else:

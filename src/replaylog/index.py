@@ -24,6 +24,7 @@ import sqlite3
 import stat
 import struct
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
@@ -35,15 +36,16 @@ from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
 __all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0002")
 HEAD_REVISION = REVISIONS[-1]
 
 #: The tables of ``schema.metadata`` (not imported here, to keep SQLAlchemy off the
 #: append path); a test checks that both agree.
-_TABLES = frozenset({"events", "logs", "meta"})
+_TABLES = frozenset({"events", "logs", "meta", "remembered"})
 
 _CLOCK = struct.Struct("<q")
 _HEAD_BYTES = 64 * 1024
+_CRC_BLOCK = 4 << 20
 _BATCH = 20_000
 _REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
 
@@ -55,6 +57,24 @@ _INSERT = (
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _crc(fd: int, start: int, end: int, crc: int) -> int:
+    """``crc`` (the CRC-32 of the bytes before ``start``) extended over ``[start, end)``."""
+    while start < end:
+        block = os.pread(fd, min(end - start, _CRC_BLOCK), start)
+        if not block:
+            break
+        crc = zlib.crc32(block, crc)
+        start += len(block)
+    return crc
+
+
+def _crc_from(prior: Sequence[Any] | None, start: int) -> tuple[int, int]:
+    """Where the CRC of an ingest starts: after the indexed prefix, when it is known."""
+    if prior is not None and start > 0 and len(prior) > 7 and prior[7] is not None:
+        return start, int(prior[7])
+    return 0, 0
 
 
 def _file_id(st: os.stat_result) -> str:
@@ -344,14 +364,16 @@ class Index:
     def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         conn = self.conn
         row = conn.execute(
-            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id"
-            " FROM logs WHERE feature = ?",
+            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id,"
+            " prefix_crc FROM logs WHERE feature = ?",
             (feature,),
         ).fetchone()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            # The log is gone (a checkout to a branch without it): so are its events.
+            # The log is gone (a checkout to a branch without it, another --logs-dir): so
+            # are its events, but not their delivery state, which comes back with them.
+            self._remember(feature)
             conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
             conn.execute("DELETE FROM logs WHERE feature = ?", (feature,))
             return
@@ -364,28 +386,59 @@ class Index:
         if row is not None and row[6] == _file_id(st):
             return
         start, start_line = 0, 0
-        saved: list[tuple[Any, ...]] = []
         if row is not None:
             if self._prefix_unchanged(path, row, st.st_size):
                 start, start_line = row[0], row[1]
             else:
-                saved = conn.execute(
-                    "SELECT status, retry_count, last_retry_at, last_error, event_id FROM events"
-                    " WHERE feature = ? AND (status != 'pending' OR retry_count > 0)",
-                    (feature,),
-                ).fetchall()
+                self._remember(feature)
                 conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
         self.ingest(feature, path, start=start, start_line=start_line, lock_log=lock_log, prior=row)
-        if saved:
-            conn.executemany(
-                "UPDATE events SET status = ?, retry_count = ?, last_retry_at = ?,"
-                " last_error = ? WHERE feature = ? AND event_id = ?",
-                [(s, rc, at, err, feature, eid) for s, rc, at, err, eid in saved],
+        self._restore(feature)
+
+    def _remember(self, feature: str) -> None:
+        """Keep the delivery state of a feature's events that are about to be dropped
+        from ``events``, until they are indexed again (SPEC section 12)."""
+        self.conn.execute(
+            "INSERT INTO remembered (feature, event_id, status, retry_count, last_retry_at,"
+            " last_error) SELECT feature, event_id, status, retry_count, last_retry_at,"
+            " last_error FROM events WHERE feature = ? AND (status != 'pending' OR"
+            " retry_count > 0) ON CONFLICT(feature, event_id) DO UPDATE SET"
+            " status = excluded.status, retry_count = excluded.retry_count,"
+            " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
+            (feature,),
+        )
+
+    def _restore(self, feature: str | None = None) -> None:
+        """Give indexed events back the state remembered for them (one feature, or all)."""
+        where, args = ("r.feature = ?", (feature,)) if feature is not None else ("1", ())
+        if self.conn.execute(
+            f"SELECT 1 FROM remembered AS r WHERE {where} LIMIT 1", args
+        ).fetchone():
+            self.conn.execute(
+                "UPDATE events SET status = r.status, retry_count = r.retry_count,"
+                " last_retry_at = r.last_retry_at, last_error = r.last_error"
+                f" FROM remembered AS r WHERE {where} AND r.feature = events.feature"
+                " AND r.event_id = events.event_id",
+                args,
+            )
+            self.conn.execute(
+                f"DELETE FROM remembered AS r WHERE {where} AND EXISTS (SELECT 1 FROM events"
+                " AS e WHERE e.feature = r.feature AND e.event_id = r.event_id)",
+                args,
             )
 
     @staticmethod
     def _prefix_unchanged(path: str, row: Sequence[Any], size_now: int) -> bool:
-        size, _lines, head_hash, tail_offset, tail_hash = row[0], row[1], row[2], row[3], row[4]
+        """True if the log still begins with exactly the bytes indexed so far.
+
+        The first 64 KiB and the last indexed line are compared by SHA-256. A log that
+        grew is taken to have gained lines, and only its new bytes are read (SPEC
+        section 4). A log that did not grow, yet is not the file this index last saw
+        (an edit in place, a checkout of a version of the same size), has every indexed
+        byte compared by its CRC-32, which the index keeps as it takes bytes in: a
+        change anywhere in it is noticed (SPEC section 12).
+        """
+        size, head_hash, tail_offset, tail_hash, crc = row[0], row[2], row[3], row[4], row[7]
         if size_now < size:
             return False
         try:
@@ -395,9 +448,14 @@ class Index:
         try:
             head = os.pread(fd, min(size, _HEAD_BYTES), 0)
             tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+            if _sha(head) != head_hash or _sha(tail) != tail_hash:
+                return False
+            if size_now > size:
+                return True
+            # No CRC: a log indexed before it was kept; indexing it again is always right.
+            return crc is not None and _crc(fd, 0, size, 0) == crc
         finally:
             os.close(fd)
-        return bool(_sha(head) == head_hash and _sha(tail) == tail_hash)
 
     def ingest(
         self,
@@ -467,7 +525,15 @@ class Index:
         if batch:
             added += self._insert(feature, path, batch, check_existing)
         self._see(max_lamport)
-        self._record_progress(feature, path, position[0], position[1], last_line_start, max_lamport)
+        self._record_progress(
+            feature,
+            path,
+            position[0],
+            position[1],
+            last_line_start,
+            max_lamport,
+            crc_from=_crc_from(prior, start),
+        )
         return added
 
     def _ingest_clean(
@@ -504,7 +570,15 @@ class Index:
             last_line_start = chunk.offsets[-1]
             end, lines = chunk.end, chunk.first_line + count - 1
         self._see(max_lamport)
-        self._record_progress(feature, path, end, lines, last_line_start, max_lamport)
+        self._record_progress(
+            feature,
+            path,
+            end,
+            lines,
+            last_line_start,
+            max_lamport,
+            crc_from=_crc_from(prior, start),
+        )
         return added
 
     def _insert(
@@ -567,9 +641,11 @@ class Index:
         fd: int | None = None,
         head_hash: str | None = None,
         tail: bytes | None = None,
+        crc_from: tuple[int, int] = (0, 0),
     ) -> None:
         """Store how far the log is indexed. ``fd``: the log, open (not closed here);
-        ``head_hash`` and ``tail``: already known, so not read again."""
+        ``head_hash`` and ``tail``: already known, so not read again; ``crc_from``:
+        ``(offset, CRC-32 of the bytes before it)``, so only the bytes after are read."""
         own = fd is None
         if own:
             try:
@@ -584,6 +660,7 @@ class Index:
             if tail is None:
                 tail_offset = min(tail_offset, size)
                 tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+            crc = _crc(fd, crc_from[0], size, crc_from[1])
         finally:
             if own:
                 os.close(fd)
@@ -592,12 +669,12 @@ class Index:
         file_id = _file_id(st) if st.st_size == size else "-"
         self.conn.execute(
             "INSERT INTO logs (feature, size, lines, head_hash, tail_offset, tail_hash,"
-            " max_lamport, file_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(feature) DO"
-            " UPDATE SET size = excluded.size, lines = excluded.lines,"
+            " max_lamport, file_id, prefix_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(feature) DO UPDATE SET size = excluded.size, lines = excluded.lines,"
             " head_hash = excluded.head_hash, tail_offset = excluded.tail_offset,"
             " tail_hash = excluded.tail_hash, max_lamport = excluded.max_lamport,"
-            " file_id = excluded.file_id",
-            (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id),
+            " file_id = excluded.file_id, prefix_crc = excluded.prefix_crc",
+            (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id, crc),
         )
 
     def known_event_ids(self, feature: str, event_ids: Sequence[str]) -> list[str]:
@@ -646,15 +723,19 @@ class Index:
             return
         with self.write():
             prior = self.conn.execute(
-                "SELECT size, max_lamport, head_hash FROM logs WHERE feature = ?", (feature,)
+                "SELECT size, max_lamport, head_hash, prefix_crc FROM logs WHERE feature = ?",
+                (feature,),
             ).fetchone()
             self.conn.executemany(_INSERT, rows)
             top = max(r[8] for r in rows)
             head_hash = None
+            crc_from = (0, 0)
             if prior is not None:
                 top = max(top, prior[1])
                 if prior[0] >= _HEAD_BYTES:
                     head_hash = prior[2]  # appends never change a log's first bytes
+                if prior[3] is not None:
+                    crc_from = (prior[0], prior[3])  # only the appended bytes are read
             # No _see(top): the values were reserved, so the clock is at least top already.
             self._record_progress(
                 feature,
@@ -666,6 +747,7 @@ class Index:
                 fd=fd,
                 head_hash=head_hash,
                 tail=last_line,
+                crc_from=crc_from,
             )
 
 
@@ -751,7 +833,8 @@ SCHEMA_SQL = (
         "tail_offset INTEGER NOT NULL, \n\t"
         "tail_hash VARCHAR NOT NULL, \n\t"
         "max_lamport INTEGER NOT NULL, \n\t"
-        "file_id VARCHAR NOT NULL, \n\t"
+        # Added by migration 0002: SQLite's ALTER TABLE writes it on the same line.
+        "file_id VARCHAR NOT NULL, prefix_crc INTEGER, \n\t"
         "PRIMARY KEY (feature)\n)"
     ),
     (
@@ -759,6 +842,16 @@ SCHEMA_SQL = (
         '"key" VARCHAR NOT NULL, \n\t'
         "value INTEGER NOT NULL, \n\t"
         'PRIMARY KEY ("key")\n)'
+    ),
+    (
+        "CREATE TABLE remembered (\n\t"
+        "feature VARCHAR NOT NULL, \n\t"
+        "event_id VARCHAR NOT NULL, \n\t"
+        "status VARCHAR NOT NULL, \n\t"
+        "retry_count INTEGER NOT NULL, \n\t"
+        "last_retry_at VARCHAR, \n\t"
+        "last_error TEXT, \n\t"
+        "PRIMARY KEY (feature, event_id)\n)"
     ),
 )
 

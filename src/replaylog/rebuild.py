@@ -41,7 +41,8 @@ def _remove_stale(index_path: str) -> None:
 
 
 def _old_states(index_path: str) -> list[tuple[Any, ...]]:
-    """Delivery state worth keeping from the old index, or [] if it cannot be read."""
+    """Delivery state worth keeping from the old index, or [] if it cannot be read: that
+    of its events and that it remembers of events absent for now (SPEC section 12)."""
     if not os.path.exists(index_path) or os.path.getsize(index_path) == 0:
         return []
     try:
@@ -49,9 +50,11 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
     except ReplaylogError:
         return []
     try:
+        # Remembered first: an event that is indexed has its newer state in events.
         return old.conn.execute(
-            "SELECT status, retry_count, last_retry_at, last_error, feature, event_id"
-            " FROM events WHERE status != 'pending' OR retry_count > 0"
+            "SELECT feature, event_id, status, retry_count, last_retry_at, last_error"
+            " FROM remembered UNION ALL SELECT feature, event_id, status, retry_count,"
+            " last_retry_at, last_error FROM events WHERE status != 'pending' OR retry_count > 0"
         ).fetchall()
     except Exception:  # noqa: BLE001 - an unreadable old index just has no state to give
         return []
@@ -82,12 +85,27 @@ def _settle(index_path: str) -> None:
             pass
 
 
+#: How long a rebuild waits for a running replay to finish before it gives up.
+REPLAY_WAIT_SECONDS = 300.0
+
+
 def rebuild(
     store: EventStore,
     *,
     reset_delivery: bool,
     progress: Callable[[str, int], None] | None = None,
+    wait: float = REPLAY_WAIT_SECONDS,
 ) -> dict[str, int]:
+    """Build the new index, then put it in place while no replay records outcomes.
+
+    The logs are read without any lock on the index. The old index's delivery state is
+    read, and the new index renamed over it, under the replay lock: a replay running
+    then records every outcome in the old index first, and a replay that starts later
+    opens the new one. The rebuild waits ``wait`` seconds at most for a running replay
+    (saying so on stderr after a second), then gives up with the old index unchanged.
+    """
+    from .store import replay_lock, replay_lock_path
+
     index_path = store.index_path
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
     _remove_stale(index_path)
@@ -115,28 +133,41 @@ def rebuild(
                     progress(name, events)
             for statement in INDEX_SQL:
                 fresh.conn.execute(statement)
-            if not reset_delivery:
-                fresh.conn.executemany(
-                    "UPDATE events SET status = ?, retry_count = ?, last_retry_at = ?,"
-                    " last_error = ? WHERE feature = ? AND event_id = ?",
-                    _old_states(index_path),
+        with replay_lock(index_path, timeout=wait) as held:
+            if not held:
+                raise ReplaylogError(
+                    f"a replay is still running on this index after {wait:g} s (it holds"
+                    f" {replay_lock_path(index_path)}); the index was left as it was: run"
+                    " `replaylog rebuild-index` again when the replay has finished"
                 )
-        fresh.conn.execute("PRAGMA synchronous = FULL")
-        # Leave a single self-contained file: no -wal to go astray in the rename.
-        fresh.conn.execute("PRAGMA journal_mode = DELETE")
-        fresh.close()
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _settle(index_path)
-        os.replace(temp, index_path)
-        dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            if not reset_delivery:
+                with fresh.write():
+                    fresh.conn.executemany(
+                        "INSERT INTO remembered (feature, event_id, status, retry_count,"
+                        " last_retry_at, last_error) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT(feature, event_id) DO UPDATE SET status = excluded.status,"
+                        " retry_count = excluded.retry_count,"
+                        " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
+                        _old_states(index_path),
+                    )
+                    # Events of the logs take their state back; the others' is kept.
+                    fresh._restore()
+            fresh.conn.execute("PRAGMA synchronous = FULL")
+            # Leave a single self-contained file: no -wal to go astray in the rename.
+            fresh.conn.execute("PRAGMA journal_mode = DELETE")
+            fresh.close()
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _settle(index_path)
+            os.replace(temp, index_path)
+            dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException:
         fresh.close()
         for suffix in ("", "-wal", "-shm"):

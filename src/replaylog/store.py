@@ -67,6 +67,56 @@ def find_root(start: str | None = None) -> str:
         current = parent
 
 
+def replay_lock_path(index_path: str) -> str:
+    """The lock a replay holds for its whole run, beside the index it records in."""
+    return os.path.join(os.path.dirname(index_path), "replay.lock")
+
+
+@contextlib.contextmanager
+def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
+    """Hold the replay lock of an index; yields False if ``timeout`` passed first.
+
+    A replay holds it while it records outcomes; ``rebuild-index`` holds it while it
+    carries those outcomes into the new index and renames it into place, so that no
+    outcome is recorded in an index that is about to be replaced. The holder's process
+    id is written in the file, for the message of whoever waits.
+    """
+    path = replay_lock_path(index_path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open the replay lock: {exc.strerror}", path=path) from exc
+    try:
+        if timeout == 0.0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+        else:
+            try:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            who = f" (process {holder})" if holder.isdigit() else ""
+            held = _log.wait_for_lock(
+                fd,
+                fcntl.LOCK_EX,
+                f"the replay running on this index{who}: {path}",
+                timeout=timeout,
+            )
+        if held:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass  # the pid is only a hint for a message; the lock is what counts
+        yield held
+    finally:
+        os.close(fd)
+
+
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
 
@@ -373,7 +423,10 @@ class EventStore:
             return None
         fd = open_log.fd
         flock = fcntl.flock
-        flock(fd, fcntl.LOCK_EX)
+        try:
+            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
         try:
             first = None
             # Nothing new in the log since this store's last append (the _OpenLog checks,
@@ -494,17 +547,27 @@ class EventStore:
         *,
         reset_delivery: bool = False,
         progress: Callable[[str, int], None] | None = None,
+        wait: float | None = None,
     ) -> dict[str, int]:
         """Build a fresh index from every log and put it in place of the old one.
 
         The new index is built in a temporary file and renamed over the old one, so a
-        crash leaves the old index as it was. Delivery state of events that still exist
-        is carried over from the old index when it is readable, unless ``reset_delivery``.
+        crash leaves the old index as it was. Delivery state (of events that still exist,
+        and that the old index remembers of absent ones) is carried over from the old
+        index when it is readable, unless ``reset_delivery``. The swap waits for a
+        running replay to finish, ``wait`` seconds at most (default 300).
         """
-        from .rebuild import rebuild
+        from .rebuild import REPLAY_WAIT_SECONDS, rebuild
 
+        if wait is not None and not (0 <= wait < float("inf")):
+            raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
-        return rebuild(self, reset_delivery=reset_delivery, progress=progress)
+        return rebuild(
+            self,
+            reset_delivery=reset_delivery,
+            progress=progress,
+            wait=REPLAY_WAIT_SECONDS if wait is None else wait,
+        )
 
     # ------------------------------------------------------------------ replay
 
@@ -600,19 +663,10 @@ class EventStore:
     @contextlib.contextmanager
     def _replay_lock(self, wait: bool) -> Iterator[None]:
         """One replay at a time per index, so no event is in two runs' batches at once."""
-        directory = os.path.dirname(self.index_path)
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(
-            os.path.join(directory, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError as exc:
-                raise DeliveryError("another replay is running for this index") from exc
+        with replay_lock(self.index_path, timeout=None if wait else 0.0) as held:
+            if not held:
+                raise DeliveryError("another replay is running for this index")
             yield
-        finally:
-            os.close(fd)
 
     def emit(
         self,
