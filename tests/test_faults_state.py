@@ -23,7 +23,7 @@ import pytest
 from cli_run import Run
 from receiver import Receiver, RecordedRequest
 
-from replaylog import EventStore
+from replaylog import Event, EventStore
 from replaylog.log import EVENTS_FILENAME
 
 pytestmark = pytest.mark.reliability
@@ -320,3 +320,29 @@ def test_a_same_size_edit_of_a_delivered_line_is_indexed_again(tmp_path: Path) -
             "SELECT aggregate_id FROM events WHERE line = 1201"
         ).fetchone()
     assert row == ("b1200",)
+
+
+def test_an_edit_made_together_with_an_append_is_indexed_again_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    # A log that grew is read from where the index stopped (SPEC section 4); an edit
+    # made together with the growth is noticed when replay reads the line back, and the
+    # log is indexed again then: one run says so, the next delivers everything.
+    root = tmp_path / "proj"
+    ids = fill(root, 1500)
+    log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
+    assert totals(root)["events"] == 1500
+    victim = ids[1000]
+    replacement = victim[:-4] + ("ZZZZ" if not victim.endswith("ZZZZ") else "YYYY")
+    edit_in_place(log, victim.encode(), replacement.encode())
+    with open(log, "ab") as f:
+        f.write(Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line())
+    with Receiver() as server:
+        runs = [cli(root, "replay", "--url", server.url, "--json") for _ in range(2)]
+        assert runs[-1].code == 0, runs
+        if runs[0].code != 0:
+            message = json.loads(runs[0].out)["error"]["message"]
+            assert "it is indexed again by the next command: run again" in message, runs[0]
+        assert replacement in server.events and victim not in server.events
+        assert len(server.events) == 1501
+    assert totals(root) == {"events": 1501, "pending": 0, "delivered": 1501, "failed": 0}

@@ -677,6 +677,24 @@ class Index:
             (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id, crc),
         )
 
+    def forget_progress(self, feature: str) -> None:
+        """Make the next catch-up index a feature's log again from its start (its lines
+        were found changed where a catch-up did not look), keeping delivery state.
+
+        On a connection of its own: this one may be inside a reading transaction that
+        the error being raised will end without a commit.
+        """
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                conn.execute(
+                    "UPDATE logs SET head_hash = '', file_id = '-' WHERE feature = ?", (feature,)
+                )
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # the caller reports the change; this only spares the next run the same
+
     def known_event_ids(self, feature: str, event_ids: Sequence[str]) -> list[str]:
         """Those of ``event_ids`` that the feature's log holds already (as indexed)."""
         known: list[str] = []

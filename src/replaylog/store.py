@@ -759,11 +759,15 @@ class _LineReader:
             self.fds[row.feature] = fd
         data = os.pread(fd, row.length, row.offset)
         if len(data) != row.length or row.event_id.encode() not in data:
-            # Only a log rewritten since the index caught up can get here.
+            # Only a log changed since the index caught up can get here (rewritten, or
+            # edited where the catch-up of a grown log does not look): the next catch-up
+            # must index it again from the start, so the next run does not fail too.
             path = self.store.log_path(row.feature)
+            self.store.index.forget_progress(row.feature)
             raise StoreError(
                 f"{path} changed while its events were being read (expected event"
-                f" {row.event_id} at byte {row.offset}); run again",
+                f" {row.event_id} at byte {row.offset}); it is indexed again by the next"
+                " command: run again",
                 path=path,
             )
         return data
