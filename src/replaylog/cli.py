@@ -129,7 +129,8 @@ def json_option(f: F) -> F:
 @click.version_option(__version__, prog_name="replaylog")
 @click.option(
     "--root",
-    type=click.Path(file_okay=False),
+    # A root that does not exist is a typo: refused before any folder is made under it.
+    type=click.Path(exists=True, file_okay=False),
     envvar="REPLAYLOG_ROOT",
     help="Project root. Default: REPLAYLOG_ROOT, else the nearest folder above with"
     " .git or .replaylog, else the working directory.",
@@ -295,9 +296,13 @@ def log_command(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Print FEATURE's events in file order."""
+    """Print FEATURE's events in file order.
+
+    A FEATURE that has no log is an error (exit 1), as in `replaylog verify`.
+    """
     with _errors(as_json):
         store = ctx.store()
+        store.require_log(feature)
         shown = 0
         for event in store.iter_events(feature):
             if limit is not None and shown >= limit:
@@ -528,16 +533,33 @@ def requeue(ctx: _Context, feature: str | None, event_id: str | None, as_json: b
 @click.argument("ours")
 @click.argument("theirs")
 @click.argument("path", required=False)
-def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
+@json_option
+def merge_driver(base: str, ours: str, theirs: str, path: str | None, as_json: bool) -> None:
     """The git merge driver for logs (git calls it as %O %A %B %P).
 
     Writes OURS followed by the lines of THEIRS whose event_id OURS lacks. The same
-    event_id with different content on the two sides is a conflict: exit 1, OURS as it was.
+    event_id with different content on the two sides (or an unreadable side) is a
+    conflict: exit 1, OURS as it was. --json prints {"merged", "added", "conflict"}:
+    conflict is null, or {"message", "path"} when it did not merge.
     """
-    from .gitmerge import merge_logs
+    from .gitmerge import MergeConflict, merge_logs
 
-    with _errors(False):
-        merge_logs(base, ours, theirs, path)
+    with _errors(as_json):
+        try:
+            added = merge_logs(base, ours, theirs, path)
+        except MergeConflict as exc:
+            if not as_json:
+                raise
+            _json_out(
+                {
+                    "merged": False,
+                    "added": 0,
+                    "conflict": {"message": str(exc), "path": exc.path},
+                }
+            )
+            sys.exit(exc.exit_code)
+        if as_json:
+            _json_out({"merged": True, "added": added, "conflict": None})
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)

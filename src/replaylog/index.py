@@ -24,6 +24,7 @@ import sqlite3
 import stat
 import struct
 import time
+import urllib.parse
 import zlib
 from collections.abc import Iterator, Sequence
 from itertools import repeat
@@ -43,11 +44,74 @@ HEAD_REVISION = REVISIONS[-1]
 #: append path); a test checks that both agree.
 _TABLES = frozenset({"events", "logs", "meta", "remembered"})
 
-_CLOCK = struct.Struct("<q")
+_CLOCK = struct.Struct("<qq")
+#: The clock file holds its value twice: as it is, and XORed with this. A file whose two
+#: words disagree (junk bytes, an older or torn file) backs no value and is ignored.
+_CLOCK_CHECK = 0x72706C67636C6F63
 _HEAD_BYTES = 64 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
 _REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
+_NOT_OURS_HINT = (
+    "replaylog changes no file it did not make: give --index (or REPLAYLOG_INDEX) a path"
+    " of its own, or move this file away"
+)
+
+
+def is_index_place(path: str) -> bool:
+    """True for ``.../.replaylog/queue.db``: replaylog's own place, so a file there is its
+    index, however damaged, and may be rebuilt."""
+    path = os.path.abspath(path)
+    return os.path.basename(path) == "queue.db" and (
+        os.path.basename(os.path.dirname(path)) == ".replaylog"
+    )
+
+
+def _hint(path: str) -> str:
+    """What to do about an index file that cannot be used: rebuild it, if it is ours."""
+    return _REBUILD_HINT if is_index_place(path) else _NOT_OURS_HINT
+
+
+def foreign_file(path: str) -> str | None:
+    """Why the file at ``path`` is not one replaylog made, or None if it may be.
+
+    replaylog made (and so may rebuild) a file that is absent or empty, one at its own
+    place (:func:`is_index_place`), or a SQLite database with a replaylog schema: an
+    ``alembic_version`` and the ``events``, ``logs`` and ``meta`` tables. Anything else
+    (the user's notes, another application's database) is not its to replace.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be looked at: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_size == 0 or is_index_place(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror}"
+    if header != b"SQLite format 3\x00":
+        return "it is not a SQLite database"
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        try:
+            tables = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"a SQLite database that cannot be read ({exc})"
+    if "alembic_version" in tables and {"events", "logs", "meta"} <= tables:
+        return None
+    shown = ", ".join(sorted(tables)) or "none"
+    return f"a SQLite database of another application (tables: {shown})"
+
 
 _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
@@ -93,10 +157,14 @@ class ClockFile:
 
     The index keeps its own record of the clock too (``meta``), which the file always
     equals or exceeds; a file that is missing or unreadable is started again from that
-    record by the next append that goes through the index.
+    record by the next append that goes through the index. The file is a cache (SPEC
+    section 12): its value is stored with a check word, and a value whose check does not
+    match (junk written into it, a file of another format) is ignored like a missing one.
     """
 
-    SIZE = 8  # one signed 64-bit integer, little-endian: what SQLite can hold too
+    # The value and its check, each a signed 64-bit integer, little-endian (what SQLite
+    # can hold too).
+    SIZE = 16
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -111,7 +179,9 @@ class ClockFile:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
                     try:
                         if os.fstat(self.fd).st_size < self.SIZE:
-                            os.ftruncate(self.fd, self.SIZE)  # zeros: 0, nothing issued
+                            # Zeros, or an older file padded: no valid check, so the
+                            # value is taken from the index by the next append.
+                            os.ftruncate(self.fd, self.SIZE)
                     finally:
                         fcntl.flock(self.fd, fcntl.LOCK_UN)
                 self._map = mmap.mmap(self.fd, self.SIZE)
@@ -123,8 +193,11 @@ class ClockFile:
         self.pid = os.getpid()
 
     def _read(self) -> int | None:
-        value = _CLOCK.unpack_from(self._map)[0]
-        return value if value >= 0 else None
+        value, check = _CLOCK.unpack_from(self._map)
+        return value if value >= 0 and check == value ^ _CLOCK_CHECK else None
+
+    def _write(self, value: int) -> None:
+        _CLOCK.pack_into(self._map, 0, value, value ^ _CLOCK_CHECK)
 
     def reserve(self, count: int, floor: int | None = None) -> int | None:
         """Issue ``count`` values above the file's value (and above ``floor``, when given);
@@ -146,7 +219,7 @@ class ClockFile:
                     f" hold (it is at {value}): a log holds a value close to that limit,"
                     " which must be corrected by hand"
                 )
-            _CLOCK.pack_into(self._map, 0, last)
+            self._write(last)
             return value + 1
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -158,7 +231,7 @@ class ClockFile:
         try:
             current = self._read()
             if current is None or current < value:
-                _CLOCK.pack_into(self._map, 0, value)
+                self._write(value)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -209,7 +282,7 @@ class Index:
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
         except sqlite3.Error as exc:
-            raise BadIndexError(f"{path}: cannot open the index ({exc}); {_REBUILD_HINT}") from exc
+            raise BadIndexError(f"{path}: cannot open the index ({exc}); {_hint(path)}") from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             # Refuse a foreign or newer database before anything changes it: switching
@@ -223,7 +296,8 @@ class Index:
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise BadIndexError(
-                f"{path} is not a usable replaylog index ({exc}); {_REBUILD_HINT}"
+                f"{path} is not a {'usable ' if is_index_place(path) else ''}replaylog index"
+                f" ({exc}); {_hint(path)}"
             ) from exc
         except BaseException:
             conn.close()
@@ -246,12 +320,12 @@ class Index:
             # Another application's Alembic database whose revision id matches ours.
             raise BadIndexError(
                 f"{path} is not a replaylog index (tables {', '.join(sorted(tables))});"
-                f" {_REBUILD_HINT}"
+                f" {_hint(path)}"
             )
         if revision is None and tables - {"alembic_version"}:
             raise BadIndexError(
                 f"{path} holds tables that are not a replaylog index"
-                f" ({', '.join(sorted(tables))}); {_REBUILD_HINT}"
+                f" ({', '.join(sorted(tables))}); {_hint(path)}"
             )
         if revision is not None and revision not in REVISIONS:
             raise BadIndexError(

@@ -8,9 +8,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReplaylogError
-from .index import INDEX_NAMES, INDEX_SQL, Index
-from .log import log_path
+from .errors import BadIndexError, ReplaylogError
+from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
 
 if TYPE_CHECKING:
     from .store import EventStore
@@ -107,6 +106,13 @@ def rebuild(
     from .store import replay_lock, replay_lock_path
 
     index_path = store.index_path
+    foreign = foreign_file(index_path)
+    if foreign is not None:
+        raise BadIndexError(
+            f"{index_path} is not a replaylog index ({foreign}); rebuild-index replaces only"
+            " a file replaylog made: give --index (or REPLAYLOG_INDEX) a path of its own,"
+            " or move this file away"
+        )
     os.makedirs(os.path.dirname(index_path), exist_ok=True)
     _remove_stale(index_path)
     temp = f"{index_path}.rebuild-{os.getpid()}"
@@ -126,9 +132,7 @@ def rebuild(
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
             for name in features:
-                events += fresh.ingest(
-                    name, log_path(os.path.join(store.logs_root, name)), fresh=True
-                )
+                events += fresh.ingest(name, store.log_path(name), fresh=True)
                 if progress is not None:
                     progress(name, events)
             for statement in INDEX_SQL:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -117,6 +118,34 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
         os.close(fd)
 
 
+def _refuse_links(root: str, path: str) -> None:
+    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
+    symbolic link (the ones that do not exist yet are made real by an append)."""
+    relative = os.path.relpath(path, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        # A logs folder outside the root (an absolute --logs-dir): named by the user
+        # like the root, so only the feature folder below it is looked at.
+        root, relative = os.path.dirname(path), os.path.basename(path)
+    current = root
+    for part in relative.split(os.sep):
+        if part in ("", os.curdir):
+            continue
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{current} is a symbolic link; replaylog refuses to follow a link between"
+                " the root and a log (it could lead anywhere). Replace it with the real"
+                " folder.",
+                path=current,
+            )
+
+
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
 
@@ -190,11 +219,29 @@ class EventStore:
     # ------------------------------------------------------------------ paths
 
     def feature_dir(self, feature: str) -> str:
-        """The folder of a feature's log; refuses a bad name before touching anything."""
-        return os.path.join(self.logs_root, _log.validate_feature_name(feature))
+        """The folder of a feature's log; refuses a bad name before touching anything.
+
+        Every folder between the root and the log must be a real one (SPEC section 12):
+        a symbolic link there, which a cloned repository can hold, would take reads and
+        appends outside the logs folder. The root itself may be a link: the user names it.
+        """
+        path = os.path.join(self.logs_root, _log.validate_feature_name(feature))
+        _refuse_links(self.root, path)
+        return path
 
     def log_path(self, feature: str) -> str:
         return _log.log_path(self.feature_dir(feature))
+
+    def require_log(self, feature: str) -> str:
+        """The path of a feature's log; :class:`StoreError` if the feature has none."""
+        path = self.log_path(feature)
+        if not os.path.lexists(path):
+            raise StoreError(
+                f"feature {feature!r} has no log ({path}); `replaylog status` lists the"
+                " features there are",
+                path=path,
+            )
+        return path
 
     def features(self) -> list[str]:
         """Every feature that has a log, sorted by name."""
@@ -244,7 +291,7 @@ class EventStore:
         index = self.index
         names = set(self.features()) | set(index.known_features()) if checked is None else checked
         for name in sorted(names):
-            index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+            index.catch_up(name, self.log_path(name))
 
     # ------------------------------------------------------------------ writing
 
