@@ -21,7 +21,9 @@ What it answers (first match wins):
    over ``r.max_body_bytes``
 4. the default: store the events, answer 200 ``{"accepted": [...], "rejected": [...]}``
    (or ``{"results": [...]}`` when ``r.answer_shape == "results"``); ids in
-   ``r.reject_ids`` ({id: reason}) are rejected and not stored.
+   ``r.reject_ids`` ({id: reason}) are rejected and not stored; ids in ``r.statuses``
+   ({id: status}, e.g. "queued") are not stored and answered with that status in the
+   results shape (``r.status_errors`` ({id: text}) adds an ``error_message``).
 
 Action shorthands (see :meth:`Action.parse`):
 
@@ -32,6 +34,9 @@ Action shorthands (see :meth:`Action.parse`):
     "drop"        store the events, then close without answering (the answer is lost)
     "stall"       wait ``Action.seconds`` (default 3, at most 10), then close; store nothing
     "garbage"     200 with a body that is not JSON; store nothing
+    "trickle"     store, then send the whole answer (status line, headers, body) one
+                  byte every ``Action.seconds``; ``Action.trickle(s, body_only=True)``
+                  sends the status line and headers at once and trickles the body
 
 Requests to other paths get 404, other methods 405, bodies that are not a batch 400.
 """
@@ -62,12 +67,12 @@ MAX_STALL_SECONDS = 10.0
 class Action:
     """How to answer one request."""
 
-    kind: str = "ok"  # ok | status | close | drop | stall | garbage
+    kind: str = "ok"  # ok | status | close | drop | stall | garbage | trickle | trickle-body
     status: int = 200
     retry_after: str | None = None
     shape: str | None = None  # "accepted" or "results"; None: the receiver's answer_shape
     body: bytes | None = None  # for kind "status": the body to send (default: a short text)
-    seconds: float = 3.0  # for kind "stall"
+    seconds: float = 3.0  # for kind "stall"; for "trickle", the time between two bytes
 
     @classmethod
     def parse(cls, spec: Action | str) -> Action:
@@ -81,6 +86,8 @@ class Action:
             return cls(shape="results")
         if text in ("close", "drop", "stall", "garbage"):
             return cls(kind=text)
+        if text == "trickle":
+            return cls.trickle(1.0)
         code, _, retry_after = spec.strip().partition(":")
         if code.isdigit():
             return cls(kind="status", status=int(code), retry_after=retry_after or None)
@@ -104,6 +111,11 @@ class Action:
         """Wait ``seconds`` (at most 10), then close without answering."""
         return cls(kind="stall", seconds=seconds)
 
+    @classmethod
+    def trickle(cls, seconds: float, *, body_only: bool = False) -> Action:
+        """Store, then answer one byte every ``seconds`` (until the receiver stops)."""
+        return cls(kind="trickle-body" if body_only else "trickle", seconds=seconds)
+
 
 @dataclass(frozen=True)
 class RecordedRequest:
@@ -118,6 +130,8 @@ class RecordedRequest:
     gzipped: bool
     at: float  # time.monotonic() on arrival
     action: str = ""  # what the receiver did: "ok", "413", "close", ...
+    features: tuple[str, ...] | None = None  # the body's "features", None when absent
+    node_id: str | None = None  # the body's "node_id"
 
     @property
     def idempotency_key(self) -> str | None:
@@ -139,6 +153,8 @@ class Receiver:
         self.max_events: int | None = None
         self.max_body_bytes: int | None = None
         self.reject_ids: dict[str, str] = {}
+        self.statuses: dict[str, str] = {}
+        self.status_errors: dict[str, str] = {}
         self.answer_shape = "accepted"
         self._script: collections.deque[Action] = collections.deque()
         self._lock = threading.Lock()
@@ -228,24 +244,28 @@ class Receiver:
             self.requests.append(request)
             self.received.update(request.event_ids)
 
-    def _store(self, events: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
-        """Store a batch; returns (event_id, status, reason) per event in batch order."""
-        outcome: list[tuple[str, str, str | None]] = []
+    def _store(self, events: list[dict[str, Any]]) -> list[tuple[str, str, str | None, bool]]:
+        """Store a batch; (event_id, status, reason, from r.statuses) per event, in order."""
+        outcome: list[tuple[str, str, str | None, bool]] = []
         with self._lock:
             for event in events:
                 event_id = event["event_id"]
+                if event_id in self.statuses:
+                    error = self.status_errors.get(event_id)
+                    outcome.append((event_id, self.statuses[event_id], error, True))
+                    continue
                 if event_id in self.reject_ids:
-                    outcome.append((event_id, "rejected", self.reject_ids[event_id]))
+                    outcome.append((event_id, "rejected", self.reject_ids[event_id], False))
                     continue
                 self.deliveries[event_id] += 1
                 if event_id in self.events:
                     self.duplicates += 1
                     if self.events[event_id] != event:
                         self.conflicts.append(event_id)
-                    outcome.append((event_id, "duplicate", None))
+                    outcome.append((event_id, "duplicate", None, False))
                 else:
                     self.events[event_id] = event
-                    outcome.append((event_id, "success", None))
+                    outcome.append((event_id, "success", None, False))
         return outcome
 
 
@@ -290,7 +310,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (OSError, EOFError):
             self._reply(400, b"bad gzip body")
             return
-        events = _parse_batch(raw)
+        events, features, node_id = _parse_batch(raw)
         request = RecordedRequest(
             method="POST",
             path=self.path,
@@ -300,6 +320,8 @@ class _Handler(BaseHTTPRequestHandler):
             json_bytes=len(raw),
             gzipped=gzipped,
             at=arrived,
+            features=features,
+            node_id=node_id,
         )
         if self.path != owner.prefix + BATCH_PATH:
             owner._record(dataclasses.replace(request, action="404"))
@@ -324,6 +346,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif action.kind == "drop":
             owner._store(events)
             self.close_connection = True
+        elif action.kind in ("trickle", "trickle-body"):
+            outcome = owner._store(events)
+            body = _answer(outcome, action.shape or owner.answer_shape)
+            self._trickle(action, body)
         elif action.kind == "garbage":
             self._reply(200, b"<html>this is not the answer you are looking for</html>")
         elif action.kind == "status" and (
@@ -336,6 +362,25 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = owner._store(events)
             shape = action.shape or owner.answer_shape
             self._reply(action.status, _answer(outcome, shape), content_type="application/json")
+
+    def _trickle(self, action: Action, body: bytes) -> None:
+        head = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        slow = body
+        try:
+            if action.kind == "trickle-body":
+                self.wfile.write(head)
+            else:
+                slow = head + body
+            for i in range(len(slow)):
+                self.wfile.write(slow[i : i + 1])
+                if self.owner._stopping.wait(action.seconds):
+                    return
+        except OSError:
+            return  # the client gave up: that is what a trickle tests
 
     def _read_body(self) -> bytes | None:
         length = self.headers.get("Content-Length")
@@ -364,33 +409,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away; nothing to do
 
 
-def _parse_batch(raw: bytes) -> list[dict[str, Any]] | None:
+def _parse_batch(
+    raw: bytes,
+) -> tuple[list[dict[str, Any]] | None, tuple[str, ...] | None, str | None]:
+    """The events (None when the body is not a batch), its features and node id."""
     try:
         data = json.loads(raw)
     except ValueError:
-        return None
+        return None, None, None
     if not isinstance(data, dict) or not isinstance(data.get("events"), list):
-        return None
+        return None, None, None
     events: list[dict[str, Any]] = data["events"]
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("event_id"), str):
-            return None
-    return events
+            return None, None, None
+    features = data.get("features")
+    node_id = data.get("node_id")
+    return (
+        events,
+        tuple(features) if isinstance(features, list) else None,
+        node_id if isinstance(node_id, str) else None,
+    )
 
 
-def _answer(outcome: list[tuple[str, str, str | None]], shape: str) -> bytes:
+def _answer(outcome: list[tuple[str, str, str | None, bool]], shape: str) -> bytes:
     if shape == "results":
         results: list[dict[str, Any]] = []
-        for event_id, status, reason in outcome:
+        for event_id, status, reason, key in outcome:
             item: dict[str, Any] = {"event_id": event_id, "status": status}
             if reason is not None:
-                item["error"] = reason
+                # r.statuses' texts go as "error_message", rejections' as "error".
+                item["error" if status == "rejected" and not key else "error_message"] = reason
             results.append(item)
         return json.dumps({"results": results}).encode()
-    accepted = [event_id for event_id, status, _ in outcome if status != "rejected"]
+    accepted = [e for e, status, _, _ in outcome if status in ("success", "duplicate")]
     rejected = [
         {"event_id": event_id, "reason": reason}
-        for event_id, status, reason in outcome
+        for event_id, status, reason, _ in outcome
         if status == "rejected"
     ]
     return json.dumps({"accepted": accepted, "rejected": rejected}).encode()

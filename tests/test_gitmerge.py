@@ -658,3 +658,74 @@ def test_driver_warning_is_silent_without_the_attribute_outside_git_or_without_g
     assert driver_warning(str(repo)) is not None
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert driver_warning(str(repo)) is None  # git is not installed
+
+
+SPEC_KITTY_ATTRIBUTES = b"kitty-specs/**/status.events.jsonl merge=spec-kitty-event-log\n"
+
+
+def test_git_setup_leaves_spec_kittys_merge_driver_alone_and_says_so(tmp_path, git_env):
+    """SPEC 9: another driver already given to the logs is not taken over silently."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES)
+    before = git(repo, "config", "--local", "--list").stdout
+
+    expected = {"gitattributes": False, "config": False, "existing_driver": "spec-kitty-event-log"}
+    assert git_setup(str(repo)) == expected
+    assert cli_git_setup(repo) == expected
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "git-setup"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stderr == ""
+    assert "'spec-kitty-event-log'" in r.stdout and "nothing was changed" in r.stdout
+    assert "--replace" in r.stdout
+    assert (repo / ".gitattributes").read_bytes() == SPEC_KITTY_ATTRIBUTES
+    assert git(repo, "config", "--local", "--list").stdout == before
+
+
+def test_git_setup_replace_makes_git_use_replaylog_and_keeps_spec_kittys_line(tmp_path, git_env):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES)
+
+    assert git_setup(str(repo), replace=True) == {
+        "gitattributes": True,
+        "config": True,
+        "existing_driver": "spec-kitty-event-log",
+    }
+    text = (repo / ".gitattributes").read_bytes()
+    assert text == SPEC_KITTY_ATTRIBUTES + ATTRIBUTES_LINE.encode() + b"\n"
+    attr = git(repo, "check-attr", "merge", "--", "kitty-specs/f/status.events.jsonl").stdout
+    assert attr.strip().endswith("merge: replaylog")
+    # Once git uses replaylog's driver, setting up again changes nothing.
+    assert git_setup(str(repo), replace=True) == {"gitattributes": False, "config": False}
+    assert git_setup(str(repo)) == {"gitattributes": False, "config": False}
+
+
+def test_verify_warns_when_the_logs_are_given_two_merge_drivers(tmp_path, git_env):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    # replaylog's line first: spec-kitty's, later, is the one git uses.
+    write(repo / ".gitattributes", ATTRIBUTES_LINE.encode() + b"\n" + SPEC_KITTY_ATTRIBUTES)
+    git_setup(str(repo), replace=False)
+    warning = driver_warning(str(repo))
+    assert warning is not None and "\n" not in warning
+    assert "two merge drivers" in warning and "git uses spec-kitty-event-log" in warning
+    assert "--replace" in warning
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["ok"] is True
+    assert [p["level"] for p in report["problems"]] == ["warning"]
+    assert "two merge drivers" in report["problems"][0]["message"]
+
+    git_setup(str(repo), replace=True)
+    warning = driver_warning(str(repo))
+    assert warning is not None and "git uses replaylog" in warning

@@ -297,11 +297,11 @@ def test_json_scalars_are_invalid_event_structures(tmp_path: Path, line: bytes) 
 
 def test_missing_field_is_an_invalid_event_structure_naming_the_field(tmp_path: Path) -> None:
     d = new_event(3).to_dict()
-    del d["correlation_id"]
+    del d["payload"]
     write_log(tmp_path, *five_lines_with((json.dumps(d, sort_keys=True) + "\n").encode()))
     err = read_error(tmp_path)
-    assert str(err).startswith("Line 3: invalid event structure: ")
-    assert "correlation_id" in str(err)
+    assert str(err).startswith("Line 3: invalid event structure: envelope: ")
+    assert "payload" in str(err)
     assert err.line == 3
 
 

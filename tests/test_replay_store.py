@@ -52,7 +52,7 @@ def fill(store: EventStore, n: int, features: tuple[str, ...] = ("alpha",)) -> l
 
 
 def run_cli(
-    root: Path, *args: str, env: dict[str, str] | None = None
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
     full_env["REPLAYLOG_FSYNC"] = "0"
@@ -63,7 +63,7 @@ def run_cli(
         capture_output=True,
         text=True,
         env=full_env,
-        timeout=60,
+        timeout=timeout,
     )
 
 
@@ -149,7 +149,7 @@ def test_results_shape_with_duplicate_counts_as_delivered(store, receiver):
         results = [
             {"event_id": ids[0], "status": "success"},
             {"event_id": ids[1], "status": "duplicate"},
-            {"event_id": ids[2], "status": "invalid", "error": "no such aggregate"},
+            {"event_id": ids[2], "status": "rejected", "error": "no such aggregate"},
         ]
         return Action.answer(200, body=json.dumps({"results": results}).encode())
 
@@ -157,6 +157,136 @@ def test_results_shape_with_duplicate_counts_as_delivered(store, receiver):
     report = store.replay(receiver.url)
     assert (report.accepted, report.rejected) == (2, 1)
     assert rows(store)[ids[2]] == ("failed", 1, "no such aggregate")
+
+
+def test_the_body_names_each_events_feature_in_order_and_the_senders_node_id(tmp_path, receiver):
+    with EventStore(tmp_path, fsync=False, node_id="node-under-test") as store:
+        ids = fill(store, 7, ("alpha", "beta", "gamma"))
+        store.replay(receiver.url, batch_size=3)
+    assert [r.event_ids for r in receiver.requests] == [tuple(ids[:3]), tuple(ids[3:6]), (ids[6],)]
+    features = [f for r in receiver.requests for f in r.features or ()]
+    assert features == [("alpha", "beta", "gamma")[n % 3] for n in range(7)]
+    assert {r.node_id for r in receiver.requests} == {"node-under-test"}
+
+
+def test_accepted_and_warning_results_are_delivered_and_error_message_is_the_reason(
+    store, receiver
+):
+    ids = fill(store, 3)
+    receiver.answer_shape = "results"
+    receiver.statuses = {ids[0]: "accepted", ids[1]: "warning", ids[2]: "rejected"}
+    receiver.status_errors = {ids[1]: "payload key unknown", ids[2]: "lane does not exist"}
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.rejected, report.pending) == (2, 1, 0)
+    state = rows(store)
+    assert state[ids[0]][0] == state[ids[1]][0] == "delivered"
+    assert state[ids[2]] == ("failed", 1, "lane does not exist")
+
+
+@pytest.mark.parametrize("status", ["queued", "pending", "deferred"])
+def test_queued_pending_and_unnamed_statuses_stay_pending_and_are_not_resent_in_the_run(
+    store, receiver, status
+):
+    ids = fill(store, 6)
+    receiver.answer_shape = "results"
+    receiver.statuses = {i: status for i in ids[::2]}  # every other one
+    report = store.replay(receiver.url, batch_size=2)
+    assert (report.accepted, report.rejected, report.pending, report.batches) == (3, 0, 3, 3)
+    assert all(n == 1 for n in receiver.received.values()), "sent once in the run"
+    state = rows(store)
+    assert [state[i] for i in ids[::2]] == [("pending", 0, None)] * 3, "never failed"
+    assert store.status()["totals"]["pending"] == 3
+    receiver.statuses = {}
+    again = store.replay(receiver.url)
+    assert (again.accepted, again.pending) == (3, 0), "a later run sends them again"
+    assert set(receiver.events) == set(ids)
+
+
+def test_an_id_missing_from_the_answer_stays_pending_and_is_not_resent_in_the_run(store, receiver):
+    ids = fill(store, 4)
+
+    def answer(request: RecordedRequest) -> Action:
+        body = {"accepted": list(request.event_ids[:1]), "rejected": []}
+        return Action.answer(200, body=json.dumps(body).encode())
+
+    receiver.hook = answer
+    report = store.replay(receiver.url, batch_size=2)
+    assert (report.accepted, report.pending, report.batches) == (2, 2, 2)
+    assert [r.event_ids for r in receiver.requests] == [tuple(ids[:2]), tuple(ids[2:])]
+    assert [rows(store)[i] for i in (ids[1], ids[3])] == [("pending", 0, None)] * 2
+
+
+def test_a_400_with_details_fails_only_the_named_events_and_delivers_the_rest(store, receiver):
+    ids = fill(store, 5)
+    details = [
+        {"event_id": ids[1], "error": "aggregate unknown"},
+        {"event_id": ids[3], "reason": "bad payload"},
+    ]
+    receiver.script([Action.answer(400, body=json.dumps({"details": details}).encode())])
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.rejected, report.pending) == (3, 2, 0)
+    assert [r.event_ids for r in receiver.requests] == [
+        tuple(ids),
+        (ids[0], ids[2], ids[4]),
+    ]
+    state = rows(store)
+    assert state[ids[1]] == ("failed", 1, "aggregate unknown")
+    assert state[ids[3]] == ("failed", 1, "bad payload")
+    assert [state[i][0] for i in (ids[0], ids[2], ids[4])] == ["delivered"] * 3
+    assert set(receiver.events) == {ids[0], ids[2], ids[4]}
+
+
+def test_a_400_without_details_fails_the_whole_batch_with_status_and_snippet(store, receiver):
+    ids = fill(store, 2)
+    receiver.script([Action.answer(400, body=b"malformed batch")])
+    report = store.replay(receiver.url)
+    assert report.rejected == 2
+    assert all(rows(store)[i] == ("failed", 1, "HTTP 400: malformed batch") for i in ids)
+
+
+def test_a_412_stops_the_run_touching_nothing(store, receiver):
+    ids = fill(store, 4)
+    receiver.script(["ok", Action.answer(412, body=b"protocol v2 required")])
+    with pytest.raises(DeliveryError, match="protocol mismatch") as info:
+        store.replay(receiver.url, batch_size=2, max_retries=3)
+    assert not isinstance(info.value, (TransientDeliveryError, AuthenticationError))
+    assert len(receiver.requests) == 2, "no retry, no further batch"
+    state = rows(store)
+    assert [state[i][0] for i in ids[:2]] == ["delivered"] * 2, "earlier answers are kept"
+    assert [state[i] for i in ids[2:]] == [("pending", 0, None)] * 2
+
+
+def test_cli_replay_exits_1_on_412_with_one_error_line(tmp_path, receiver):
+    root = tmp_path / "p"
+    assert run_cli(root, "append", "f", "--type", "t", "--aggregate", "a").returncode == 0
+    receiver.script([Action.answer(412, body=b"upgrade")])
+    result = run_cli(root, "replay", "--url", receiver.url)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "protocol mismatch" in result.stderr
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["totals"]["pending"] == 1 and status["totals"]["failed"] == 0
+
+
+def test_cli_replay_timeout_cuts_off_a_server_that_sends_a_byte_a_second(tmp_path, receiver):
+    root = tmp_path / "p"
+    assert run_cli(root, "append", "f", "--type", "t", "--aggregate", "a").returncode == 0
+    receiver.hook = lambda request: Action.trickle(1.0)
+    started = time.monotonic()
+    try:
+        result = run_cli(
+            root, "replay", "--url", receiver.url, "--timeout", "2", "--max-retries", "0",
+            timeout=12,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("replay --timeout 2 was still running after 12 s")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    assert "timed out" in result.stderr
+    assert elapsed < 2 + 3.0, f"took {elapsed:.1f} s with --timeout 2"
+    with EventStore(root) as s:
+        ((status, retries, error),) = rows(s).values()
+    assert (status, retries) == ("pending", 1) and error and error.startswith("timed out")
 
 
 def test_a_500_then_200_recovers_inside_one_run(store, receiver):
@@ -362,6 +492,75 @@ def test_emit_delivers_when_online(store, receiver):
     assert result.delivered and result.warning is None
     assert list(receiver.events) == [result.event.event_id]
     assert rows(store)[result.event.event_id][0] == "delivered"
+
+
+def refuse_all(kind: str) -> Any:
+    """A receiver hook that refuses every event of every batch, in the way ``kind`` says."""
+
+    def hook(request: RecordedRequest) -> Action:
+        if kind == "rejected":
+            body = {"accepted": [], "rejected": [{"event_id": i, "reason": "not allowed"}
+                                                 for i in request.event_ids]}  # fmt: skip
+            return Action.answer(200, body=json.dumps(body).encode())
+        if kind == "results":
+            results = [{"event_id": i, "status": "rejected", "error_message": "not allowed"}
+                       for i in request.event_ids]  # fmt: skip
+            return Action.answer(200, body=json.dumps({"results": results}).encode())
+        if kind == "400-details":
+            details = [{"event_id": i, "error": "not allowed"} for i in request.event_ids]
+            return Action.answer(400, body=json.dumps({"details": details}).encode())
+        return Action.answer(int(kind), body=b"not allowed")
+
+    return hook
+
+
+@pytest.mark.parametrize("kind", ["rejected", "results", "400-details", "422", "412"])
+def test_emit_refused_by_the_server_stays_pending_and_a_later_replay_sends_it(
+    store, receiver, kind
+):
+    older = fill(store, 1)[0]
+    receiver.hook = refuse_all(kind)
+    result = store.emit("alpha", "note", "A", url=receiver.url, sync_timeout=5)
+    event_id = result.event.event_id
+    assert not result.delivered
+    assert result.warning and "not allowed" in result.warning and "pending" in result.warning
+    state = rows(store)
+    assert state[event_id][0] == state[older][0] == "pending", "a refused emit is not failed"
+    assert store.status()["totals"]["failed"] == 0
+    if kind == "412":  # a 412 answers nothing about the events: they stay untouched
+        assert state[event_id] == ("pending", 0, None)
+    else:  # the refusal is kept as the last error of an attempt
+        assert state[event_id][1] == 1 and "not allowed" in (state[event_id][2] or "")
+    receiver.hook = None
+    report = store.replay(receiver.url)
+    assert (report.accepted, report.pending) == (2, 0)
+    assert set(receiver.events) == {older, event_id}
+
+
+def test_cli_append_sync_refused_exits_0_warns_and_a_plain_replay_delivers(tmp_path, receiver):
+    root = tmp_path / "p"
+    receiver.hook = refuse_all("rejected")
+    result, _ = append_sync(root, receiver.url, 5)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("Warning: ") and "not allowed" in result.stderr
+    assert "pending" in result.stderr
+    status = json.loads(run_cli(root, "status", "--json").stdout)
+    assert status["totals"] == {"events": 1, "pending": 1, "delivered": 0, "failed": 0}
+    receiver.hook = None
+    replayed = run_cli(root, "replay", "--url", receiver.url, "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout)["accepted"] == 1
+    assert list(receiver.events) == [result.stdout.strip()]
+
+
+def test_emit_delivered_while_another_log_is_bad_says_delivered_with_a_warning(store, receiver):
+    fill(store, 1, ("beta",))
+    with open(store.log_path("beta"), "ab") as f:
+        f.write(b"this is not json\n")
+    result = store.emit("alpha", "note", "A", url=receiver.url, sync_timeout=5)
+    assert result.delivered, result.warning
+    assert result.warning and "beta" in result.warning
+    assert list(receiver.events) == [result.event.event_id]
 
 
 def test_sync_without_url_writes_nothing(tmp_path):

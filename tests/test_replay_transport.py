@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -25,16 +26,19 @@ from replaylog.errors import (
     TransientDeliveryError,
     UsageError,
 )
-from replaylog.replay import BatchResult, PendingEvent, ReplayConfig, Replayer
+from replaylog.replay import BatchResult, PendingEvent, ReplayConfig, Replayer, batch_body
 
 TOKEN = "s3cr3t-T0KEN-value-4242"
 URL = "https://events.example.com"
+FEATURE = "alpha"
 
 
 # -- helpers -------------------------------------------------------------------
 
 
-def make_events(n: int, *, pad: int = 0, start: int = 0) -> list[PendingEvent]:
+def make_events(
+    n: int, *, pad: int = 0, start: int = 0, feature: str = FEATURE
+) -> list[PendingEvent]:
     """n events with ULID-shaped ids in order; ``pad`` adds payload bytes to each line."""
     events = []
     for i in range(start, start + n):
@@ -50,7 +54,7 @@ def make_events(n: int, *, pad: int = 0, start: int = 0) -> list[PendingEvent]:
             "payload": {"pad": "x" * pad},
             "timestamp": "2024-01-01T00:00:00Z",
         }
-        events.append(PendingEvent(event_id, json.dumps(obj, sort_keys=True).encode()))
+        events.append(PendingEvent(event_id, json.dumps(obj, sort_keys=True).encode(), feature))
     return events
 
 
@@ -146,15 +150,40 @@ def test_batches_go_to_the_batch_path_keeping_a_url_prefix_without_double_slash(
 
 def test_body_holds_the_log_lines_byte_for_byte_never_reserialized() -> None:
     odd = [
-        PendingEvent("01HZX000000000000000000001", b'{"event_id":"01HZX000000000000000000001"}'),
+        PendingEvent(
+            "01HZX000000000000000000001", b'{"event_id":"01HZX000000000000000000001"}', "f1"
+        ),
         PendingEvent(
             "01HZX000000000000000000002",
             b'{"z": 1.0, "event_id": "01HZX000000000000000000002", "s": "\\u00e9", "x": [1,2]}',
+            "f2",
         ),
     ]
     server = Server()
-    run_all(server, odd)
-    assert server.bodies == [b'{"events": [' + odd[0].line + b", " + odd[1].line + b"]}"]
+    run_all(server, odd, node_id="node-7")
+    assert server.bodies == [
+        b'{"events": [' + odd[0].line + b", " + odd[1].line + b"]"
+        b', "features": ["f1", "f2"], "node_id": "node-7"}'
+    ]
+
+
+def test_body_carries_the_feature_of_each_event_in_order_and_the_senders_node_id() -> None:
+    events = make_events(2, feature="alpha") + make_events(1, start=2, feature="beta.2")
+    server = Server()
+    run_all(server, events, node_id="a1b2c3")
+    (body,) = [json.loads(b) for b in server.bodies]
+    assert list(body) == ["events", "features", "node_id"]
+    assert [e["event_id"] for e in body["events"]] == list(ids_of(events))
+    assert body["features"] == ["alpha", "alpha", "beta.2"]
+    assert body["node_id"] == "a1b2c3"
+
+
+def test_a_config_without_a_node_id_leaves_the_key_out_and_an_empty_one_is_refused() -> None:
+    server = Server()
+    run_all(server, make_events(1))
+    assert set(json.loads(server.bodies[0])) == {"events", "features"}
+    with pytest.raises(UsageError, match="node id"):
+        ReplayConfig(URL, node_id="")
 
 
 def test_content_type_is_json_and_bearer_token_is_sent_only_when_set() -> None:
@@ -181,13 +210,15 @@ def test_idempotency_key_is_sha256_of_ids_in_batch_order_and_same_on_every_retry
 
 
 def test_bodies_over_1_kib_are_gzipped_and_bodies_up_to_1_kib_are_not() -> None:
-    # body = len('{"events": [') + len(line) + len(']}') = len(line) + 14
+    overhead = len(batch_body([PendingEvent("", b"", FEATURE)]))
+
     def event_with_body_size(size: int, n: int) -> PendingEvent:
         event_id = f"01HZX{n:021d}"
         head = b'{"event_id": "' + event_id.encode() + b'", "p": "'
-        line = head + b"y" * (size - 14 - len(head) - 2) + b'"}'
-        assert len(line) + 14 == size
-        return PendingEvent(event_id, line)
+        line = head + b"y" * (size - overhead - len(head) - 2) + b'"}'
+        event = PendingEvent(event_id, line, FEATURE)
+        assert len(batch_body([event])) == size
+        return event
 
     server = Server()
     run_all(server, [event_with_body_size(1024, 1), event_with_body_size(1025, 2)], batch_size=1)
@@ -223,9 +254,10 @@ def test_batches_hold_at_most_max_batch_bytes_of_uncompressed_json() -> None:
     assert len(sizes) > 1
     # Greedy: the first event of each following batch would not have fitted.
     batches = server.batches()
-    line_len = {e.event_id: len(e.line) for e in events}
+    # Each event adds its line, its feature ("alpha" with quotes) and two ", ".
+    line_len = {e.event_id: len(e.line) + len('"alpha"') + 4 for e in events}
     for body_size, next_batch in zip(sizes[:-1], batches[1:], strict=True):
-        assert body_size + 2 + line_len[next_batch[0]] > limit
+        assert body_size + line_len[next_batch[0]] > limit
 
 
 def test_default_byte_limit_is_256_kib() -> None:
@@ -297,26 +329,65 @@ def test_accepted_rejected_shape_with_plain_and_detailed_rejections() -> None:
     assert result.attempts == 1
 
 
-def test_results_shape_success_and_duplicate_are_accepted_anything_else_rejected() -> None:
-    events = make_events(4)
-    a, b, c, d = ids_of(events)
+def results(*items: dict[str, Any]) -> Callable[[httpx.Request, list[str]], httpx.Response]:
+    """Answer every batch 200 {"results": items}."""
+    return lambda request, ids: httpx.Response(200, json={"results": list(items)})
 
-    def respond(request: httpx.Request, ids: list[str]) -> httpx.Response:
+
+@pytest.mark.parametrize("status", ["success", "accepted", "warning", "duplicate"])
+def test_results_statuses_success_accepted_warning_duplicate_mean_accepted(status: str) -> None:
+    events = make_events(2)
+    a, b = ids_of(events)
+    answer = results({"event_id": a, "status": status}, {"event_id": b, "status": status})
+    (result,) = run_all(Server(answer), events)
+    assert result.accepted == (a, b)
+    assert result.rejected == {} and result.transient_error is None
+
+
+def test_results_status_rejected_is_rejected_with_error_or_error_message() -> None:
+    events = make_events(3)
+    a, b, c = ids_of(events)
+    answer = results(
+        {"event_id": a, "status": "rejected", "error": "missing field"},
+        {"event_id": b, "status": "rejected", "error_message": "unknown lane"},
+        {"event_id": c, "status": "rejected"},
+    )
+    (result,) = run_all(Server(answer), events)
+    assert result.accepted == ()
+    assert result.rejected[a] == "missing field"
+    assert result.rejected[b] == "unknown lane"
+    assert result.rejected[c]  # a rejection without a reason still says something
+
+
+@pytest.mark.parametrize("status", ["queued", "pending", "conflict", "invalid", "error", ""])
+def test_results_queued_pending_or_unnamed_statuses_leave_the_event_pending(status: str) -> None:
+    events = make_events(2)
+    a, b = ids_of(events)
+    answer = results(
+        {"event_id": a, "status": "success"},
+        {"event_id": b, "status": status, "error_message": "later"},
+    )
+    (result,) = run_all(Server(answer), events)
+    assert result.event_ids == (a, b)
+    assert result.accepted == (a,)
+    assert result.rejected == {}, "a status not named 'rejected' never fails an event"
+    assert result.transient_error is None
+
+
+def test_events_left_pending_by_an_answer_are_not_sent_again_in_the_run() -> None:
+    def queued(request: httpx.Request, ids: list[str]) -> httpx.Response:
         return httpx.Response(
-            200,
-            json={
-                "results": [
-                    {"event_id": a, "status": "success"},
-                    {"event_id": b, "status": "duplicate"},
-                    {"event_id": c, "status": "invalid", "error": "missing field"},
-                    {"event_id": d, "status": "conflict"},
-                ]
-            },
+            200, json={"results": [{"event_id": i, "status": "queued"} for i in ids]}
         )
 
-    (result,) = run_all(Server(respond), events)
-    assert result.accepted == (a, b)
-    assert result.rejected == {c: "missing field", d: "conflict"}
+    events = make_events(5)
+    answers = run_all(Server(queued), events, batch_size=2)
+    assert [r.event_ids for r in answers] == [
+        ids_of(events[:2]),
+        ids_of(events[2:4]),
+        ids_of(events[4:]),
+    ]
+    assert all(r.accepted == () and r.rejected == {} for r in answers)
 
 
 def test_ids_in_neither_list_stay_pending_and_foreign_ids_are_ignored() -> None:
@@ -538,6 +609,103 @@ def test_other_4xx_rejects_the_whole_batch_with_status_and_a_body_snippet() -> N
     assert results[0].accepted == ()
     assert len(results) == 2  # rejections are answers: the run goes on
     assert results[1].accepted
+
+
+def details_400(details: Any) -> httpx.Response:
+    return httpx.Response(400, json={"error": "validation failed", "details": details})
+
+
+@pytest.mark.parametrize("as_string", [False, True])
+def test_400_with_details_fails_only_the_named_events_and_resends_the_others(
+    as_string: bool,
+) -> None:
+    events = make_events(5)
+    a, b, c, d, e = ids_of(events)
+    details: Any = [
+        {"event_id": b, "error": "bad aggregate"},
+        {"event_id": d, "reason": "unknown lane"},
+        {"event_id": "01HZXNOTINTHEBATCH00000000", "error": "ignored"},
+    ]
+    server = Server(scripted(details_400(json.dumps(details) if as_string else details)))
+    answers = run_all(server, events)
+    assert server.batches() == [[a, b, c, d, e], [a, c, e]]
+    keys = [r.headers["idempotency-key"] for r in server.requests]
+    assert keys == [sha_key([a, b, c, d, e]), sha_key([a, c, e])]
+    failed, sent_again = answers
+    assert failed.event_ids == (b, d) and failed.accepted == ()
+    assert failed.rejected == {b: "bad aggregate", d: "unknown lane"}
+    assert failed.attempts == 1
+    assert sent_again.event_ids == (a, c, e) and sent_again.accepted == (a, c, e)
+    assert sum(r.attempts for r in answers) == len(server.requests)
+
+
+def test_400_details_naming_every_event_fails_the_batch_without_sending_it_again() -> None:
+    events = make_events(2)
+    a, b = ids_of(events)
+    server = Server(scripted(details_400([{"event_id": a, "error": "x"}, {"event_id": b}])))
+    (answer,) = run_all(server, events)
+    assert answer.rejected == {a: "x", b: "HTTP 400"}
+    assert len(server.requests) == 1
+
+
+def test_400_details_again_on_the_resent_events_fail_those_too() -> None:
+    events = make_events(3)
+    a, b, c = ids_of(events)
+    server = Server(
+        scripted(
+            details_400([{"event_id": a, "error": "first"}]),
+            details_400([{"event_id": c, "error": "second"}]),
+        )
+    )
+    answers = run_all(server, events)
+    assert server.batches() == [[a, b, c], [b, c], [b]]
+    assert [r.rejected for r in answers] == [{a: "first"}, {c: "second"}, {}]
+    assert answers[-1].accepted == (b,)
+
+
+def test_a_transient_failure_after_400_details_keeps_the_rejections_and_stops() -> None:
+    events = make_events(3)
+    a, b, c = ids_of(events)
+    server = Server(scripted(details_400([{"event_id": b, "error": "no"}]), 503, 503))
+    answers = run_all(server, events + make_events(1, start=3), batch_size=3, max_retries=1)
+    assert [r.event_ids for r in answers] == [(b,), (a, c)]
+    assert answers[0].rejected == {b: "no"}
+    assert answers[1].transient_error == "HTTP 503 after 2 attempts"
+    assert len(server.requests) == 3  # the run stopped: the last event was never sent
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(400, text="bad request"),
+        httpx.Response(400, json={"details": "not a list"}),
+        httpx.Response(400, json={"details": []}),
+        httpx.Response(400, json={"details": [{"event_id": "01HZXNOTINTHEBATCH00000000"}]}),
+        httpx.Response(400, json={"details": ["01HZX000000000000000000000"]}),
+        httpx.Response(400, json={"details": "[not json"}),
+    ],
+)
+def test_400_without_usable_details_fails_the_whole_batch_like_any_4xx(
+    answer: httpx.Response,
+) -> None:
+    events = make_events(2)
+    server = Server(scripted(answer))
+    (result,) = run_all(server, events)
+    assert set(result.rejected) == set(ids_of(events))
+    assert all(reason.startswith("HTTP 400: ") for reason in result.rejected.values())
+    assert len(server.requests) == 1
+
+
+def test_412_stops_the_run_at_once_saying_protocol_mismatch() -> None:
+    server = Server(scripted(httpx.Response(412, text="client protocol v1 not supported")))
+    with replayer(server, batch_size=1, max_retries=3) as r:
+        results = r.run(make_events(3))
+        with pytest.raises(DeliveryError, match="protocol mismatch") as info:
+            next(results)
+    assert not isinstance(info.value, (TransientDeliveryError, AuthenticationError))
+    assert info.value.exit_code == 1
+    assert "412" in str(info.value) and "client protocol v1 not supported" in str(info.value)
+    assert len(server.requests) == 1, "a 412 is not retried"
 
 
 def test_a_transient_failure_inside_a_413_split_stops_the_run() -> None:
@@ -893,3 +1061,50 @@ def test_the_receiver_shuts_down_promptly_even_while_a_handler_stalls() -> None:
             list(replay.run(make_events(1)))
         leaving = time.monotonic()
     assert time.monotonic() - leaving < 2.0
+
+
+def run_in_thread(replay: Replayer, events: list[PendingEvent], limit: float) -> Any:
+    """Run ``replay`` in a thread; its results, or None if it still runs after ``limit``."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(list(replay.run(events))), daemon=True)
+    thread.start()
+    thread.join(limit)
+    return None if thread.is_alive() else out[0]
+
+
+@pytest.mark.parametrize("body_only", [False, True], ids=["whole-answer", "body"])
+def test_the_timeout_bounds_a_request_up_to_the_last_byte_of_a_trickled_answer(
+    body_only: bool,
+) -> None:
+    # Each byte comes well within the timeout, so only a bound on the whole request ends it.
+    with Receiver() as r, Replayer(real(r.url, timeout=1.0, max_retries=0)) as replay:
+        r.script([Action.trickle(0.2, body_only=body_only)])
+        started = time.monotonic()
+        results = run_in_thread(replay, make_events(2), limit=6.0)
+        elapsed = time.monotonic() - started
+        assert results is not None, "the request was not cut off at its timeout"
+    assert 0.9 <= elapsed < 2.5, elapsed
+    (result,) = results
+    assert result.accepted == ()
+    assert result.transient_error is not None and result.transient_error.startswith("timed out")
+
+
+def test_a_trickled_answer_is_retried_and_a_retry_in_time_delivers() -> None:
+    with Receiver() as r, Replayer(real(r.url, timeout=0.5, max_retries=1)) as replay:
+        r.script([Action.trickle(0.1)])
+        results = run_in_thread(replay, make_events(2), limit=6.0)
+    assert results is not None
+    assert results[0].accepted == ids_of(make_events(2))
+    assert results[0].attempts == 2
+
+
+def test_a_proxy_from_the_environment_is_still_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = unused_port_url()  # nothing listens there: only the proxy can answer
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with Receiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        with Replayer(real(target, max_retries=0)) as replay, pytest.raises(DeliveryError):
+            list(replay.run(make_events(1)))  # the receiver is no proxy: it answers 404
+        assert [r.path for r in proxy.requests] == [target + "/api/v1/events/batch/"]

@@ -13,12 +13,16 @@ from ._version import __version__
 
 __all__ = [
     "EVENTS_FILENAME",
+    "Annotation",
     "AuthenticationError",
     "BadIndexError",
     "DeliveryError",
     "Event",
     "EventStore",
+    "LogsUnreadableError",
+    "Record",
     "ReplaylogError",
+    "StatusEvent",
     "StoreError",
     "TransientDeliveryError",
     "UsageError",
@@ -40,6 +44,10 @@ _WHERE = {
     "read_events": "log",
     "read_events_raw": "log",
     "Event": "event",
+    "StatusEvent": "lines",
+    "Annotation": "lines",
+    "Record": "lines",
+    "LogsUnreadableError": "errors",
     "generate_event_id": "event",
     "validate_ulid_format": "event",
     "EventStore": "store",
@@ -57,12 +65,14 @@ if TYPE_CHECKING:
         AuthenticationError,
         BadIndexError,
         DeliveryError,
+        LogsUnreadableError,
         ReplaylogError,
         StoreError,
         TransientDeliveryError,
         UsageError,
     )
     from .event import Event, generate_event_id, validate_ulid_format
+    from .lines import Annotation, Record, StatusEvent
     from .log import (
         EVENTS_FILENAME,
         append_event,

@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ._version import __version__
-from .errors import BadIndexError, ReplaylogError, StoreError, UsageError
+from .errors import BadIndexError, LogsUnreadableError, ReplaylogError, StoreError, UsageError
 from .store import DEFAULT_LOGS_DIR, EventStore, find_root
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -83,6 +83,36 @@ def _errors(as_json: bool) -> Iterator[None]:
                 as_json,
             )
         raise
+
+
+T = TypeVar("T")
+
+
+def _over_logs(call: Callable[[], T]) -> tuple[T | None, LogsUnreadableError | None]:
+    """Run a command over many logs: its result, and the error listing the bad logs."""
+    try:
+        return call(), None
+    except LogsUnreadableError as exc:
+        return exc.partial, exc  # type: ignore[return-value]
+
+
+def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any] | None) -> None:
+    """Each bad log as ``PATH:LINE: message`` on stdout, one ``Error:`` line, exit 1
+    (SPEC section 10); with --json
+    one object: what was shown for the readable logs, ``problems`` and ``error``."""
+    problems = [
+        {"path": path, "line": line, "message": message} for path, line, message in exc.problems
+    ]
+    if as_json:
+        out = dict(shown or {})
+        out["problems"] = problems
+        out["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        _json_out(out)
+        sys.exit(1)
+    for path, line, message in exc.problems:  # on stdout, as verify lists them
+        where = f"{_shown_path(path)}:{line}" if line else _shown_path(path)
+        click.echo(f"{where}: {message}")
+    _fail(exc, 1, False)
 
 
 class _Context:
@@ -283,9 +313,16 @@ def append(
 
 @cli.command("log", epilog=EXIT_CODES)
 @click.argument("feature")
-@click.option("--type", "event_type", help="Only events of this type.")
-@click.option("--aggregate", "aggregate_id", help="Only events of this aggregate.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most N events.")
+@click.option(
+    "--type",
+    "event_type",
+    help="Only lines of this type: an event_type, a record's type, or a kind"
+    " (transition, annotation).",
+)
+@click.option(
+    "--aggregate", "aggregate_id", help="Only lines of this aggregate or work package (wp_id)."
+)
+@click.option("--limit", type=click.IntRange(min=0), help="At most N lines.")
 @json_option
 @pass_ctx
 def log_command(
@@ -296,30 +333,23 @@ def log_command(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Print FEATURE's events in file order.
+    """Print FEATURE's lines (events, transitions, annotations, records) in file order.
 
     A FEATURE that has no log is an error (exit 1), as in `replaylog verify`.
     """
     with _errors(as_json):
         store = ctx.store()
         store.require_log(feature)
-        shown = 0
-        for event in store.iter_events(feature):
-            if limit is not None and shown >= limit:
-                break
-            if event_type is not None and event.event_type != event_type:
-                continue
-            if aggregate_id is not None and event.aggregate_id != aggregate_id:
-                continue
-            shown += 1
-            if as_json:
-                _json_out(event.to_dict())
-            else:
-                payload = json.dumps(event.payload, sort_keys=True, ensure_ascii=False)
-                click.echo(
-                    f"{event.lamport_clock:>6}  {event.event_id}  {event.timestamp}  "
-                    f"{event.event_type}  {event.aggregate_id}  {payload}"
-                )
+        lines = store.log(feature, event_type=event_type, aggregate_id=aggregate_id, limit=limit)
+        if as_json:
+            for line in lines:
+                _json_out(line.to_dict())
+            return
+        from .lines import describe
+
+        for line in lines:
+            clock, when, what, subject, detail = describe(line)
+            click.echo(f"{clock:>6}  {line.event_id}  {when}  {what}  {subject}  {detail}")
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -329,10 +359,13 @@ def log_command(
 def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     """Per feature: events, pending, delivered and failed; and the Lamport clock."""
     with _errors(as_json), ctx.store() as store:
-        report = store.status(feature)
-        if as_json:
+        report, bad = _over_logs(lambda: store.status(feature))
+        if as_json and bad is None:
             _json_out(report)
             return
+        if bad is not None and (as_json or report is None):
+            _fail_bad_logs(bad, as_json, report)
+        assert report is not None
         width = max([len("feature")] + [len(f) for f in report["features"]])
         click.echo(
             f"{'feature':<{width}}  {'events':>8} {'pending':>8} {'delivered':>9} {'failed':>7}"
@@ -344,6 +377,8 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
                 f" {c['failed']:>7}"
             )
         click.echo(f"lamport clock: {report['lamport_clock']}")
+        if bad is not None:
+            _fail_bad_logs(bad, False, None)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -363,7 +398,7 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
     type=Seconds(positive=True),
     default=10.0,
     show_default=True,
-    help="Seconds per request.",
+    help="Seconds per request, from connect to the last byte of the answer.",
 )
 @server_options
 @json_option
@@ -385,17 +420,22 @@ def replay(
         if not url:
             raise UsageError("no server URL: give --url or set REPLAYLOG_URL")
         with ctx.store() as store, _progress("replaying", as_json) as on_batch:
-            report = store.replay(
-                url,
-                token=os.environ.get(token_env) or None,
-                batch_size=batch_size,
-                max_retries=max_retries,
-                backoff_base=backoff_base,
-                timeout=timeout,
-                feature=feature,
-                allow_insecure_http=allow_insecure_http,
-                on_batch=on_batch,
+            report, bad = _over_logs(
+                lambda: store.replay(
+                    url,
+                    token=os.environ.get(token_env) or None,
+                    batch_size=batch_size,
+                    max_retries=max_retries,
+                    backoff_base=backoff_base,
+                    timeout=timeout,
+                    feature=feature,
+                    allow_insecure_http=allow_insecure_http,
+                    on_batch=on_batch,
+                )
             )
+        if bad is not None and (as_json or report is None):
+            _fail_bad_logs(bad, as_json, report.to_dict() if report is not None else None)
+        assert report is not None
         if as_json:
             _json_out(report.to_dict())
         else:
@@ -403,6 +443,8 @@ def replay(
                 f"accepted {report.accepted}, rejected {report.rejected},"
                 f" pending {report.pending}, batches {report.batches}"
             )
+            if bad is not None:
+                _fail_bad_logs(bad, False, None)
 
 
 @contextmanager
@@ -430,6 +472,12 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | 
 @cli.command("rebuild-index", epilog=EXIT_CODES)
 @click.option("--reset-delivery", is_flag=True, help="Forget delivery state: all events pending.")
 @click.option(
+    "--skip-bad",
+    is_flag=True,
+    help="Build the index from the readable logs even if some cannot be read (they are"
+    " listed); without it, any bad log keeps the old index as it was.",
+)
+@click.option(
     "--wait",
     type=Seconds(),
     default=300.0,
@@ -438,7 +486,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | 
 )
 @json_option
 @pass_ctx
-def rebuild_index(ctx: _Context, reset_delivery: bool, wait: float, as_json: bool) -> None:
+def rebuild_index(
+    ctx: _Context, reset_delivery: bool, skip_bad: bool, wait: float, as_json: bool
+) -> None:
     """Build queue.db again from the logs, and swap it in atomically.
 
     A replay running meanwhile records its outcomes first: the new index is put in place
@@ -454,11 +504,25 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, wait: float, as_json: boo
                 if bar is not None:
                     bar(len(seen), total)
 
-            result = store.rebuild_index(reset_delivery=reset_delivery, progress=step, wait=wait)
+            result, bad = _over_logs(
+                lambda: store.rebuild_index(
+                    reset_delivery=reset_delivery, skip_bad=skip_bad, progress=step, wait=wait
+                )
+            )
+        if bad is not None:
+            _fail_bad_logs(bad, as_json, None)
+        assert result is not None
         if as_json:
             _json_out(result)
-        else:
-            click.echo(f"indexed {result['events']} events in {result['features']} features")
+            return
+        for p in result.get("skipped", []):
+            where = f"{_shown_path(p['path'])}:{p['line']}" if p["line"] else _shown_path(p["path"])
+            click.echo(f"{where}: {p['message']}")
+        skipped = len(result.get("skipped", []))
+        click.echo(
+            f"indexed {result['events']} events in {result['features']} features"
+            + (f"; skipped {skipped} log(s) that cannot be read (listed above)" if skipped else "")
+        )
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -563,21 +627,40 @@ def merge_driver(base: str, ours: str, theirs: str, path: str | None, as_json: b
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Take over the logs from a merge driver .gitattributes already names"
+    " (spec-kitty's, say): replaylog's line is added after it; no line is removed.",
+)
 @json_option
 @pass_ctx
-def git_setup(ctx: _Context, as_json: bool) -> None:
-    """Configure this clone so that git merges logs with `replaylog merge-driver`."""
+def git_setup(ctx: _Context, replace: bool, as_json: bool) -> None:
+    """Configure this clone so that git merges logs with `replaylog merge-driver`.
+
+    A .gitattributes that already gives the logs another merge driver is left as it is
+    unless --replace is given.
+    """
     from .gitmerge import git_setup as setup
 
     with _errors(as_json):
-        changed = setup(ctx.root)
+        changed = setup(ctx.root, replace=replace, logs_dir=ctx.logs_dir)
         if as_json:
             _json_out(changed)
-        else:
+            return
+        other = changed.get("existing_driver")
+        if other is not None and not replace:
             click.echo(
-                f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
-                f" git config: {'updated' if changed['config'] else 'already set'}"
+                f".gitattributes gives the logs the merge driver {other!r}; nothing was"
+                " changed. `replaylog git-setup --replace` makes git use replaylog's driver"
+                " instead (spec-kitty's driver also merges these logs)"
             )
+            return
+        click.echo(
+            f".gitattributes: {'updated' if changed['gitattributes'] else 'already set'};"
+            f" git config: {'updated' if changed['config'] else 'already set'}"
+            + (f" (replaces the merge driver {other!r} for the logs)" if other else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -152,9 +152,12 @@ class Delivery:
         transient: tuple[Iterable[str], str] | None,
         now: str,
         features_of: Mapping[str, list[str]],
+        retried: Mapping[str, str] | None = None,
     ) -> None:
         """Apply one batch's answer. Call inside ``Index.write`` (one transaction).
 
+        ``rejected`` events become failed; ``transient`` ones (ids, error) and ``retried``
+        ones ({id: error}) stay pending with ``retry_count`` + 1 and the error.
         ``features_of`` maps each event id of the batch to the feature(s) whose pending
         row it came from: every update goes by (feature, event_id), through the unique
         index, so its cost does not grow with the size of the table.
@@ -175,6 +178,11 @@ class Delivery:
             ids, error = transient
             self._many(
                 _RETRIED, [{"f": f, "e": e, "now": now, "error": error} for f, e in keys(ids)]
+            )
+        if retried:
+            self._many(
+                _RETRIED,
+                [{"f": f, "e": e, "now": now, "error": retried[e]} for f, e in keys(retried)],
             )
 
     def _many(self, statement: Any, params: list[dict[str, Any]]) -> None:

@@ -3,6 +3,7 @@
     ReplaylogError                 every error replaylog raises on purpose
     ├── UsageError                 bad input from the caller (feature name, payload, URL)  exit 2
     ├── StoreError                 a log cannot be read or written (.path, .line)           exit 1
+    │   └── LogsUnreadableError    some of several logs are bad; the rest were handled      exit 1
     ├── BadIndexError              queue.db is unreadable, foreign or newer than this code  exit 1
     └── DeliveryError              replay stopped (404, protocol, ...)                      exit 1
         ├── TransientDeliveryError retries spent; events left pending                        exit 3
@@ -18,6 +19,7 @@ __all__ = [
     "AuthenticationError",
     "DeliveryError",
     "BadIndexError",
+    "LogsUnreadableError",
     "ReplaylogError",
     "StoreError",
     "TransientDeliveryError",
@@ -46,6 +48,27 @@ class StoreError(ReplaylogError):
         super().__init__(message)
         self.path = path
         self.line = line
+
+
+class LogsUnreadableError(StoreError):
+    """A command over many logs (``status``, ``rebuild-index``, ``replay``) handled every
+    readable log, and some could not be read (SPEC section 10).
+
+    ``problems`` lists each bad log as ``(path, line, message)``; ``partial`` holds what
+    the command made of the readable logs (a status report, a replay report, ...), or
+    None when it kept things as they were (``rebuild-index`` without ``--skip-bad``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: list[tuple[str, int | None, str]],
+        partial: object = None,
+    ) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.partial = partial
 
 
 class BadIndexError(ReplaylogError):

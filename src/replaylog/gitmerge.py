@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .errors import StoreError, UsageError
 from .event import MAX_LINE_BYTES
@@ -367,12 +368,28 @@ def _read_attributes(path: str) -> bytes:
         return b""
 
 
-def git_setup(root: str) -> dict[str, bool]:
+def effective_driver(root: str, logs_dir: str = "kitty-specs") -> str | None:
+    """The merge driver git gives a log under ``logs_dir`` in the clone at ``root``, as
+    ``git check-attr`` reads every ``.gitattributes`` (None when none is given)."""
+    sample = f"{logs_dir.strip('/')}/feature/{EVENTS_FILENAME}"
+    result = _git(root, "check-attr", "merge", "--", sample)
+    if result.returncode != 0:
+        return None
+    value = result.stdout.strip().rsplit(": ", 1)[-1]
+    return None if value in ("", "unspecified", "unset") else value
+
+
+def git_setup(root: str, *, replace: bool = False, logs_dir: str = "kitty-specs") -> dict[str, Any]:
     """Configure the clone at ``root`` for the merge driver (SPEC section 9). Idempotent.
 
     Adds ``**/status.events.jsonl merge=replaylog`` to ``<root>/.gitattributes`` unless it
     is there, and sets ``merge.replaylog.name`` and ``merge.replaylog.driver`` in the
     repository's local git config. Returns whether each step changed anything in this run.
+
+    When ``.gitattributes`` already gives the logs another merge driver (spec-kitty writes
+    ``kitty-specs/**/status.events.jsonl merge=spec-kitty-event-log``), nothing is changed
+    unless ``replace``; the result's ``existing_driver`` names it either way. Replacing
+    appends our line after theirs (the last line wins in git) and removes no line.
     Raises :class:`UsageError` if ``root`` is not inside a git work tree.
     """
     root = os.fspath(root)
@@ -386,8 +403,14 @@ def git_setup(root: str) -> dict[str, bool]:
         )
 
     attributes = os.path.join(root, ".gitattributes")
+    existing = effective_driver(root, logs_dir)
+    other = existing if existing not in (None, "replaylog") else None
+    if other is not None and not replace:
+        return {"gitattributes": False, "config": False, "existing_driver": other}
     data = _read_attributes(attributes)
-    changed_attributes = not _has_our_attribute(data.decode("utf-8", "surrogateescape"))
+    changed_attributes = other is not None or not _has_our_attribute(
+        data.decode("utf-8", "surrogateescape")
+    )
     if changed_attributes:
         prefix = b"\n" if data and not data.endswith(b"\n") else b""
         try:
@@ -412,14 +435,19 @@ def git_setup(root: str) -> dict[str, bool]:
                 f"cannot set {key} in the git config of {root}: {result.stderr.strip()}"
             )
         changed_config = True
-    return {"gitattributes": changed_attributes, "config": changed_config}
+    outcome: dict[str, Any] = {"gitattributes": changed_attributes, "config": changed_config}
+    if other is not None:
+        outcome["existing_driver"] = other
+    return outcome
 
 
-def driver_warning(root: str) -> str | None:
-    """A one-line warning when ``.gitattributes`` names the driver but git cannot run it.
+def driver_warning(root: str, logs_dir: str = "kitty-specs") -> str | None:
+    """A one-line warning when git will not merge the logs with the driver the
+    ``.gitattributes`` names: the clone has not configured it, or another driver is
+    named for the logs too (the one git uses is said).
 
-    None when the attribute is absent, when git knows ``merge.replaylog.driver`` (from
-    any of its config files), outside a git work tree, or when git is not installed.
+    None when the attribute is absent, outside a git work tree, or when git is not
+    installed.
     """
     root = os.fspath(root)
     attributes = os.path.join(root, ".gitattributes")
@@ -430,9 +458,25 @@ def driver_warning(root: str) -> str | None:
     if not _names_driver(text):
         return None
     try:
-        if _git(root, "config", "--get", "merge.replaylog.driver").returncode == 0:
-            return None
         if not _inside_work_tree(root):
+            return None
+        others = sorted(_other_drivers(text) - {"replaylog"})
+        if others:
+            used = effective_driver(root, logs_dir)
+            named = (
+                f"{attributes} names two merge drivers for the logs"
+                f" (replaylog and {', '.join(others)})"
+            )
+            if used == "replaylog":
+                return (
+                    f"{named}; git uses replaylog, whose line comes last. Remove the other"
+                    " line if no one merges with it"
+                )
+            return (
+                f"{named}; git uses {used or 'neither'}, so replaylog's driver does not run:"
+                " `replaylog git-setup --replace` makes it the one git uses"
+            )
+        if _git(root, "config", "--get", "merge.replaylog.driver").returncode == 0:
             return None
     except OSError:
         return None
@@ -441,3 +485,15 @@ def driver_warning(root: str) -> str | None:
         f" merge.replaylog.driver, so git will not use it when merging logs;"
         f" run `replaylog git-setup`"
     )
+
+
+def _other_drivers(text: str) -> set[str]:
+    """Merge drivers that ``.gitattributes`` lines give to event logs."""
+    drivers = set()
+    for tokens in _attribute_lines(text):
+        if not tokens[0].endswith(EVENTS_FILENAME):
+            continue
+        for attr in tokens[1:]:
+            if attr.startswith("merge="):
+                drivers.add(attr[len("merge=") :])
+    return drivers

@@ -565,6 +565,8 @@ class Index:
         else:
             self.conn.execute("RELEASE clean_ingest")
             return added
+        from .lines import index_fields  # the slow path only: see scan_log
+
         position = [start, start_line]
         max_lamport = prior[5] if prior is not None and start > 0 else 0
         check_existing = start > 0 and not fresh
@@ -575,11 +577,9 @@ class Index:
             path, start=start, start_line=start_line, lock=lock_log, position=position
         ):
             obj = line.obj
-            clock = obj["lamport_clock"]
-            if clock > max_lamport:
-                max_lamport = clock
             if line.terminated:
                 last_line_start = line.offset
+            event_type, aggregate_id, node_id, clock = index_fields(obj)
             batch.append(
                 (
                     feature,
@@ -587,17 +587,23 @@ class Index:
                     line.offset,
                     line.end - line.offset - (1 if line.terminated else 0),
                     obj["event_id"],
-                    obj["event_type"],
-                    obj["aggregate_id"],
-                    obj["node_id"],
+                    event_type,
+                    aggregate_id,
+                    node_id,
                     clock,
                 )
             )
             if len(batch) >= _BATCH:
-                added += self._insert(feature, path, batch, check_existing)
+                batch, max_lamport = self._with_clocks(
+                    feature, path, batch, check_existing, max_lamport
+                )
+                added += self._insert(feature, path, batch, False)
                 batch = []
         if batch:
-            added += self._insert(feature, path, batch, check_existing)
+            batch, max_lamport = self._with_clocks(
+                feature, path, batch, check_existing, max_lamport
+            )
+            added += self._insert(feature, path, batch, False)
         self._see(max_lamport)
         self._record_progress(
             feature,
@@ -654,6 +660,31 @@ class Index:
             crc_from=_crc_from(prior, start),
         )
         return added
+
+    def _with_clocks(
+        self,
+        feature: str,
+        path: str,
+        rows: list[tuple[Any, ...]],
+        check_existing: bool,
+        before: int,
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Rows with their Lamport values (SPEC section 10: a line that carries none gets
+        1 + the largest value before it), once lines already indexed are left out, so
+        that an index kept incrementally equals a rebuilt one. Returns the rows and the
+        largest value so far."""
+        if check_existing:
+            rows = self._drop_known(feature, path, rows)
+        out = []
+        for row in rows:
+            clock = row[8]
+            if clock is None:
+                clock = before + 1
+                row = (*row[:8], clock)
+            if clock > before:
+                before = clock
+            out.append(row)
+        return out, before
 
     def _insert(
         self, feature: str, path: str, rows: list[tuple[Any, ...]], check_existing: bool

@@ -34,10 +34,11 @@ from .event import (
     ULID_PATTERN,
     Event,
     EventValidationError,
-    build_event,
     build_events,
-    check_line_object,
 )
+
+if TYPE_CHECKING:
+    from .lines import Line
 
 _new_object = object.__new__
 _set_attr = object.__setattr__
@@ -54,7 +55,6 @@ __all__ = [
     "EVENTS_FILENAME",
     "LogLine",
     "LogWriter",
-    "Problem",
     "append_event",
     "append_events",
     "iter_events",
@@ -281,6 +281,10 @@ def scan_log(
     (newline-terminated) line read, blank ones included: where an incremental reader
     resumes. A missing file yields nothing.
     """
+    # Imported here: the append path reads clean logs with clean_chunks and never needs
+    # the line kinds, whose records cost start-up time.
+    from .lines import check_line
+
     try:
         fd = _open_log(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -333,7 +337,7 @@ def scan_log(
                 )
             if problem is None:
                 try:
-                    check_line_object(obj)
+                    check_line(obj)
                 except EventValidationError as exc:
                     problem = StoreError(
                         f"Line {number}: invalid event structure: {exc}", path=path, line=number
@@ -552,7 +556,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def read_events_raw(feature_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every event of a feature's log as the JSON objects of its lines, in file order."""
+    """Every line of a feature's log as its JSON object, in file order (every kind)."""
     path = log_path(feature_dir)
     with _gc_paused():
         objs = _fast_read(path)
@@ -561,17 +565,28 @@ def read_events_raw(feature_dir: str | os.PathLike[str]) -> list[dict[str, Any]]
     return objs
 
 
-def iter_events(feature_dir: str | os.PathLike[str]) -> Iterator[Event]:
-    """Stream the events of a feature's log in file order, in bounded memory."""
+def iter_events(feature_dir: str | os.PathLike[str]) -> Iterator[Line]:
+    """Stream the lines of a feature's log in file order, each as its kind's record
+    (:class:`Event`, :class:`~replaylog.lines.StatusEvent`, ...), in bounded memory."""
+    from .lines import build_line
+
     for line in scan_log(log_path(feature_dir)):
-        yield build_event(line.obj)
+        yield build_line(line.obj)
 
 
-def read_events(feature_dir: str | os.PathLike[str]) -> list[Event]:
-    """Every event of a feature's log, in file order; ``[]`` when there is no log."""
-    objs = read_events_raw(feature_dir)
+def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
+    """Every line of a feature's log in file order, each as its kind's record
+    (an envelope as :class:`Event`, a transition as :class:`~replaylog.lines.StatusEvent`,
+    an annotation as :class:`~replaylog.lines.Annotation`, a record as
+    :class:`~replaylog.lines.Record`); ``[]`` when there is no log."""
+    path = log_path(feature_dir)
     with _gc_paused():
-        return build_events(objs)
+        objs = _fast_read(path)
+        if objs is not None:  # a clean log of the store's own events
+            return build_events(objs)  # type: ignore[return-value]
+        from .lines import build_line
+
+        return [build_line(line.obj) for line in scan_log(path)]
 
 
 def verify_log(path: str) -> list[Problem]:
@@ -776,49 +791,57 @@ class LogWriter:
         self.close()
 
 
+def lamport_of(obj: dict[str, Any], before: int) -> int:
+    """A line's Lamport value (SPEC section 10): its ``lamport_clock``, or for a line
+    that carries none, 1 + ``before``, the largest value of the lines before it."""
+    value = obj.get("lamport_clock")
+    return value if type(value) is int else before + 1
+
+
 def _max_clock(writer: LogWriter) -> int:
     """The largest Lamport value in the log (a full scan; the store keeps it in the index)."""
     best = 0
-    for line in scan_log(writer.path, lock=False, dedup=False):
-        value = line.obj.get("lamport_clock")
-        if type(value) is int and value > best:
-            best = value
+    for line in scan_log(writer.path, lock=False):
+        best = max(best, lamport_of(line.obj, best))
     if writer.torn_tail is not None:
-        value = writer.torn_tail.get("lamport_clock")
-        if type(value) is int and value > best:
-            best = value
+        best = max(best, lamport_of(writer.torn_tail, best))
     return best
 
 
 def append_events(
-    feature_dir: str | os.PathLike[str], events: Iterable[Event], *, fsync: bool = True
-) -> list[Event]:
-    """Append events to a feature's log with one lock, one write and one fsync.
+    feature_dir: str | os.PathLike[str], events: Iterable[Line], *, fsync: bool = True
+) -> list[Line]:
+    """Append lines of any kind to a feature's log with one lock, one write and one fsync.
 
-    Events whose ``lamport_clock`` is 0 are given values above every value in the log;
-    this reads the whole log, which :class:`~replaylog.EventStore` avoids with its index.
+    An :class:`Event` whose ``lamport_clock`` is 0 is given a value above every value in
+    the log; this reads the whole log, which :class:`~replaylog.EventStore` avoids with
+    its index. Lines of other kinds (a :class:`~replaylog.lines.StatusEvent`, ...) and
+    events whose ``lamport_clock`` is absent are written as they are: their Lamport value
+    is derived from the log (SPEC section 10).
     """
     events = list(events)
     if not events:
         return []
     with LogWriter(feature_dir, fsync=fsync) as writer:
-        if any(e.lamport_clock < 1 for e in events):
+        if any(type(e) is Event and e.lamport_clock == 0 for e in events):
             clock = _max_clock(writer)
-            stamped = []
+            stamped: list[Line] = []
             for event in events:
-                if event.lamport_clock < 1:
+                if type(event) is Event and event.lamport_clock == 0:
                     clock += 1
                     event = event.with_clock(clock)
                 else:
-                    clock = max(clock, event.lamport_clock)
+                    clock = lamport_of(event.to_dict(), clock)
                 stamped.append(event)
             events = stamped
         writer.write([e.to_line() for e in events])
     return events
 
 
-def append_event(feature_dir: str | os.PathLike[str], event: Event, *, fsync: bool = True) -> Event:
-    """Append one event durably; returns it as written (with its Lamport value)."""
+def append_event(feature_dir: str | os.PathLike[str], event: Line, *, fsync: bool = True) -> Line:
+    """Append one line durably (an :class:`Event` or a line of another kind, such as a
+    :class:`~replaylog.lines.StatusEvent`); returns it as written (an event with its
+    Lamport value)."""
     return append_events(feature_dir, [event], fsync=fsync)[0]
 
 

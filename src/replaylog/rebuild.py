@@ -8,8 +8,9 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadIndexError, ReplaylogError
+from .errors import BadIndexError, ReplaylogError, StoreError
 from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
+from .log import log_path
 
 if TYPE_CHECKING:
     from .store import EventStore
@@ -92,10 +93,14 @@ def rebuild(
     store: EventStore,
     *,
     reset_delivery: bool,
+    skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
     wait: float = REPLAY_WAIT_SECONDS,
-) -> dict[str, int]:
-    """Build the new index, then put it in place while no replay records outcomes.
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
+    """Build the index from every log, then put it in place while no replay records outcomes.
+
+    Returns the result and the logs that could not be read. With any such log and no
+    ``skip_bad``, nothing is swapped in.
 
     The logs are read without any lock on the index. The old index's delivery state is
     read, and the new index renamed over it, under the replay lock: a replay running
@@ -121,6 +126,7 @@ def rebuild(
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
+    bad: dict[str, StoreError] = {}
     fresh = Index(temp, clock_of=index_path)
     try:
         # A temporary file that is thrown away on any failure: no journal, no syncing of
@@ -132,9 +138,22 @@ def rebuild(
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
             for name in features:
-                events += fresh.ingest(name, store.log_path(name), fresh=True)
+                path = log_path(os.path.join(store.logs_root, name))
+                # Every log is read even after a bad one, so that all are listed (SPEC 10).
+                fresh.conn.execute("SAVEPOINT one_log")
+                try:
+                    store.feature_dir(name)  # a linked folder is refused (SPEC section 12)
+                    events += fresh.ingest(name, path, fresh=True)
+                except StoreError as exc:
+                    fresh.conn.execute("ROLLBACK TO one_log")
+                    if exc.path is None:
+                        exc.path = path
+                    bad[name] = exc
+                fresh.conn.execute("RELEASE one_log")
                 if progress is not None:
                     progress(name, events)
+            if bad and not skip_bad:
+                raise _KeepOld
             for statement in INDEX_SQL:
                 fresh.conn.execute(statement)
         with replay_lock(index_path, timeout=wait) as held:
@@ -172,12 +191,18 @@ def rebuild(
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         fresh.close()
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(temp + suffix)
             except FileNotFoundError:
                 pass
+        if isinstance(exc, _KeepOld):
+            return {"features": len(features) - len(bad), "events": events}, bad
         raise
-    return {"features": len(features), "events": events}
+    return {"features": len(features) - len(bad), "events": events}, bad
+
+
+class _KeepOld(Exception):
+    """Some log is bad and no --skip-bad: the new index is thrown away."""

@@ -11,10 +11,17 @@ How an answer is handled::
     network error, timeout, 408, 425, 429, 5xx     -> retried; when spent: BatchResult with
                                                       transient_error, then the run stops
     401, 403                                       -> AuthenticationError
+    412                                            -> DeliveryError: protocol mismatch
     404, 3xx, other statuses                       -> DeliveryError naming the URL
     413                                            -> batch split in halves; a single event
                                                       still refused is rejected
+    400 with "details" naming events               -> those rejected (one BatchResult), the
+                                                      rest of the batch sent again without them
     any other 4xx                                  -> every event of the batch rejected
+
+``timeout`` bounds a whole request, from connect to the last byte of the answer: the
+default transport gives every socket operation only the time left before the request's
+deadline, so a server that trickles its answer is cut off like one that stalls.
 
 The token is only ever put in the ``Authorization`` header: it is kept out of reprs,
 exception messages and results.
@@ -22,6 +29,7 @@ exception messages and results.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import gzip
 import hashlib
@@ -29,7 +37,9 @@ import ipaddress
 import json
 import random
 import re
+import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +47,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from ._version import __version__
@@ -63,9 +74,13 @@ SNIPPET_CHARS = 200
 MAX_REASON_CHARS = 1000
 
 _BODY_HEAD = b'{"events": ['
+_BODY_FEATURES = b'], "features": ['
+_BODY_NODE = b'], "node_id": '
 _BODY_SEP = b", "
 _BODY_TAIL = b"]}"
-_ACCEPTED_STATUSES = frozenset({"success", "duplicate"})
+_ACCEPTED_STATUSES = frozenset({"success", "accepted", "warning", "duplicate"})
+_REJECTED_STATUS = "rejected"
+_WRITE_CHUNK = 16 * 1024  # a write is cut in pieces so that each piece gets the time left
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -73,9 +88,10 @@ _WHITESPACE = re.compile(r"\s+")
 class ReplayConfig:
     """Where and how to replay. Invalid values raise :class:`UsageError` at construction.
 
+    ``timeout`` bounds each request from connect to the last byte of the answer.
     ``deadline`` is a ``time.monotonic()`` value after which nothing more is attempted
     (offline emit uses it): each request's timeout is ``min(timeout, time left)`` and no
-    sleep goes past it.
+    sleep goes past it. ``node_id`` is the sender's, sent in every batch body.
     """
 
     url: str
@@ -87,6 +103,7 @@ class ReplayConfig:
     allow_insecure_http: bool = False
     max_batch_bytes: int = 256 * 1024
     deadline: float | None = None
+    node_id: str | None = None
 
     def __post_init__(self) -> None:
         _validate_url(self.url, allow_insecure_http=self.allow_insecure_http)
@@ -110,6 +127,8 @@ class ReplayConfig:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
         if self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
+        if self.node_id is not None and (not isinstance(self.node_id, str) or not self.node_id):
+            raise UsageError(f"the node id must be a non-empty string, got {self.node_id!r}")
 
     def __repr__(self) -> str:
         token = "None" if self.token is None else "'***'"
@@ -117,7 +136,8 @@ class ReplayConfig:
             f"ReplayConfig(url={self.url!r}, token={token}, batch_size={self.batch_size!r}, "
             f"max_retries={self.max_retries!r}, backoff_base={self.backoff_base!r}, "
             f"timeout={self.timeout!r}, allow_insecure_http={self.allow_insecure_http!r}, "
-            f"max_batch_bytes={self.max_batch_bytes!r}, deadline={self.deadline!r})"
+            f"max_batch_bytes={self.max_batch_bytes!r}, deadline={self.deadline!r}, "
+            f"node_id={self.node_id!r})"
         )
 
     __str__ = __repr__
@@ -130,10 +150,11 @@ class ReplayConfig:
 
 @dataclass(frozen=True)
 class PendingEvent:
-    """One event to send: its id and its log line without the trailing newline."""
+    """One event to send: its id, its log line without the trailing newline, its feature."""
 
     event_id: str
     line: bytes
+    feature: str
 
 
 @dataclass(frozen=True)
@@ -164,9 +185,28 @@ def idempotency_key(event_ids: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(event_ids).encode("utf-8")).hexdigest()
 
 
-def batch_body(lines: Iterable[bytes]) -> bytes:
-    """The JSON body of a batch, built from the raw log lines (never re-serialized)."""
-    return _BODY_HEAD + _BODY_SEP.join(lines) + _BODY_TAIL
+def batch_body(events: Iterable[PendingEvent], node_id: str | None = None) -> bytes:
+    """The JSON body of a batch: ``{"events", "features", "node_id"}``.
+
+    The events are the raw log lines, never re-serialized; ``features`` gives the feature
+    of each, in the same order. Without a ``node_id`` that key is left out.
+    """
+    batch = list(events)
+    return (
+        _BODY_HEAD
+        + _BODY_SEP.join(event.line for event in batch)
+        + _BODY_FEATURES
+        + _BODY_SEP.join(_json_string(event.feature) for event in batch)
+        + _body_end(node_id)
+    )
+
+
+def _body_end(node_id: str | None) -> bytes:
+    return _BODY_NODE + _json_string(node_id) + b"}" if node_id is not None else _BODY_TAIL
+
+
+def _json_string(text: str) -> bytes:
+    return json.dumps(text).encode("ascii")
 
 
 class Replayer:
@@ -188,6 +228,13 @@ class Replayer:
         self._endpoint = config.endpoint
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        self._network: _DeadlineBackend | None = None
+        if transport is None and not _proxied(config.endpoint):
+            self._network = _DeadlineBackend()
+            transport = _DeadlineTransport(self._network, https=not _is_plain_http(config.url))
+        # With a proxy from the environment httpx's own transport is used, as before: each
+        # of its reads and writes is bounded by the timeout, and reading the body by the
+        # request's deadline, but not the time the proxy takes to send the headers.
         self._client = httpx.Client(
             transport=transport,
             timeout=config.timeout,
@@ -195,7 +242,7 @@ class Replayer:
             headers={"User-Agent": f"replaylog/{__version__}"},
             # Loading the system's CA certificates takes 50-250 ms, a large part of an
             # `append --sync` budget; a plain-http URL never uses them.
-            verify=not config.url.lower().startswith("http://"),
+            verify=not _is_plain_http(config.url),
         )
         self._closed = False
 
@@ -236,10 +283,23 @@ class Replayer:
     # -- the run ---------------------------------------------------------------
 
     def _run(self, events: Iterable[PendingEvent]) -> Iterator[BatchResult]:
-        for batch in _chunk(events, self.config.batch_size, self.config.max_batch_bytes):
+        config = self.config
+        for batch in _chunk(events, config.batch_size, config.max_batch_bytes, config.node_id):
             stopped = yield from self._send_batch(batch, carried_attempts=0)
             if stopped:
                 return
+
+    def _request(self, batch: list[PendingEvent]) -> tuple[bytes, dict[str, str]]:
+        """The body and headers of one batch, the same on every retry of it."""
+        ids = (event.event_id for event in batch)
+        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(ids)}
+        if self.config.token is not None:
+            headers["Authorization"] = f"Bearer {self.config.token}"
+        body = batch_body(batch, self.config.node_id)
+        if len(body) > GZIP_THRESHOLD:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return body, headers
 
     def _send_batch(
         self, batch: list[PendingEvent], *, carried_attempts: int
@@ -249,14 +309,7 @@ class Replayer:
         Returns True when the run must stop (transient failure or deadline passed).
         """
         ids = tuple(event.event_id for event in batch)
-        headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key(ids)}
-        if self.config.token is not None:
-            headers["Authorization"] = f"Bearer {self.config.token}"
-        body = batch_body(event.line for event in batch)
-        if len(body) > GZIP_THRESHOLD:
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            headers["Content-Encoding"] = "gzip"
-
+        body, headers = self._request(batch)
         attempts = 0
         retries = 0
         last_failure = ""
@@ -277,9 +330,7 @@ class Replayer:
                     parsed = _parse_answer(outcome.content, ids)
                     if parsed is not None:
                         accepted, reasons = parsed
-                        rejected = {
-                            i: self._clean(r)[:MAX_REASON_CHARS] for i, r in reasons.items()
-                        }
+                        rejected = {i: self._reason(r) for i, r in reasons.items()}
                         yield BatchResult(
                             ids, accepted, rejected, None, attempts + carried_attempts
                         )
@@ -292,6 +343,14 @@ class Replayer:
                         f"HTTP 404 Not Found from {self._endpoint}: the server has no replay "
                         "endpoint there; check the URL (--url or REPLAYLOG_URL)"
                     )
+                elif status == 412:
+                    detail = self._snippet(outcome.content)
+                    raise DeliveryError(
+                        f"HTTP 412 from {self._endpoint}: protocol mismatch, the server does "
+                        f"not take batches from replaylog {__version__}"
+                        + (f" ({detail})" if detail else "")
+                        + "; nothing was changed: upgrade replaylog or the server"
+                    )
                 elif status == 413:
                     return (
                         yield from self._split(batch, ids, outcome, attempts + carried_attempts)
@@ -299,6 +358,20 @@ class Replayer:
                 elif status in RETRYABLE_STATUSES or 500 <= status < 600:
                     last_failure = f"HTTP {status}"
                     retry_after = _parse_retry_after(outcome.retry_after)
+                elif status == 400 and (details := _parse_details(outcome.content, ids)):
+                    # The server named the events it refuses: only they fail, and the
+                    # others go again as a batch of their own (its own key).
+                    rejected = {i: self._reason(r) for i, r in details.items()}
+                    yield BatchResult(
+                        tuple(rejected), (), rejected, None, attempts + carried_attempts
+                    )
+                    rest = [event for event in batch if event.event_id not in rejected]
+                    if not rest:
+                        return False
+                    batch, ids = rest, tuple(event.event_id for event in rest)
+                    body, headers = self._request(batch)
+                    attempts = retries = carried_attempts = 0
+                    continue
                 elif 400 <= status < 500:
                     reason = f"HTTP {status}: {self._snippet(outcome.content)}"
                     rejected = dict.fromkeys(ids, reason)
@@ -356,7 +429,13 @@ class Replayer:
         return (yield from self._send_batch(batch[middle:], carried_attempts=0))
 
     def _attempt(self, body: bytes, headers: dict[str, str], timeout: float) -> _Answer | str:
-        """One POST. Returns the answer, or a one-line description of a retryable failure."""
+        """One POST, ended when ``timeout`` seconds have passed since it started.
+
+        Returns the answer, or a one-line description of a retryable failure.
+        """
+        deadline = time.monotonic() + timeout
+        if self._network is not None:
+            self._network.start(deadline, timeout)
         try:
             with self._client.stream(
                 "POST", self._endpoint, content=body, headers=headers, timeout=timeout
@@ -365,7 +444,7 @@ class Replayer:
                 if status in RETRYABLE_STATUSES or 500 <= status < 600:
                     content = b""  # retried: the body is not needed
                 else:
-                    content, complete = self._read_capped(response)
+                    content, complete = self._read_capped(response, deadline, timeout)
                     if not complete:
                         return f"HTTP {status} with an answer larger than {MAX_ANSWER_BYTES} bytes"
                 return _Answer(
@@ -385,8 +464,13 @@ class Replayer:
             raise DeliveryError(
                 f"could not send to {self._endpoint}: {type(exc).__name__}: {self._clean(exc)}"
             ) from exc
+        finally:
+            if self._network is not None:
+                self._network.stop()
 
-    def _read_capped(self, response: httpx.Response) -> tuple[bytes, bool]:
+    def _read_capped(
+        self, response: httpx.Response, deadline: float, timeout: float
+    ) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         size = 0
         for chunk in response.iter_bytes():
@@ -394,8 +478,8 @@ class Replayer:
             size += len(chunk)
             if size > MAX_ANSWER_BYTES:
                 return b"", False
-            if self.config.deadline is not None and time.monotonic() > self.config.deadline:
-                raise httpx.ReadTimeout("deadline passed while reading the answer")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(_over_time(timeout))
         return b"".join(chunks), True
 
     def _time_left(self, timeout: float) -> float | None:
@@ -421,6 +505,9 @@ class Replayer:
             hint = "check the token in REPLAYLOG_TOKEN (or the variable of --token-env)"
         return f"authentication failed: HTTP {status} from {self._endpoint}; {hint}"
 
+    def _reason(self, reason: str) -> str:
+        return self._clean(reason)[:MAX_REASON_CHARS]
+
     def _snippet(self, content: bytes) -> str:
         """The first characters of an answer body, on one line, token masked."""
         return self._clean(content.decode("utf-8", errors="replace"))[:SNIPPET_CHARS]
@@ -443,22 +530,28 @@ class _Answer:
 
 
 def _chunk(
-    events: Iterable[PendingEvent], batch_size: int, max_bytes: int
+    events: Iterable[PendingEvent], batch_size: int, max_bytes: int, node_id: str | None
 ) -> Iterator[list[PendingEvent]]:
     """Group events lazily: at most ``batch_size`` events and ``max_bytes`` of JSON body.
 
     A single event whose body alone exceeds ``max_bytes`` goes in a batch of its own.
     """
-    empty = len(_BODY_HEAD) + len(_BODY_TAIL)
+    empty = len(_BODY_HEAD) + len(_BODY_FEATURES) + len(_body_end(node_id))
+    separators = 2 * len(_BODY_SEP)  # one among the events, one among the features
+    feature_sizes: dict[str, int] = {}
     batch: list[PendingEvent] = []
     size = empty
     for event in events:
-        added = len(event.line) + (len(_BODY_SEP) if batch else 0)
+        own = feature_sizes.get(event.feature)
+        if own is None:
+            own = feature_sizes[event.feature] = len(_json_string(event.feature))
+        own += len(event.line)
+        added = own + (separators if batch else 0)
         if batch and (len(batch) >= batch_size or size + added > max_bytes):
             yield batch
             batch = []
             size = empty
-            added = len(event.line)
+            added = own
         batch.append(event)
         size += added
     if batch:
@@ -475,7 +568,7 @@ def _parse_answer(
     """
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None
@@ -493,9 +586,10 @@ def _parse_answer(
                 return None
             if status in _ACCEPTED_STATUSES:
                 accepted.add(event_id)
-            else:
-                error = item.get("error")
-                rejected.setdefault(event_id, _reason(error) if error is not None else status)
+            elif status == _REJECTED_STATUS:
+                rejected.setdefault(event_id, _item_reason(item, ("error", "error_message")))
+            # "queued", "pending" or a status not named in SPEC section 5: the event
+            # stays pending, neither accepted nor rejected.
     elif "accepted" in data or "rejected" in data:
         accepted_list = data.get("accepted", [])
         rejected_list = data.get("rejected", [])
@@ -509,9 +603,7 @@ def _parse_answer(
             if isinstance(item, str):
                 rejected.setdefault(item, "rejected by the server")
             elif isinstance(item, dict) and isinstance(item.get("event_id"), str):
-                reason = item.get("reason")
-                text = _reason(reason) if reason is not None else "rejected by the server"
-                rejected.setdefault(item["event_id"], text)
+                rejected.setdefault(item["event_id"], _item_reason(item, ("reason",)))
             else:
                 return None
     else:
@@ -521,6 +613,41 @@ def _parse_answer(
         i: rejected[i] for i in dict.fromkeys(ids) if i in rejected and i not in accepted
     }
     return accepted_ids, rejected_ids
+
+
+def _parse_details(content: bytes, ids: tuple[str, ...]) -> dict[str, str]:
+    """The events a 400 answer names in ``details``, with their reasons, in batch order.
+
+    ``details`` is a list (or a JSON string holding one) of ``{"event_id", "error" |
+    "reason"}``. Entries that name no event of the batch are ignored; an empty result
+    means the answer has no usable details.
+    """
+    try:
+        data = json.loads(content)
+        details = data.get("details") if isinstance(data, dict) else None
+        if isinstance(details, str):
+            details = json.loads(details)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(details, list):
+        return {}
+    named: dict[str, str] = {}
+    for item in details:
+        if isinstance(item, dict) and isinstance(item.get("event_id"), str):
+            reason = _item_reason(item, ("error", "reason", "error_message"), "HTTP 400")
+            named.setdefault(item["event_id"], reason)
+    return {i: named[i] for i in dict.fromkeys(ids) if i in named}
+
+
+def _item_reason(
+    item: dict[str, Any], keys: tuple[str, ...], default: str = "rejected by the server"
+) -> str:
+    """The first of ``keys`` that ``item`` has (not null), as text."""
+    for key in keys:
+        value = item.get(key)
+        if value is not None:
+            return _reason(value)
+    return default
 
 
 def _reason(value: Any) -> str:
@@ -559,6 +686,200 @@ def _describe_network_error(exc: httpx.HTTPError) -> str:
         kind = "connection error"
     detail = _WHITESPACE.sub(" ", str(exc)).strip()[:SNIPPET_CHARS]
     return f"{kind} ({detail})" if detail and detail.lower() != kind else kind
+
+
+def _over_time(timeout: float) -> str:
+    return f"no complete answer within the timeout of {timeout:g} s"
+
+
+def _is_plain_http(url: str) -> bool:
+    return url.lower().startswith("http://")
+
+
+def _proxied(endpoint: str) -> bool:
+    """Whether the environment names a proxy for ``endpoint`` (httpx then uses it)."""
+    proxies = urllib.request.getproxies()
+    parts = urlsplit(endpoint)
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+# -- the request deadline ----------------------------------------------------------
+#
+# httpx's timeouts apply to each socket operation: a server that sends one byte just
+# before each read times out never trips them. The default transport is httpx's own
+# (httpcore's connection pool) over a network backend that gives every connect, TLS
+# handshake, read and write only the time left before the request's deadline.
+
+_HTTPCORE_ERRORS: tuple[tuple[type[Exception], type[httpx.HTTPError]], ...] = (
+    # Most specific first: the first match is the one raised.
+    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
+    (httpcore.ReadTimeout, httpx.ReadTimeout),
+    (httpcore.WriteTimeout, httpx.WriteTimeout),
+    (httpcore.PoolTimeout, httpx.PoolTimeout),
+    (httpcore.TimeoutException, httpx.TimeoutException),
+    (httpcore.ConnectError, httpx.ConnectError),
+    (httpcore.ReadError, httpx.ReadError),
+    (httpcore.WriteError, httpx.WriteError),
+    (httpcore.NetworkError, httpx.NetworkError),
+    (httpcore.ProxyError, httpx.ProxyError),
+    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
+    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
+    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
+    (httpcore.ProtocolError, httpx.ProtocolError),
+)
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Iterator[None]:
+    """httpcore's exceptions as the httpx ones the replayer handles."""
+    try:
+        yield
+    except Exception as exc:
+        for theirs, ours in _HTTPCORE_ERRORS:
+            if isinstance(exc, theirs):
+                raise ours(str(exc)) from exc
+        raise
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's socket backend, each operation cut to the time left (see above)."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._deadline: float | None = None
+        self._timeout = 0.0
+
+    def start(self, deadline: float, timeout: float) -> None:
+        """Bound the request that starts now: nothing of it goes past ``deadline``."""
+        self._deadline, self._timeout = deadline, timeout
+
+    def stop(self) -> None:
+        self._deadline = None
+
+    def time_left(
+        self, timeout: float | None, error: type[httpcore.TimeoutException]
+    ) -> float | None:
+        """``timeout`` cut to the time left; raises ``error`` when none is left."""
+        if self._deadline is None:
+            return timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise error(_over_time(self._timeout))
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self.time_left(timeout, httpcore.ConnectTimeout)
+        stream = self._inner.connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream, self)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self.time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_unix_socket(path, left, socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream, backend: _DeadlineBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        left = self._backend.time_left(timeout, httpcore.ReadTimeout)
+        return self._inner.read(max_bytes, left)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # One piece at a time, so that a server that reads slowly is cut off too.
+        for start in range(0, len(buffer), _WRITE_CHUNK):
+            left = self._backend.time_left(timeout, httpcore.WriteTimeout)
+            self._inner.write(buffer[start : start + _WRITE_CHUNK], left)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = self._backend.time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, left), self._backend
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """httpx's HTTP/1.1 transport over :class:`_DeadlineBackend`."""
+
+    def __init__(self, backend: _DeadlineBackend, *, https: bool) -> None:
+        self._pool = httpcore.ConnectionPool(
+            # Only https needs the CA certificates (see Replayer); httpx finds them.
+            ssl_context=httpx.create_ssl_context() if https else None,
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.SyncByteStream)
+        core_request = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(
+                scheme=request.url.raw_scheme,
+                host=request.url.raw_host,
+                port=request.url.port,
+                target=request.url.raw_path,
+            ),
+            headers=request.headers.raw,
+            content=request.stream,
+            extensions=request.extensions,
+        )
+        with _httpx_errors():
+            answer = self._pool.handle_request(core_request)
+        assert isinstance(answer.stream, Iterable)
+        return httpx.Response(
+            status_code=answer.status,
+            headers=answer.headers,
+            stream=_AnswerStream(answer.stream),
+            extensions=answer.extensions,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class _AnswerStream(httpx.SyncByteStream):
+    def __init__(self, inner: Iterable[bytes]) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _httpx_errors():
+            yield from self._inner
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
 
 
 def _is_header_safe(value: str) -> bool:

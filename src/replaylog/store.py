@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import log as _log
 from .errors import (
     DeliveryError,
+    LogsUnreadableError,
     ReplaylogError,
     StoreError,
     TransientDeliveryError,
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import httpx
 
     from .delivery import Delivery
+    from .lines import Line
+    from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
 
 __all__ = ["EventStore", "find_root"]
@@ -285,13 +288,37 @@ class EventStore:
         return self._delivery
 
     def catch_up(self, features: Iterable[str] | None = None) -> None:
-        """Bring the index up to date with the logs (all of them, or the ones named)."""
+        """Bring the index up to date with the logs (all of them, or the ones named).
+
+        A log that cannot be read raises :class:`StoreError`; over all logs, every
+        readable one is caught up first and :class:`LogsUnreadableError` lists the bad.
+        """
+        if features is None:
+            bad = self._catch_up_all()
+            if bad:
+                raise _unreadable(bad, "every other log was indexed")
+            return
         # Names are checked before the index is opened: a bad one touches no file (section 1).
-        checked = None if features is None else {_log.validate_feature_name(f) for f in features}
+        checked = {_log.validate_feature_name(f) for f in features}
         index = self.index
-        names = set(self.features()) | set(index.known_features()) if checked is None else checked
-        for name in sorted(names):
+        for name in sorted(checked):
             index.catch_up(name, self.log_path(name))
+
+    def _catch_up_all(self) -> dict[str, StoreError]:
+        """Catch up with every log; returns the logs that could not be read, by feature
+        (SPEC section 10: one bad log does not stop the others)."""
+        index = self.index
+        bad: dict[str, StoreError] = {}
+        for name in sorted(set(self.features()) | set(index.known_features())):
+            path = _log.log_path(os.path.join(self.logs_root, name))
+            try:
+                self.feature_dir(name)  # a linked folder is refused (SPEC section 12)
+                index.catch_up(name, path)
+            except StoreError as exc:
+                if exc.path is None:
+                    exc.path = path
+                bad[name] = exc
+        return bad
 
     # ------------------------------------------------------------------ writing
 
@@ -511,13 +538,36 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, feature: str) -> list[Event]:
-        """Every event of a feature, in file order (identical duplicate lines once)."""
+    def read(self, feature: str) -> list[Line]:
+        """Every line of a feature in file order (identical duplicate lines once), each as
+        its kind's record: :class:`Event` for envelopes, and spec-kitty's kinds."""
         return _log.read_events(self.feature_dir(feature))
 
-    def iter_events(self, feature: str) -> Iterator[Event]:
-        """Stream a feature's events in file order, in bounded memory."""
+    def iter_events(self, feature: str) -> Iterator[Line]:
+        """Stream a feature's lines in file order, in bounded memory."""
         return _log.iter_events(self.feature_dir(feature))
+
+    def log(
+        self,
+        feature: str,
+        *,
+        event_type: str | None = None,
+        aggregate_id: str | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Line]:
+        """``replaylog log``: a feature's lines in file order, filtered as
+        :func:`replaylog.lines.matches` says, at most ``limit`` of them."""
+        from .lines import matches
+
+        if limit == 0:
+            return
+        shown = 0
+        for line in self.iter_events(feature):
+            if matches(line, type=event_type, aggregate=aggregate_id):
+                yield line
+                shown += 1
+                if limit is not None and shown >= limit:
+                    return
 
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
         """A feature's line objects exactly as in the log, in file order."""
@@ -526,22 +576,31 @@ class EventStore:
     def status(self, feature: str | None = None) -> dict[str, Any]:
         """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
         names = [feature] if feature is not None else None
-        self.catch_up(names)
+        bad = self._catch_up_all() if names is None else {}
+        if names is not None:
+            self.catch_up(names)
         counts = self.delivery.counts(names)
         listed = names if names is not None else sorted(set(self.features()) | set(counts))
         zero = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
-        per = {name: counts.get(name, dict(zero)) for name in listed}
+        per = {name: counts.get(name, dict(zero)) for name in listed if name not in bad}
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
-        return {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
+        report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
+        if bad:
+            raise _unreadable(
+                bad, "it is left out of the counts, every other log is counted", report
+            )
+        return report
 
-    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Event]:
+    def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
         self.catch_up(names)
-        out: list[Event] = []
+        from .lines import build_line
+
+        out: list[Line] = []
         with _LineReader(self) as reader:
             for row in self.delivery.pending(names):
-                out.append(build_event(_log.parse_line(reader.line(row))))
+                out.append(build_line(_log.parse_line(reader.line(row))))
                 if limit is not None and len(out) >= limit:
                     break
         return out
@@ -563,7 +622,7 @@ class EventStore:
         try:
             from .gitmerge import driver_warning
 
-            warning = driver_warning(self.root)
+            warning = driver_warning(self.root, os.path.relpath(self.logs_root, self.root))
         except (ImportError, ReplaylogError, OSError):
             warning = None
         if warning:
@@ -593,9 +652,10 @@ class EventStore:
         self,
         *,
         reset_delivery: bool = False,
+        skip_bad: bool = False,
         progress: Callable[[str, int], None] | None = None,
         wait: float | None = None,
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         """Build a fresh index from every log and put it in place of the old one.
 
         The new index is built in a temporary file and renamed over the old one, so a
@@ -603,18 +663,35 @@ class EventStore:
         and that the old index remembers of absent ones) is carried over from the old
         index when it is readable, unless ``reset_delivery``. The swap waits for a
         running replay to finish, ``wait`` seconds at most (default 300).
+
+        Every log is read; if any cannot be, :class:`LogsUnreadableError` lists each bad
+        one and the old index is kept, unless ``skip_bad``: then the index is built from
+        the readable logs and the result's ``"skipped"`` lists the others.
         """
         from .rebuild import REPLAY_WAIT_SECONDS, rebuild
 
         if wait is not None and not (0 <= wait < float("inf")):
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
-        return rebuild(
+        result, bad = rebuild(
             self,
             reset_delivery=reset_delivery,
+            skip_bad=skip_bad,
             progress=progress,
             wait=REPLAY_WAIT_SECONDS if wait is None else wait,
         )
+        if bad and not skip_bad:
+            raise _unreadable(
+                bad,
+                "the index was not rebuilt and stays as it was (`rebuild-index --skip-bad`"
+                " builds it from the other logs)",
+            )
+        if bad:
+            result["skipped"] = [
+                {"feature": name, "path": err.path, "line": err.line, "message": str(err)}
+                for name, err in sorted(bad.items())
+            ]
+        return result
 
     # ------------------------------------------------------------------ replay
 
@@ -638,10 +715,10 @@ class EventStore:
 
         Raises :class:`TransientDeliveryError` when retries are spent (events stay
         pending), :class:`AuthenticationError` on 401/403 and :class:`DeliveryError`
-        on 404 and other stops. ``on_batch(events_done, events_total)`` reports progress.
+        on 404, 412 and other stops. ``on_batch(events_done, events_total)`` reports
+        progress. ``timeout`` bounds each request from connect to the last byte.
         """
-        from .replay import PendingEvent, ReplayConfig, Replayer
-        from .reports import ReplayReport
+        from .replay import ReplayConfig
 
         config = ReplayConfig(
             url=url,
@@ -652,11 +729,42 @@ class EventStore:
             timeout=timeout,
             allow_insecure_http=allow_insecure_http,
             deadline=deadline,
+            node_id=self.node_id,
         )
+        return self._replay(
+            config,
+            transport=transport,
+            feature=feature,
+            on_batch=on_batch,
+            wait_for_lock=wait_for_lock,
+            refused_stay_pending=False,
+        )
+
+    def _replay(
+        self,
+        config: ReplayConfig,
+        *,
+        transport: httpx.BaseTransport | None,
+        feature: str | None,
+        on_batch: Callable[[int, int], None] | None,
+        wait_for_lock: bool,
+        refused_stay_pending: bool,
+    ) -> ReplayReport:
+        """One replay run. With ``refused_stay_pending`` (emit) the server's rejections
+        leave events pending, with the reason as their last error, instead of failed."""
+        from .replay import PendingEvent, Replayer
+        from .reports import ReplayReport
+
         # A bad name is refused before the replay lock creates its file (section 1).
         names = [_log.validate_feature_name(feature)] if feature is not None else None
         with self._replay_lock(wait_for_lock):
-            self.catch_up(names)
+            bad: dict[str, StoreError] = {}
+            if names is None:
+                bad = self._catch_up_all()
+                if bad:  # SPEC 10: the readable logs are replayed, the bad ones listed
+                    names = [f for f in self.index.known_features() if f not in bad]
+            else:
+                self.catch_up(names)
             delivery = self.delivery
             total = self._count_pending(names)
             accepted = rejected = batches = attempts = done = 0
@@ -667,14 +775,15 @@ class EventStore:
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
                         features_of.setdefault(row.event_id, []).append(row.feature)
-                        yield PendingEvent(row.event_id, reader.line(row))
+                        yield PendingEvent(row.event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
                     attempts += result.attempts
                     with self.index.write():
                         delivery.record(
                             accepted=result.accepted,
-                            rejected=result.rejected,
+                            rejected={} if refused_stay_pending else result.rejected,
+                            retried=result.rejected if refused_stay_pending else None,
                             transient=(
                                 (result.event_ids, result.transient_error)
                                 if result.transient_error
@@ -702,6 +811,8 @@ class EventStore:
             )
             error.report = report  # type: ignore[attr-defined]
             raise error
+        if bad:
+            raise _unreadable(bad, "it was not replayed, every other log was", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -733,7 +844,8 @@ class EventStore:
         """Append durably, then try to deliver within ``sync_timeout`` seconds in all.
 
         Delivery failing for any reason (offline, refused, slow) is not an error: the
-        event is safe in the log, stays pending, and ``warning`` says what happened.
+        event is safe in the log, stays pending (a refusal too: the next ``replay``
+        sends it again), and ``warning`` says what happened.
         A URL or token that can never be used (plain http:// to another host, no host)
         is a :class:`UsageError` before anything is written, like a missing URL.
         """
@@ -752,27 +864,71 @@ class EventStore:
         )
         deadline = started + sync_timeout
         try:
-            self.replay(
-                url,
+            config = ReplayConfig(
+                url=url,
                 token=token,
                 max_retries=0,
                 timeout=max(0.05, deadline - time.monotonic()),
                 allow_insecure_http=allow_insecure_http,
-                transport=transport,
                 deadline=deadline,
+                node_id=self.node_id,
+            )
+            self._replay(
+                config,
+                transport=transport,
+                feature=None,
+                on_batch=None,
                 wait_for_lock=False,
+                refused_stay_pending=True,
             )
         except Exception as exc:  # noqa: BLE001 - offline-first: delivery never fails an emit
-            return EmitResult(event, False, f"event {event.event_id} saved, not delivered: {exc}")
-        row = self.index.conn.execute(
-            "SELECT status FROM events WHERE feature = ? AND event_id = ?",
-            (feature, event.event_id),
-        ).fetchone()
-        if row and row[0] == "delivered":
+            if self._emitted_status(feature, event.event_id)[0] == "delivered":
+                # The run went on after this event (another log is bad, say).
+                return EmitResult(event, True, f"event {event.event_id} delivered, but: {exc}")
+            # A transient stop already says that the event stays pending.
+            pending = "" if isinstance(exc, TransientDeliveryError) else "; it stays pending"
+            return EmitResult(
+                event, False, f"event {event.event_id} saved, not delivered: {exc}{pending}"
+            )
+        status, error = self._emitted_status(feature, event.event_id)
+        if status == "delivered":
             return EmitResult(event, True)
+        why = f" ({error})" if error else ""
         return EmitResult(
-            event, False, f"event {event.event_id} saved, not delivered yet; it stays pending"
+            event,
+            False,
+            f"event {event.event_id} saved, not delivered yet{why}; it stays pending and"
+            " the next replay sends it again",
         )
+
+    def _emitted_status(self, feature: str, event_id: str) -> tuple[str | None, str | None]:
+        """An emitted event's delivery status and last error, (None, None) if unknown."""
+        try:
+            row = self.index.conn.execute(
+                "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
+                (feature, event_id),
+            ).fetchone()
+        except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
+            return None, None
+        return (row[0], row[1]) if row else (None, None)
+
+
+def _unreadable(
+    bad: dict[str, StoreError], done: str, partial: object = None
+) -> LogsUnreadableError:
+    """The error of a command over many logs: ``done`` says what it did all the same."""
+    problems = [(err.path or name, err.line, str(err)) for name, err in sorted(bad.items())]
+    if len(problems) == 1:
+        path, _line, message = problems[0]
+        what = f"1 log cannot be read: {path}: {message}"
+    else:
+        what = f"{len(bad)} logs cannot be read ({', '.join(sorted(bad))})"
+    return LogsUnreadableError(
+        f"{what}; {done}. Correct or remove the lines named by hand (`replaylog verify`"
+        " lists every problem)",
+        problems=problems,
+        partial=partial,
+    )
 
 
 class _LineReader:
