@@ -55,6 +55,8 @@ COMMANDS = [
     "requeue",
     "merge-driver",
     "git-setup",
+    "board",
+    "move",
 ]
 SCRIPT = Path(sys.executable).with_name("replaylog")
 

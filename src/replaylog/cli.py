@@ -352,6 +352,141 @@ def log_command(
             click.echo(f"{clock:>6}  {line.event_id}  {when}  {what}  {subject}  {detail}")
 
 
+def _board_width() -> int:
+    """The terminal's width for a board: 80 when unknown, within what a board can use."""
+    import shutil
+
+    return max(40, min(shutil.get_terminal_size((80, 24)).columns, 240))
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature", required=False)
+@json_option
+@pass_ctx
+def board(ctx: _Context, feature: str | None, as_json: bool) -> None:
+    """Show each work package's lane, as spec-kitty's board does.
+
+    FEATURE's board, or without FEATURE every feature's. On a terminal the lanes are
+    columns; --json prints the snapshot spec-kitty writes to status.json (without
+    FEATURE: one snapshot per feature, by name).
+    """
+    from .board import render
+
+    with _errors(as_json), ctx.store() as store:
+        if feature is not None:
+            snap = store.board(feature)
+            if as_json:
+                _json_out(snap)
+            else:
+                click.echo(render(snap, width=_board_width(), title=feature), nl=False)
+            return
+        boards, bad = _over_logs(store.boards)
+        if as_json and bad is None:
+            _json_out(boards)
+            return
+        if bad is not None and as_json:
+            # Nested: a feature may be named "problems" or "error".
+            _fail_bad_logs(bad, True, {"boards": boards or {}})
+        width = _board_width()
+        for number, (name, snap) in enumerate((boards or {}).items()):
+            if number:
+                click.echo()
+            click.echo(render(snap, width=width, title=name), nl=False)
+        if bad is not None:
+            if boards:
+                click.echo()
+            _fail_bad_logs(bad, False, None)
+
+
+def _read_evidence(evidence_file: str | None) -> dict[str, Any] | None:
+    """The evidence object of --evidence-file (a path, or - for stdin)."""
+    if evidence_file is None:
+        return None
+    where = "standard input" if evidence_file == "-" else evidence_file
+    try:
+        if evidence_file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(evidence_file, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the evidence from {where}: {exc}") from exc
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed in evidence")
+
+    try:
+        value = json.loads(text, parse_constant=no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"the evidence in {where} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise UsageError(
+            f"the evidence in {where} must be a JSON object, not {type(value).__name__}"
+        )
+    return value
+
+
+@cli.command(epilog=EXIT_CODES)
+@click.argument("feature")
+@click.argument("wp")
+@click.option("--to", "to_lane", required=True, help="The lane to move to (doing = in_progress).")
+@click.option("--actor", required=True, help="Who moves it.")
+@click.option("--reason", help="Why (spec-kitty asks for one with --force).")
+@click.option("--review-ref", help="A reference to the review this move answers.")
+@click.option(
+    "--evidence-file",
+    help="A JSON file (or - for stdin) holding the evidence object: review, repos, verification.",
+)
+@click.option("--execution-mode", help="spec-kitty's execution mode.  [default: worktree]")
+@click.option("--force", is_flag=True, help="Allow a move the lane rules do not allow.")
+@json_option
+@pass_ctx
+def move(
+    ctx: _Context,
+    feature: str,
+    wp: str,
+    to_lane: str,
+    actor: str,
+    reason: str | None,
+    review_ref: str | None,
+    evidence_file: str | None,
+    execution_mode: str | None,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Move a work package to another lane, as spec-kitty does.
+
+    Appends one transition line for WP to FEATURE's log, as spec-kitty writes it, and
+    rewrites status.json when the feature has one. Without --force only the moves of
+    spec-kitty's lane rules are allowed; a refused move changes nothing and names the
+    lanes allowed from where the WP is.
+    """
+    import warnings
+
+    with _errors(as_json):
+        evidence = _read_evidence(evidence_file)
+        with ctx.store() as store, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            line = store.move(
+                feature,
+                wp,
+                to=to_lane,
+                actor=actor,
+                reason=reason,
+                review_ref=review_ref,
+                evidence=evidence,
+                execution_mode=execution_mode,
+                force=force,
+            )
+        for warning in caught:
+            click.echo(f"Warning: {warning.message}", err=True)
+        if as_json:
+            _json_out(line.to_dict())
+        else:
+            forced = " (forced)" if line.force else ""
+            click.echo(f"{line.event_id}  {line.wp_id}  {line.from_lane} -> {line.to_lane}{forced}")
+
+
 @cli.command(epilog=EXIT_CODES)
 @click.argument("feature", required=False)
 @json_option

@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .delivery import Delivery
-    from .lines import Line
+    from .lines import Line, StatusEvent
     from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
 
@@ -591,6 +593,173 @@ class EventStore:
             )
         return report
 
+    # ------------------------------------------------------------------ the board
+
+    def board(self, feature: str) -> dict[str, Any]:
+        """The board of ``feature`` (SPEC section 10): the snapshot spec-kitty writes to
+        ``status.json``, made from the log and the feature's ``meta.json`` when present.
+
+        A feature without a log has an empty board. Reads the log only: no index.
+        """
+        from .board import snapshot
+
+        feature_dir = self.feature_dir(feature)
+        meta = _feature_meta(feature_dir)
+        lines = _log.read_events_raw(feature_dir)
+        try:
+            return snapshot(lines, meta=meta)
+        except StoreError as exc:
+            if exc.path is None:
+                exc.path = _log.log_path(feature_dir)
+            raise
+
+    def boards(self) -> dict[str, dict[str, Any]]:
+        """The board of every feature that has a log, by feature name.
+
+        Every readable log is shown; if any cannot be read, :class:`LogsUnreadableError`
+        lists each bad one, and its ``partial`` holds the boards of the others.
+        """
+        shown: dict[str, dict[str, Any]] = {}
+        bad: dict[str, StoreError] = {}
+        for name in self.features():
+            try:
+                shown[name] = self.board(name)
+            except StoreError as exc:
+                if exc.path is None:
+                    exc.path = self.log_path(name)
+                bad[name] = exc
+        if bad:
+            raise _unreadable(bad, "it is left out, every other board is shown", shown)
+        return shown
+
+    def move(
+        self,
+        feature: str,
+        wp_id: str,
+        *,
+        to: str,
+        actor: str,
+        reason: str | None = None,
+        review_ref: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        execution_mode: str | None = None,
+        force: bool = False,
+    ) -> StatusEvent:
+        """Move a work package to lane ``to``: one transition line, as spec-kitty writes it.
+
+        The move starts from the WP's current lane (``genesis`` for a WP the log has not
+        moved yet) and follows SPEC section 10's lane rules unless ``force``; ``doing`` is
+        ``in_progress``. A refused move is a :class:`UsageError` naming the allowed lanes,
+        and touches no file. The log is read and appended under its exclusive lock, so
+        concurrent moves see each other. When the feature has a ``status.json``, the new
+        snapshot is written there atomically. A feature without a log gets one, as
+        spec-kitty's first transition makes it.
+
+        Once the line is durable the move has happened: should ``status.json`` or the
+        index fail after that, a ``RuntimeWarning`` says so (the index catches up at the
+        next command; ``replaylog board FEATURE --json`` gives the snapshot).
+        """
+        from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
+        from .event import generate_event_id
+        from .lines import StatusEvent
+
+        # Everything that can be refused is refused before a file is touched.
+        feature_dir = self.feature_dir(feature)
+        target = canonical_lane(to)
+        meta = _feature_meta(feature_dir)
+        mission_id = _mission_id(meta, feature_dir)
+        status_path = os.path.join(feature_dir, STATUS_FILENAME)
+        status_stat = _status_json_stat(status_path)
+
+        def transition(from_lane: str) -> tuple[dict[str, Any], StatusEvent, bytes]:
+            obj = new_transition(
+                event_id=generate_event_id(),
+                at=_transition_time(),
+                wp_id=wp_id,
+                from_lane=from_lane,
+                to_lane=target,
+                actor=actor,
+                mission_slug=feature,
+                mission_id=mission_id,
+                reason=reason,
+                review_ref=review_ref,
+                evidence=evidence,
+                execution_mode="worktree" if execution_mode is None else execution_mode,
+                force=force,
+            )
+            try:
+                # status.json is written as UTF-8: text it cannot hold is refused here.
+                json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise UsageError(
+                    f"the transition holds text that is not valid Unicode ({exc.reason})"
+                ) from exc
+            record = StatusEvent.from_dict(obj)
+            return obj, record, record.to_line()
+
+        transition("genesis")  # checks every value given, before the log is opened
+        path = _log.log_path(feature_dir)
+        if not os.path.lexists(path):
+            # LogWriter would create the log: a refused first move must not.
+            check_move("genesis", target, force=force, wp_id=wp_id)
+
+        with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
+            try:
+                lines = [line.obj for line in _log.scan_log(writer.path, lock=False)]
+                try:
+                    before = snapshot(lines, meta=meta)
+                except StoreError as exc:
+                    exc.path = exc.path or writer.path
+                    raise
+                source = current_lane(before, wp_id)
+                check_move(source, target, force=force, wp_id=wp_id)
+                obj, record, data = transition(source)
+                after = snapshot([*lines, obj], meta=meta)
+                last = before["work_packages"].get(wp_id) or {}
+                if after["work_packages"][wp_id]["last_event_id"] != obj["event_id"]:
+                    # Lines apply in `at` order: a line dated before the WP's last move
+                    # would be written and never shown.
+                    raise StoreError(
+                        f"{writer.path}: {wp_id}'s last transition is dated"
+                        f" {last.get('last_transition_at')}, which is not before this"
+                        f" machine's time {obj['at']}; check the clock. Nothing was written",
+                        path=writer.path,
+                    )
+                index = self.index
+                with index.write():
+                    # A broken index stops the move here, before the line is written.
+                    index._catch_up_locked(feature, writer.path, lock_log=False)
+                writer.write([data])  # cut back to where it was if it fails
+            except BaseException:
+                if writer.created:
+                    # The empty log this move created: nothing is left behind.
+                    with contextlib.suppress(OSError):
+                        os.unlink(writer.path)
+                raise
+            # Everything below follows a durable line: the move has happened.
+            if status_stat is not None:
+                try:
+                    _write_status_json(status_path, after, fsync=self.fsync)
+                except (ReplaylogError, OSError, ValueError) as exc:
+                    warnings.warn(
+                        f"{record.event_id} is in the log, but {status_path} could not be"
+                        f" updated: {exc}; `replaylog board {feature} --json` gives the"
+                        " snapshot",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+            try:
+                with index.write():
+                    index._catch_up_locked(feature, writer.path, lock_log=False)
+            except Exception as exc:  # noqa: BLE001 - the line is durable: never a failure
+                warnings.warn(
+                    f"{record.event_id} is in the log; the index could not take it in yet"
+                    f" ({exc}); the next command catches up",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return record
+
     def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
@@ -911,6 +1080,153 @@ class EventStore:
         except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
             return None, None
         return (row[0], row[1]) if row else (None, None)
+
+
+# --------------------------------------------------------------------------- the board's files
+
+#: The snapshot spec-kitty keeps beside a log; ``move`` rewrites it when it is there.
+STATUS_FILENAME = "status.json"
+META_FILENAME = "meta.json"
+_MAX_SIDE_FILE = 64 << 20  # meta.json and status.json are small; a huge one is refused
+
+
+def _read_side_file(path: str, what: str) -> bytes | None:
+    """The bytes of a file beside a log (never through a symbolic link), None if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"{path} is a symbolic link; replaylog refuses to follow it."
+                " Replace it with the real file.",
+                path=path,
+            ) from exc
+        raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"{path} is not a regular file; the {what} must be one", path=path)
+        if st.st_size > _MAX_SIDE_FILE:
+            raise StoreError(f"{path}: the {what} is larger than 64 MiB", path=path)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
+    finally:
+        os.close(fd)
+
+
+def _feature_meta(feature_dir: str) -> dict[str, Any] | None:
+    """The feature's ``meta.json`` (spec-kitty's mission metadata), None when absent."""
+    path = os.path.join(feature_dir, META_FILENAME)
+    data = _read_side_file(path, "feature's meta.json")
+    if data is None:
+        return None
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise StoreError(
+            f"{path}: the feature's meta.json is not valid JSON ({exc}); correct it or remove it",
+            path=path,
+        ) from exc
+    if not isinstance(meta, dict):
+        raise StoreError(
+            f"{path}: the feature's meta.json must hold a JSON object, not"
+            f" {type(meta).__name__}; correct it or remove it",
+            path=path,
+        )
+    return meta
+
+
+def _mission_id(meta: dict[str, Any] | None, feature_dir: str) -> str | None:
+    """``mission_id`` of ``meta.json`` for a transition line: a non-empty string, or none."""
+    value = meta.get("mission_id") if meta else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        path = os.path.join(feature_dir, META_FILENAME)
+        raise StoreError(
+            f"{path}: 'mission_id' must be a non-empty string, got {value!r}; correct it",
+            path=path,
+        )
+    return value
+
+
+def _status_json_stat(path: str) -> os.stat_result | None:
+    """The ``status.json`` a move will rewrite, None when absent; never a link or special file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot look at status.json: {exc.strerror}", path=path) from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(
+            f"{path} is a symbolic link; replaylog never replaces it. Replace it with the"
+            " real file, or remove it. Nothing was written",
+            path=path,
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(
+            f"{path} is not a regular file; replaylog never replaces it. Nothing was written",
+            path=path,
+        )
+    return st
+
+
+def _transition_time() -> str:
+    """Now, as spec-kitty dates a transition: UTC, microseconds always, ``+00:00``."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
+    """Replace ``status.json`` by ``snap`` atomically, written as spec-kitty writes it.
+
+    Keys of the old file that the board does not make (spec-kitty's ``retrospective``,
+    made from its retrospective events, which a move never adds) are kept as they were.
+    A temporary file in the same folder is written, fsynced and renamed over the old
+    one, then the folder is fsynced; on failure the old file stays and the temporary
+    one is removed.
+    """
+    old = _status_json_stat(path)
+    out = dict(snap)
+    if old is not None:
+        try:
+            previous = json.loads((_read_side_file(path, "status.json") or b"").decode("utf-8"))
+        except (StoreError, UnicodeDecodeError, ValueError, RecursionError):
+            previous = None  # spec-kitty overwrites a damaged snapshot too
+        if isinstance(previous, dict):
+            for key, value in previous.items():
+                out.setdefault(key, value)
+    import tempfile
+
+    data = (json.dumps(out, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILENAME}.", suffix=".tmp", dir=directory)
+    try:
+        try:
+            os.fchmod(fd, stat.S_IMODE(old.st_mode) if old is not None else 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        _status_json_stat(path)  # still a plain file (or gone): never replace anything else
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _log._fsync_dir(directory)
 
 
 def _unreadable(
