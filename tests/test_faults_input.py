@@ -356,6 +356,37 @@ def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Pat
     assert len(path.read_bytes().splitlines()) == 2
 
 
+def test_a_reader_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
+    assert cli(root, *APPEND).code == 0
+    path = log_of(root)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer stuck in the middle of its append
+        os.write(fd, Event.new("T", "by-hand", lamport_clock=7).to_line())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replaylog", "--root", str(root), "status", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            time.sleep(2.5)
+            assert proc.poll() is None, "status did not wait for the lock"
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, (out, err)
+    assert json.loads(out)["totals"]["events"] == 2
+    assert err.splitlines() == [
+        f"replaylog: waiting for the lock on {path}, held by another process ..."
+    ], err
+
+
 def merge_sides(tmp_path: Path, theirs_line: bytes) -> tuple[Path, Path, Path]:
     shared = Event.new("T", "a", {"n": 1}, lamport_clock=1).to_line()
     base, ours, theirs = (tmp_path / name for name in ("base", "ours", "theirs"))

@@ -32,7 +32,7 @@ from typing import Any
 
 from .errors import BadIndexError, StoreError
 from .event import MAX_CLOCK
-from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log
+from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log, wait_for_lock
 
 __all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
 
@@ -905,7 +905,7 @@ def _shared_lock(path: str) -> Iterator[None]:
         except OSError as exc:
             raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            wait_for_lock(fd, fcntl.LOCK_SH, f"the lock on {path}")
             try:
                 same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
