@@ -151,6 +151,8 @@ def _refuse_links(root: str, path: str) -> None:
             )
 
 
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
 
@@ -500,7 +502,7 @@ class EventStore:
         fd = open_log.fd
         flock = fcntl.flock
         try:
-            flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, _LOCK_EX_NB)
         except BlockingIOError:
             _log.wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
         try:
