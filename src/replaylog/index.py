@@ -206,6 +206,8 @@ class ClockFile:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             # _read and _write written out: this runs on every append of the fast path.
+            value: int
+            check: int
             value, check = _CLOCK.unpack_from(self._map)
             if value < 0 or check != value ^ _CLOCK_CHECK:
                 if floor is None:
