@@ -170,6 +170,32 @@ def test_a_requeue_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path
     assert delivered == len(server.events)
 
 
+def test_a_repair_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    ids = fill(root, 30)
+    log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
+    with Receiver() as server:
+        server.hook = slow(0.03)
+        replay = start_cli(root, "replay", "--url", server.url, "--batch-size", "1", "--json")
+        try:
+            deadline = time.monotonic() + 30
+            while len(server.requests) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with open(log, "ab") as f:
+                f.write(b'{"event_id": "torn by a crash')  # no newline, not JSON
+            repair = cli(root, "repair", FEATURE, "--json")
+            out, err = replay.communicate(timeout=60)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+                replay.communicate()
+    assert repair.code == 0 and json.loads(repair.out) == {"repaired": True}, repair
+    assert replay.returncode == 0, (out, err)
+    assert json.loads(out)["accepted"] == 30
+    assert totals(root) == {"events": 30, "pending": 0, "delivered": 30, "failed": 0}
+    assert sorted(server.deliveries) == sorted(ids)
+
+
 # --------------------------------------------------------------------------- state survives
 
 
