@@ -22,6 +22,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -326,6 +327,30 @@ def test_bounds_in_seconds_must_be_finite_and_not_negative(root: Path, value: st
     assert not log_of(root).exists()
 
 
+def first_stderr_line(proc: subprocess.Popen[str], *, timeout: float) -> str:
+    """The first line the process writes on stderr, read byte by byte from the pipe's
+    descriptor (so that nothing waits in a buffer that ``communicate`` would not see),
+    in a thread (so that a process that never writes one fails the test, not hangs it)."""
+    got: list[str] = []
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+
+    def read() -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            byte = os.read(fd, 1)
+            if not byte:
+                break
+            data += byte
+        got.append(data.decode())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, f"nothing on stderr within {timeout} s"
+    return got[0]
+
+
 def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
     assert cli(root, *APPEND).code == 0
     path = log_of(root)
@@ -342,11 +367,12 @@ def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Pat
             env=env,
         )
         try:
-            time.sleep(2.5)
+            notice = first_stderr_line(proc, timeout=60)
             assert proc.poll() is None, "the append did not wait for the lock"
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-        out, err = proc.communicate(timeout=60)
+        out, rest = proc.communicate(timeout=60)
+        err = notice + rest
     finally:
         os.close(fd)
     assert proc.returncode == 0, (out, err)
@@ -373,11 +399,12 @@ def test_a_reader_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path
             env=env,
         )
         try:
-            time.sleep(2.5)
+            notice = first_stderr_line(proc, timeout=60)
             assert proc.poll() is None, "status did not wait for the lock"
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-        out, err = proc.communicate(timeout=60)
+        out, rest = proc.communicate(timeout=60)
+        err = notice + rest
     finally:
         os.close(fd)
     assert proc.returncode == 0, (out, err)
