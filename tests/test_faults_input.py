@@ -86,7 +86,7 @@ def another_applications_database(path: Path) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("kind", ["notes", "sqlite", "alembic-of-another-app"])
+@pytest.mark.parametrize("kind", ["notes", "sqlite", "alembic-of-another-app", "named-queue.db"])
 def test_an_index_that_is_not_replaylogs_is_refused_named_and_left_as_it_was(
     tmp_path: Path, root: Path, kind: str
 ) -> None:
@@ -94,7 +94,8 @@ def test_an_index_that_is_not_replaylogs_is_refused_named_and_left_as_it_was(
         store.append(FEATURE, "T", "a")
     other = tmp_path / "other"
     other.mkdir()
-    path = other / ("notes.txt" if kind == "notes" else "app.db")
+    names = {"notes": "notes.txt", "named-queue.db": "queue.db"}
+    path = other / names.get(kind, "app.db")  # another application's queue.db is not ours
     if kind == "notes":
         path.write_text("my notes, not an index\n" * 100)
     else:

@@ -11,8 +11,8 @@ import io
 import json
 import math
 import os
-import sqlite3
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -20,7 +20,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from ._version import __version__
-from .errors import BadIndexError, LogsUnreadableError, ReplaylogError, StoreError, UsageError
+from .errors import (
+    LogsUnreadableError,
+    ReplaylogError,
+    ReplaylogWarning,
+    StoreError,
+    UsageError,
+    translate,
+)
 from .store import DEFAULT_LOGS_DIR, EventStore, find_root
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,31 +65,29 @@ def _fail(exc: BaseException, code: int, as_json: bool, message: str | None = No
 
 @contextmanager
 def _errors(as_json: bool) -> Iterator[None]:
-    """Turn every failure into one line (or JSON object) and its documented exit code."""
-    try:
-        yield
-    except ReplaylogError as exc:
-        _fail(exc, exc.exit_code, as_json)
-    except (click.ClickException, BrokenPipeError):
-        raise  # main() handles these: a closed pipe is not worth an error message
-    except (OSError, ValueError) as exc:
-        _fail(exc, 1, as_json)
-    except Exception as exc:
-        # SQLite's own errors (directly, or wrapped by SQLAlchemy) mean the index file
-        # is damaged or was swapped under us: the logs are fine, the index can be rebuilt.
-        cause = getattr(exc, "orig", exc)
-        if isinstance(cause, sqlite3.DatabaseError) and not isinstance(
-            cause, sqlite3.OperationalError
-        ):
-            _fail(
-                BadIndexError(
-                    f"the index cannot be read ({cause}); run `replaylog rebuild-index` to"
-                    " build it again from the logs"
-                ),
-                1,
-                as_json,
-            )
-        raise
+    """Turn every failure into one line (or JSON object) and its documented exit code,
+    and the library's warnings into ``Warning: ...`` lines on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ReplaylogWarning)
+        try:
+            yield
+        except ReplaylogError as exc:
+            _fail(exc, exc.exit_code, as_json)
+        except (click.ClickException, BrokenPipeError):
+            raise  # main() handles these: a closed pipe is not worth an error message
+        except Exception as exc:
+            # The library maps its errors at its edge; this is the same mapping, for
+            # anything that did not go through it.
+            mapped = translate(exc)
+            if mapped is not None:
+                _fail(mapped, mapped.exit_code, as_json)
+            if isinstance(exc, ValueError):
+                _fail(exc, 1, as_json)
+            raise
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, ReplaylogWarning):
+                    click.echo(f"Warning: {warning.message}", err=True)
 
 
 T = TypeVar("T")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import StoreError, UsageError
+from .errors import DiskError, StoreError, UsageError, os_error
 from .event import MAX_LINE_BYTES
 from .log import EVENTS_FILENAME, _same_json, _snippet, parse_line
 
@@ -255,6 +255,21 @@ def _conflict(
     )
 
 
+def _write_error(exc: OSError, ours: str, where: str, place: str) -> StoreError:
+    """The error for a merge result that could not be written: a full or read-only disk
+    is a :class:`DiskError` naming OURS (not a conflict of the logs)."""
+    exc.filename = None  # the temporary file's name means nothing to the user
+    mapped = os_error(exc, ours, f"write the merge result of {where} {place}")
+    if isinstance(mapped, DiskError):
+        mapped.args = (f"{mapped}; OURS was left as it was",)
+        return mapped
+    return MergeConflict(
+        f"{where}: cannot write the merge result {place} {ours}: {exc.strerror};"
+        f" OURS was left as it was",
+        path=ours,
+    )
+
+
 def _write_merged(
     ours: str,
     ours_side: _Side,
@@ -269,9 +284,7 @@ def _write_merged(
             prefix=f".{os.path.basename(ours)}.", suffix=".merge", dir=directory
         )
     except OSError as exc:
-        raise MergeConflict(
-            f"{where}: cannot write the merge result beside {ours}: {exc.strerror}", path=ours
-        ) from exc
+        raise _write_error(exc, ours, where, "beside") from exc
     try:
         with open(tmp_fd, "wb", buffering=1 << 20) as out:
             if ours_side.size:
@@ -291,11 +304,7 @@ def _write_merged(
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise MergeConflict(
-                f"{where}: cannot write the merge result over {ours}: {exc.strerror};"
-                f" OURS was left as it was",
-                path=ours,
-            ) from exc
+            raise _write_error(exc, ours, where, "over") from exc
         raise
     try:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

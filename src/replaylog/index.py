@@ -16,6 +16,7 @@ two logs at once, so processes cannot deadlock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import mmap
@@ -30,7 +31,16 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
-from .errors import BadIndexError, StoreError
+from .errors import (
+    REBUILD_HINT,
+    BadIndexError,
+    DiskError,
+    ReplaylogError,
+    StoreError,
+    database_error,
+    os_error,
+    translate,
+)
 from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log, wait_for_lock
 
@@ -51,16 +61,24 @@ _CLOCK_CHECK = 0x72706C67636C6F63
 _HEAD_BYTES = 64 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
-_REBUILD_HINT = "run `replaylog rebuild-index` to build it again from the logs"
+_REBUILD_HINT = REBUILD_HINT
 _NOT_OURS_HINT = (
     "replaylog changes no file it did not make: give --index (or REPLAYLOG_INDEX) a path"
     " of its own, or move this file away"
 )
 
 
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _replay_lock_of(index_path: str) -> str:
+    """The lock a replay holds for its whole run, beside the index it records in."""
+    return os.path.join(os.path.dirname(os.path.abspath(index_path)), "replay.lock")
+
+
 def is_index_place(path: str) -> bool:
     """True for ``.../.replaylog/queue.db``: replaylog's own place, so a file there is its
-    index, however damaged, and may be rebuilt."""
+    index, whatever it holds, and may be rebuilt."""
     path = os.path.abspath(path)
     return os.path.basename(path) == "queue.db" and (
         os.path.basename(os.path.dirname(path)) == ".replaylog"
@@ -69,16 +87,49 @@ def is_index_place(path: str) -> bool:
 
 def _hint(path: str) -> str:
     """What to do about an index file that cannot be used: rebuild it, if it is ours."""
-    return _REBUILD_HINT if is_index_place(path) else _NOT_OURS_HINT
+    return _REBUILD_HINT if foreign_file(path) is None else _NOT_OURS_HINT
+
+
+def _open_error(exc: BaseException, path: str) -> ReplaylogError:
+    """The error for an index file SQLite cannot open or read: the disk's, or one that
+    says to rebuild it when it is replaylog's, and to leave it alone when it is not."""
+    error = database_error(exc, path, "open the index")
+    if type(error) is BadIndexError and "locked" not in str(exc):
+        foreign = foreign_file(path)
+        if foreign is not None:
+            return BadIndexError(f"{path} is not a replaylog index ({foreign}); {_NOT_OURS_HINT}")
+    return error
+
+
+def _tables(path: str) -> set[str] | None:
+    """The tables of the SQLite database at ``path``, read without changing anything, or
+    None when SQLite cannot read them."""
+    uri = f"file:{urllib.parse.quote(path)}"
+    # Read-only first; then as an immutable file, which needs no shared-memory file
+    # (none can be made on a full or read-only disk).
+    for mode in ("?mode=ro", "?mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri + mode, uri=True)
+            try:
+                return {
+                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+    return None
 
 
 def foreign_file(path: str) -> str | None:
     """Why the file at ``path`` is not one replaylog made, or None if it may be.
 
-    replaylog made (and so may rebuild) a file that is absent or empty, one at its own
-    place (:func:`is_index_place`), or a SQLite database with a replaylog schema: an
-    ``alembic_version`` and the ``events``, ``logs`` and ``meta`` tables. Anything else
-    (the user's notes, another application's database) is not its to replace.
+    replaylog made (and so may rebuild) a file that is absent or empty; anything at its
+    own place, ``.replaylog/queue.db``; a SQLite database with a replaylog schema (an
+    ``alembic_version`` and the ``events``, ``logs`` and ``meta`` tables); and a file
+    named ``queue.db`` (its index's name) that no database can be read from, a damaged
+    index. Anything else (the user's notes, another application's database, whatever
+    its name) is not its to replace.
     """
     try:
         st = os.stat(path)
@@ -90,23 +141,17 @@ def foreign_file(path: str) -> str | None:
         return "it is not a regular file"
     if st.st_size == 0 or is_index_place(path):
         return None
+    named_like_ours = os.path.basename(path) == "queue.db"
     try:
         with open(path, "rb") as f:
             header = f.read(16)
     except OSError as exc:
         return f"it cannot be read: {exc.strerror}"
     if header != b"SQLite format 3\x00":
-        return "it is not a SQLite database"
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
-        try:
-            tables = {
-                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return f"a SQLite database that cannot be read ({exc})"
+        return None if named_like_ours else "it is not a SQLite database"
+    tables = _tables(path)
+    if tables is None:
+        return None if named_like_ours else "a SQLite database that cannot be read"
     if "alembic_version" in tables and {"events", "logs", "meta"} <= tables:
         return None
     shown = ", ".join(sorted(tables)) or "none"
@@ -174,14 +219,13 @@ class ClockFile:
             try:
                 st = os.fstat(self.fd)
                 if not stat.S_ISREG(st.st_mode):
-                    raise OSError(0, "not a regular file")
-                if st.st_size < self.SIZE:
+                    raise BadIndexError(f"{path}: the clock file is not a regular file")
+                if st.st_size < self.SIZE or st.st_blocks == 0:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
                     try:
-                        if os.fstat(self.fd).st_size < self.SIZE:
-                            # Zeros, or an older file padded: no valid check, so the
-                            # value is taken from the index by the next append.
-                            os.ftruncate(self.fd, self.SIZE)
+                        # Zeros, or an older file padded: no valid check, so the value is
+                        # taken from the index by the next append.
+                        self._allocate()
                     finally:
                         fcntl.flock(self.fd, fcntl.LOCK_UN)
                 self._map = mmap.mmap(self.fd, self.SIZE)
@@ -189,8 +233,24 @@ class ClockFile:
                 os.close(self.fd)
                 raise
         except OSError as exc:
-            raise BadIndexError(f"{path}: cannot open the clock: {exc.strerror}") from exc
+            raise os_error(exc, path, "write the clock file") from exc
         self.pid = os.getpid()
+
+    def _allocate(self) -> None:
+        """Give the file's bytes real disk space before they are mapped: a store through
+        the map into a page that has none, on a full disk, kills the process (SIGBUS)
+        where a write only fails with ENOSPC."""
+        size = os.fstat(self.fd).st_size
+        if size < self.SIZE:
+            data = bytes(self.SIZE - size)  # zeros: 0, nothing issued
+            if os.pwrite(self.fd, data, size) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+        if os.fstat(self.fd).st_blocks == 0:  # a sparse file (made by ftruncate)
+            try:
+                os.posix_fallocate(self.fd, 0, self.SIZE)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
 
     def _read(self) -> int | None:
         value, check = _CLOCK.unpack_from(self._map)
@@ -270,22 +330,33 @@ class Index:
         if os.path.basename(directory) == ".replaylog":
             ignore = os.path.join(directory, ".gitignore")
             if not os.path.exists(ignore):
-                with open(ignore, "w", encoding="ascii") as f:
-                    f.write("*\n")
+                try:
+                    with open(ignore, "w", encoding="ascii") as f:
+                        f.write("*\n")
+                except OSError:
+                    # An empty .gitignore (a full disk) would be taken as done for good.
+                    with contextlib.suppress(OSError):
+                        os.unlink(ignore)
+                    raise
 
     def _connect(self, path: str) -> sqlite3.Connection:
+        created = False
         try:
             self._prepare_dir(path)
             # Create the file ourselves so that it is 0600 from its first byte; SQLite
             # gives its -wal and -shm files the same mode.
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             os.close(fd)
         except OSError as exc:
-            raise BadIndexError(f"{path}: cannot create the index: {exc.strerror}") from exc
+            raise os_error(exc, path, "open the index") from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
         except sqlite3.Error as exc:
-            raise BadIndexError(f"{path}: cannot open the index ({exc}); {_hint(path)}") from exc
+            raise _open_error(exc, path) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             # Refuse a foreign or newer database before anything changes it: switching
@@ -298,14 +369,26 @@ class Index:
             self._check_schema(conn, path)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise BadIndexError(
-                f"{path} is not a {'usable ' if is_index_place(path) else ''}replaylog index"
-                f" ({exc}); {_hint(path)}"
-            ) from exc
+            if created:
+                self._forget_empty(path)
+            raise _open_error(exc, path) from exc
         except BaseException:
             conn.close()
             raise
+        if created:
+            # The replay lock is made with the index, not by the first rebuild or replay
+            # that needs it: a rebuild that fails then leaves no new file behind.
+            with contextlib.suppress(OSError):
+                os.close(os.open(_replay_lock_of(path), _LOCK_FLAGS, 0o600))
         return conn
+
+    @staticmethod
+    def _forget_empty(path: str) -> None:
+        """Remove the index file this process created when it is still empty (a full or
+        read-only disk refused its first page): leave the folder as it was."""
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
 
     @staticmethod
     def _revision(conn: sqlite3.Connection) -> tuple[str | None, set[str]]:
@@ -364,7 +447,11 @@ class Index:
             yield self.conn
         except BaseException:
             self._in_write = False
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does that): then a second
+            # ROLLBACK would fail and hide the error that matters.
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise
         self._in_write = False
         self.conn.execute("COMMIT")
@@ -562,8 +649,10 @@ class Index:
             self.conn.execute("ROLLBACK TO clean_ingest")
             self.conn.execute("RELEASE clean_ingest")
         except BaseException:
-            self.conn.execute("ROLLBACK TO clean_ingest")
-            self.conn.execute("RELEASE clean_ingest")
+            if self.conn.in_transaction:  # not when SQLite rolled back by itself (disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK TO clean_ingest")
+                    self.conn.execute("RELEASE clean_ingest")
             raise
         else:
             self.conn.execute("RELEASE clean_ingest")
@@ -906,7 +995,7 @@ def _shared_lock(path: str) -> Iterator[None]:
             yield
             return
         except OSError as exc:
-            raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+            raise os_error(exc, path, "read the log") from exc
         try:
             wait_for_lock(fd, fcntl.LOCK_SH, f"the lock on {path}")
             try:
@@ -1038,7 +1127,11 @@ def run_migrations(conn: sqlite3.Connection, path: str) -> None:
                 conn.execute("COMMIT")
         except Exception as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            mapped = translate(exc, index=path, doing="upgrade the index")
+            if isinstance(mapped, DiskError):
+                raise mapped from exc
             raise BadIndexError(
                 f"{path}: cannot upgrade the index ({exc}); {_REBUILD_HINT}"
             ) from exc

@@ -21,11 +21,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import StoreError, UsageError
+from .errors import StoreError, UsageError, os_error
 from .event import (
     MAX_CLOCK,
     MAX_LINE_BYTES,
@@ -290,7 +290,7 @@ def scan_log(
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise StoreError(f"{path}: cannot open the log: {exc.strerror}", path=path) from exc
+        raise os_error(exc, path, "read the log") from exc
     try:
         if lock:
             # The shared lock waits out an append in progress; every byte below the size
@@ -684,10 +684,7 @@ def write_durably(fd: int, data: bytes, before: int, fsync: bool, path: str) -> 
             os.ftruncate(fd, before)
         except OSError:
             pass
-        raise StoreError(
-            f"{path}: cannot append to the log: {exc.strerror}; nothing was written",
-            path=path,
-        ) from exc
+        raise os_error(exc, path, "append to the log") from exc
 
 
 class LogWriter:
@@ -710,6 +707,38 @@ class LogWriter:
         self._needs_newline = False
 
     def __enter__(self) -> LogWriter:
+        self._open_locked()
+        try:
+            if self.created and self.fsync:
+                _fsync_dir(self.feature_dir)
+            self.size = os.fstat(self.fd).st_size
+            self._check_tail()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open_locked(self) -> None:
+        """Open the log (creating it if need be) and take its exclusive lock."""
+        while True:
+            self._open()
+            try:
+                _flock(self.fd, fcntl.LOCK_EX, self.path)
+                st = os.fstat(self.fd)
+                here = os.lstat(self.path)
+            except FileNotFoundError:
+                here = None
+            except BaseException:
+                self.close()
+                raise
+            if here is not None and (here.st_ino, here.st_dev) == (st.st_ino, st.st_dev):
+                return
+            # A first append that failed (a full disk) removed the file it had made
+            # while this one waited for the lock: open the log at the path again.
+            self.close()
+            self.created = False
+
+    def _open(self) -> None:
         flags = os.O_RDWR | os.O_APPEND  # read access to inspect the tail
         try:
             try:
@@ -724,19 +753,9 @@ class LogWriter:
         except StoreError:
             raise
         except OSError as exc:
-            raise StoreError(
-                f"{self.path}: cannot open the log for appending: {exc.strerror}", path=self.path
-            ) from exc
-        try:
-            _flock(self.fd, fcntl.LOCK_EX, self.path)
-            if self.created and self.fsync:
-                _fsync_dir(self.feature_dir)
-            self.size = os.fstat(self.fd).st_size
-            self._check_tail()
-        except BaseException:
-            self.close()
-            raise
-        return self
+            # mkdir names the folder it could not make; the log is the file to name.
+            exc.filename = None
+            raise os_error(exc, self.path, "append to the log") from exc
 
     def _check_tail(self) -> None:
         start, torn = _tail_state(self.fd, self.size)
@@ -770,7 +789,15 @@ class LogWriter:
         if self._needs_newline:
             data = b"\n" + data
         before = self.size
-        write_durably(self.fd, data, before, self.fsync, self.path)
+        try:
+            write_durably(self.fd, data, before, self.fsync, self.path)
+        except StoreError:
+            if self.created and before == 0:
+                # The log this append made holds nothing: remove it, so that a failed
+                # first append leaves no empty log (and no new feature) behind.
+                with suppress(OSError):
+                    os.unlink(self.path)
+            raise
         self.size = before + len(data)
         first = before + (1 if self._needs_newline else 0)
         self._needs_newline = False
@@ -860,6 +887,8 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         fd = _open_log(path, os.O_RDWR)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise os_error(exc, path, "repair the log") from exc
     try:
         _flock(fd, fcntl.LOCK_EX, path)
         size = os.fstat(fd).st_size
@@ -874,9 +903,14 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
             except (ValueError, RecursionError):
                 valid = False
         if valid:
-            os.pwrite(fd, b"\n", size)  # fd is not O_APPEND: a plain write would go to 0
-            if fsync:
-                os.fsync(fd)
+            try:
+                os.pwrite(fd, b"\n", size)  # fd is not O_APPEND: a plain write would go to 0
+                if fsync:
+                    os.fsync(fd)
+            except OSError as exc:
+                with suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise os_error(exc, path, "repair the log") from exc
             return None
         if start < 0:  # a torn tail longer than a line may be: find its start the slow way
             start = _last_newline(fd, size) + 1
@@ -886,23 +920,50 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         while os.path.lexists(target):
             n += 1
             target = f"{path}.torn-{stamp}-{n}"
-        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        doing = f"move the torn last line of {path} aside to"
         try:
-            pos = start
-            while pos < size:
-                block = os.pread(fd, min(_CHUNK, size - pos), pos)
-                os.write(out, block)
-                pos += len(block)
-            os.fsync(out)
-        finally:
-            os.close(out)
-        os.ftruncate(fd, start)
+            # All of the torn bytes are kept aside, or none: the log stays as it was.
+            _copy_aside(fd, start, size, target)
+        except OSError as exc:
+            raise os_error(exc, target, doing) from exc
+        try:
+            os.ftruncate(fd, start)
+        except OSError as exc:
+            with suppress(OSError):
+                os.unlink(target)
+            raise os_error(exc, path, "repair the log") from exc
         if fsync:
-            os.fsync(fd)
-            _fsync_dir(os.fspath(feature_dir))
+            try:
+                os.fsync(fd)
+                _fsync_dir(os.fspath(feature_dir))
+            except OSError as exc:  # the cut is made; only its durability is in doubt
+                raise os_error(exc, path, "repair the log") from exc
         return target
     finally:
         os.close(fd)
+
+
+def _copy_aside(fd: int, start: int, size: int, target: str) -> None:
+    """Copy bytes ``start``..``size`` of ``fd`` into a new file ``target``, all of them
+    (a full disk cuts a write short before it fails), and fsync it; on failure the new
+    file is removed."""
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        pos = start
+        while pos < size:
+            block = memoryview(os.pread(fd, min(_CHUNK, size - pos), pos))
+            if not block:
+                raise OSError(errno.EIO, "the log ended before its torn line did", target)
+            pos += len(block)
+            while block:
+                block = block[os.write(out, block) :]
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        with suppress(OSError):
+            os.unlink(target)
+        raise
+    os.close(out)
 
 
 def _last_newline(fd: int, size: int) -> int:

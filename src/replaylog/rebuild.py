@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadIndexError, ReplaylogError, StoreError
+from .errors import BadIndexError, DiskError, ReplaylogError, StoreError, disk_error, translate
 from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
 from .log import log_path
 
@@ -47,6 +47,8 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
         return []
     try:
         old = Index(index_path)
+    except DiskError:
+        raise  # the index is fine, the disk is not: its state must not be dropped
     except ReplaylogError:
         return []
     try:
@@ -56,7 +58,9 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
             " FROM remembered UNION ALL SELECT feature, event_id, status, retry_count,"
             " last_retry_at, last_error FROM events WHERE status != 'pending' OR retry_count > 0"
         ).fetchall()
-    except Exception:  # noqa: BLE001 - an unreadable old index just has no state to give
+    except Exception as exc:  # noqa: BLE001 - an unreadable old index has no state to give
+        if isinstance(translate(exc, index=index_path), DiskError):
+            raise
         return []
     finally:
         old.close()
@@ -100,7 +104,9 @@ def rebuild(
     """Build the index from every log, then put it in place while no replay records outcomes.
 
     Returns the result and the logs that could not be read. With any such log and no
-    ``skip_bad``, nothing is swapped in.
+    ``skip_bad``, nothing is swapped in. The new index is built beside the old one and
+    renamed over it; on any failure the temporary files are removed and the old index is
+    left as it was.
 
     The logs are read without any lock on the index. The old index's delivery state is
     read, and the new index renamed over it, under the replay lock: a replay running
@@ -108,8 +114,6 @@ def rebuild(
     opens the new one. The rebuild waits ``wait`` seconds at most for a running replay
     (saying so on stderr after a second), then gives up with the old index unchanged.
     """
-    from .store import replay_lock, replay_lock_path
-
     index_path = store.index_path
     foreign = foreign_file(index_path)
     if foreign is not None:
@@ -118,17 +122,41 @@ def rebuild(
             " a file replaylog made: give --index (or REPLAYLOG_INDEX) a path of its own,"
             " or move this file away"
         )
-    os.makedirs(os.path.dirname(index_path), exist_ok=True)
-    _remove_stale(index_path)
     temp = f"{index_path}.rebuild-{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(index_path), exist_ok=True)
+        _remove_stale(index_path)
+        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress, wait)
+    except (OSError, sqlite3.Error, DiskError) as exc:
+        # The temporary file's name means nothing to the user: name the index instead.
+        mapped = translate(exc, path=temp, index=temp)
+        if not isinstance(mapped, DiskError):
+            raise
+        if not (mapped.path or index_path).startswith(index_path):
+            raise mapped from exc  # a log, not the index: its own path says where
+        raise disk_error(mapped.errno, index_path, "rebuild the index") from exc
+
+
+def _rebuild(
+    store: EventStore,
+    index_path: str,
+    temp: str,
+    reset_delivery: bool,
+    skip_bad: bool,
+    progress: Callable[[str, int], None] | None,
+    wait: float,
+) -> tuple[dict[str, Any], dict[str, StoreError]]:
+    from .store import replay_lock, replay_lock_path
+
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
     features = store.features()
     events = 0
     bad: dict[str, StoreError] = {}
-    fresh = Index(temp, clock_of=index_path)
+    fresh: Index | None = None
     try:
+        fresh = Index(temp, clock_of=index_path)
         # A temporary file that is thrown away on any failure: no journal, no syncing of
         # each page, and the indexes built once after the rows are in (much faster than
         # keeping them up to date row by row).
@@ -192,7 +220,8 @@ def rebuild(
             finally:
                 os.close(dir_fd)
     except BaseException as exc:
-        fresh.close()
+        if fresh is not None:
+            fresh.close()
         for suffix in ("", "-wal", "-shm"):
             try:
                 os.unlink(temp + suffix)

@@ -17,22 +17,27 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
+import sqlite3
 import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import log as _log
 from .errors import (
     DeliveryError,
     LogsUnreadableError,
     ReplaylogError,
+    ReplaylogWarning,
     StoreError,
     TransientDeliveryError,
     UsageError,
+    os_error,
+    translate,
 )
 from .event import (
     Event,
@@ -43,7 +48,7 @@ from .event import (
     new_line_object,
     utc_now,
 )
-from .index import Index
+from .index import Index, _replay_lock_of
 
 if TYPE_CHECKING:
     import httpx
@@ -75,7 +80,7 @@ def find_root(start: str | None = None) -> str:
 
 def replay_lock_path(index_path: str) -> str:
     """The lock a replay holds for its whole run, beside the index it records in."""
-    return os.path.join(os.path.dirname(index_path), "replay.lock")
+    return _replay_lock_of(index_path)
 
 
 @contextlib.contextmanager
@@ -84,15 +89,15 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
 
     A replay holds it while it records outcomes; ``rebuild-index`` holds it while it
     carries those outcomes into the new index and renames it into place, so that no
-    outcome is recorded in an index that is about to be replaced. The holder's process
-    id is written in the file, for the message of whoever waits.
+    outcome is recorded in an index that is about to be replaced. Nothing is written in
+    the file: whoever waits finds the holder's process id in ``/proc/locks``.
     """
     path = replay_lock_path(index_path)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise StoreError(f"{path}: cannot open the replay lock: {exc.strerror}", path=path) from exc
+        raise os_error(exc, path, "open the replay lock") from exc
     try:
         if timeout == 0.0:
             try:
@@ -101,26 +106,34 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
             except BlockingIOError:
                 held = False
         else:
-            try:
-                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            except OSError:
-                holder = ""
-            who = f" (process {holder})" if holder.isdigit() else ""
+            holder = _flock_holder(fd)
+            who = f" (process {holder})" if holder is not None else ""
             held = _log.wait_for_lock(
                 fd,
                 fcntl.LOCK_EX,
                 f"the replay running on this index{who}: {path}",
                 timeout=timeout,
             )
-        if held:
-            try:
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            except OSError:
-                pass  # the pid is only a hint for a message; the lock is what counts
         yield held
     finally:
         os.close(fd)
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The process holding a ``flock`` on the file of ``fd``, as ``/proc/locks`` says
+    (Linux), or None when it cannot tell."""
+    try:
+        inode = os.fstat(fd).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131090 0 EOF"
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+                    if fields[5].rsplit(":", 1)[-1] == str(inode):
+                        return int(fields[4])
+    except OSError:
+        pass
+    return None
 
 
 def _refuse_links(root: str, path: str) -> None:
@@ -152,6 +165,42 @@ def _refuse_links(root: str, path: str) -> None:
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _edge(method: _F) -> _F:
+    """The library's edge (SPEC section 12): an ``OSError``, ``sqlite3`` or SQLAlchemy
+    error leaves a public method as one of :mod:`replaylog.errors`, with its path."""
+
+    @functools.wraps(method)
+    def mapped(self: EventStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except ReplaylogError:
+            raise
+        except Exception as exc:
+            error = translate(exc, path=self.root, index=self.index_path)
+            if error is None:
+                raise
+            raise error from exc
+
+    return cast(_F, mapped)
+
+
+def _edge_iter(store: EventStore, items: Iterator[Any]) -> Iterator[Any]:
+    """:func:`_edge` for a generator: errors met while iterating are mapped too."""
+    try:
+        yield from items
+    except ReplaylogError:
+        raise
+    except Exception as exc:
+        error = translate(exc, path=store.root, index=store.index_path)
+        if error is None:
+            raise
+        raise error from exc
+
 
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
@@ -250,6 +299,7 @@ class EventStore:
             )
         return path
 
+    @_edge
     def features(self) -> list[str]:
         """Every feature that has a log, sorted by name."""
         try:
@@ -291,6 +341,7 @@ class EventStore:
             self._delivery = Delivery(self.index.conn)
         return self._delivery
 
+    @_edge
     def catch_up(self, features: Iterable[str] | None = None) -> None:
         """Bring the index up to date with the logs (all of them, or the ones named).
 
@@ -326,6 +377,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ writing
 
+    @_edge
     def append(
         self,
         feature: str,
@@ -346,6 +398,7 @@ class EventStore:
                 return events[0]
         return self._append(feature, [obj])[0]
 
+    @_edge
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         """Append several events with one lock, one ``write`` and one fsync.
 
@@ -463,17 +516,33 @@ class EventStore:
                     )
                 )
                 offset += len(line)
-            index.add_appended(
-                feature,
-                writer.path,
-                rows,
-                size=writer.size,
-                line_count=number,
-                fd=writer.fd,
-                last_line=lines[-1],
-            )
+            try:
+                index.add_appended(
+                    feature,
+                    writer.path,
+                    rows,
+                    size=writer.size,
+                    line_count=number,
+                    fd=writer.fd,
+                    last_line=lines[-1],
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # The lines are durable in the log, so the append is done (SPEC section
+                # 12): reporting a failure would make a retry write them twice. The
+                # index takes them in when it next catches up (section 4).
+                self._warn_index_deferred(len(lines), exc)
             self._keep_open(feature, writer)
         return build_events(objs)  # the line objects are not used again: no copies
+
+    def _warn_index_deferred(self, count: int, exc: BaseException) -> None:
+        error = translate(exc, index=self.index_path)
+        warnings.warn(
+            ReplaylogWarning(
+                f"{count} event(s) saved in the log, but the index could not take them in"
+                f" yet ({error}); the next command that can write the index catches up"
+            ),
+            stacklevel=5,
+        )
 
     def _keep_open(self, feature: str, writer: _log.LogWriter) -> None:
         """Keep the log of ``writer`` open for the next appends; its lock is released."""
@@ -542,6 +611,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ reading
 
+    @_edge
     def read(self, feature: str) -> list[Line]:
         """Every line of a feature in file order (identical duplicate lines once), each as
         its kind's record: :class:`Event` for envelopes, and spec-kitty's kinds."""
@@ -549,7 +619,7 @@ class EventStore:
 
     def iter_events(self, feature: str) -> Iterator[Line]:
         """Stream a feature's lines in file order, in bounded memory."""
-        return _log.iter_events(self.feature_dir(feature))
+        return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
 
     def log(
         self,
@@ -573,10 +643,12 @@ class EventStore:
                 if limit is not None and shown >= limit:
                     return
 
+    @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
         """A feature's line objects exactly as in the log, in file order."""
         return _log.read_events_raw(self.feature_dir(feature))
 
+    @_edge
     def status(self, feature: str | None = None) -> dict[str, Any]:
         """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
         names = [feature] if feature is not None else None
@@ -597,6 +669,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ the board
 
+    @_edge
     def board(self, feature: str) -> dict[str, Any]:
         """The board of ``feature`` (SPEC section 10): the snapshot spec-kitty writes to
         ``status.json``, made from the log and the feature's ``meta.json`` when present.
@@ -615,6 +688,7 @@ class EventStore:
                 exc.path = _log.log_path(feature_dir)
             raise
 
+    @_edge
     def boards(self) -> dict[str, dict[str, Any]]:
         """The board of every feature that has a log, by feature name.
 
@@ -634,6 +708,7 @@ class EventStore:
             raise _unreadable(bad, "it is left out, every other board is shown", shown)
         return shown
 
+    @_edge
     def move(
         self,
         feature: str,
@@ -762,6 +837,7 @@ class EventStore:
                 )
         return record
 
+    @_edge
     def pending(self, feature: str | None = None, *, limit: int | None = None) -> list[Line]:
         """Pending events in replay order, ``(lamport_clock, event_id)``."""
         names = [feature] if feature is not None else None
@@ -778,6 +854,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ maintenance
 
+    @_edge
     def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
         """Check every log (or the ones named): errors, and warnings such as duplicates."""
         names = list(features) if features is not None else self.features()
@@ -802,6 +879,7 @@ class EventStore:
             )
         return VerifyReport(problems)
 
+    @_edge
     def repair(self, feature: str) -> bool:
         """Move a torn, invalid last line aside (SPEC section 3). True if anything changed."""
         feature_dir = self.feature_dir(feature)
@@ -811,6 +889,7 @@ class EventStore:
         after = os.path.getsize(path) if os.path.exists(path) else 0
         return moved is not None or after != before
 
+    @_edge
     def requeue(self, feature: str | None = None, *, event_id: str | None = None) -> int:
         """Make ``failed`` events ``pending`` again; returns how many."""
         names = [feature] if feature is not None else None
@@ -819,6 +898,7 @@ class EventStore:
         with self.index.write():
             return delivery.requeue(names, event_id)
 
+    @_edge
     def rebuild_index(
         self,
         *,
@@ -866,6 +946,7 @@ class EventStore:
 
     # ------------------------------------------------------------------ replay
 
+    @_edge
     def replay(
         self,
         url: str,
@@ -997,6 +1078,7 @@ class EventStore:
                 raise DeliveryError("another replay is running for this index")
             yield
 
+    @_edge
     def emit(
         self,
         feature: str,
