@@ -39,3 +39,7 @@ def spec_kitty_corpus() -> Path:
             f"no spec-kitty corpus at {SPEC_KITTY_CORPUS}: put shared/ beside the repository"
         )
     return SPEC_KITTY_CORPUS
+
+
+# The receiver's fixtures (db_url over SQLite and PostgreSQL, tokens_file).
+pytest_plugins = ["server_fixtures"]

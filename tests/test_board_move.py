@@ -29,7 +29,7 @@ from spec_kitty_reader import read_event_stream, read_lanes
 from replaylog import EventStore, StoreError, UsageError, read_events_raw
 from replaylog.board import ALLOWED_MOVES, LANES, new_transition, render, snapshot
 from replaylog.cli import main
-from replaylog.errors import LogsUnreadableError
+from replaylog.errors import LogsUnreadableError, ReplaylogWarning
 from replaylog.lines import StatusEvent
 
 SNAPSHOT_FIELDS = ("event_count", "last_event_id", "materialized_at", "summary", "work_packages")
@@ -558,7 +558,7 @@ def test_a_status_json_that_cannot_be_written_is_a_warning_after_the_move(
 
     monkeypatch.setattr(os, "replace", full_disk)
     with EventStore(small, fsync=False) as store:
-        with pytest.warns(RuntimeWarning, match="status.json could not be updated"):
+        with pytest.warns(ReplaylogWarning, match="status.json could not be updated"):
             record = store.move("demo", "WP01", to="planned", actor="tester")
     assert [json.loads(x)["event_id"] for x in log_of(small, "demo").read_text().splitlines()] == [
         record.event_id
@@ -718,7 +718,7 @@ def test_a_move_dated_before_the_wps_last_move_is_refused(small: Path) -> None:
     r = move(small, "demo", "WP01", "claimed")
     assert r.code == 1
     assert "2999-01-01T00:00:00.000000+00:00" in r.error_line()
-    assert "check the clock" in r.error_line()
+    assert "check this machine's clock" in r.error_line()
     assert files_of(small) == before
 
 
@@ -795,3 +795,13 @@ def test_an_older_spec_kitty_log_is_moved_in_place(tmp_path: Path, spec_kitty_co
     assert after["event_count"] == board["event_count"] + 1
     assert read_lanes(feature_dir(root, name))["WP77"] == "planned"
     assert not (feature_dir(root, name) / "status.json").exists()
+
+
+@pytest.mark.parametrize(("wp", "actor"), [("WP9\n5", "a"), ("WP01", "me\x1b[2J"), (" WP01", "a")])
+def test_a_work_package_or_actor_with_control_characters_is_refused(
+    tmp_path: Path, wp: str, actor: str
+) -> None:
+    with EventStore(tmp_path, fsync=False) as store:
+        with pytest.raises(UsageError, match="control character or surrounding space"):
+            store.move("f", wp, to="planned", actor=actor)
+    assert not (tmp_path / "kitty-specs").exists()

@@ -57,6 +57,7 @@ COMMANDS = [
     "git-setup",
     "board",
     "move",
+    "serve",
 ]
 SCRIPT = Path(sys.executable).with_name("replaylog")
 
@@ -785,8 +786,8 @@ def test_corrupt_log_in_a_real_process_prints_no_traceback(root: Path) -> None:
             # Over every log (SPEC 10): the bad one listed as verify lists it, one error.
             assert f"{path}:3: Line 3: invalid JSON: {{broken" in r.stdout.splitlines()
             assert r.stderr.splitlines() == [
-                f"Error: 1 log cannot be read: {path}: Line 3: invalid JSON: {{broken; it is"
-                " left out of the counts, every other log is counted. Correct or remove the"
+                f"Error: 1 log cannot be read: {path}: Line 3: invalid JSON: {{broken; left out of"
+                " the counts; every other log is counted. Correct or remove the"
                 " lines named by hand (`replaylog verify` lists every problem)"
             ]
             continue
@@ -1053,3 +1054,26 @@ def test_long_work_shows_a_progress_bar_on_a_terminal_only(root: Path, command: 
                 os.close(follower)
     assert shown.returncode == 0
     assert b"100%" in seen, seen
+
+
+@pytest.mark.parametrize(
+    "command", [["status", "--json"], ["verify", "--json"], ["board", "--json"], ["log", "feat"]]
+)
+def test_output_that_cannot_be_written_is_one_error_line_not_a_traceback(
+    root: Path, command: list[str]
+) -> None:
+    append(root)
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "replaylog", "--root", str(root), *command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            timeout=60,
+        )
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "Error: cannot write the output to standard output: No space left on device;"
+        " nothing more was printed"
+    ]

@@ -729,3 +729,17 @@ def test_verify_warns_when_the_logs_are_given_two_merge_drivers(tmp_path, git_en
     git_setup(str(repo), replace=True)
     warning = driver_warning(str(repo))
     assert warning is not None and "git uses replaylog" in warning
+
+
+def test_verify_in_a_fresh_clone_naming_two_drivers_says_the_driver_is_not_configured(
+    tmp_path, git_env
+):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES + ATTRIBUTES_LINE.encode() + b"\n")
+    warning = driver_warning(str(repo))  # git picks replaylog's line, which is not configured
+    assert warning is not None and "no merge.replaylog.driver" in warning
+    assert "git-setup" in warning
+    git_setup(str(repo), replace=True)
+    warning = driver_warning(str(repo))
+    assert warning is not None and "git uses replaylog" in warning

@@ -56,11 +56,37 @@ def _fail(exc: BaseException, code: int, as_json: bool, message: str | None = No
             " (`replaylog verify` lists every problem)"
         )
     message = " ".join(message.split("\n"))
-    if as_json:
-        _json_out({"error": {"type": type(exc).__name__, "message": message}})
-    else:
-        click.echo(f"Error: {message}", err=True)
+    try:
+        if as_json:
+            _json_out({"error": {"type": type(exc).__name__, "message": message}})
+        else:
+            click.echo(f"Error: {message}", err=True)
+    except OSError as out:  # standard output itself cannot be written (a full disk)
+        _output_failed(out)
     sys.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def _output_failed(exc: OSError) -> NoReturn:
+    """The command's own output could not be written: one line on stderr, exit 1."""
+    _silence_stdout()
+    try:
+        click.echo(
+            f"Error: cannot write the output to standard output: {exc.strerror or exc};"
+            " nothing more was printed",
+            err=True,
+        )
+    except OSError:
+        pass
+    sys.exit(1)
 
 
 @contextmanager
@@ -75,6 +101,13 @@ def _errors(as_json: bool) -> Iterator[None]:
             _fail(exc, exc.exit_code, as_json)
         except (click.ClickException, BrokenPipeError):
             raise  # main() handles these: a closed pipe is not worth an error message
+        except OSError as exc:
+            if exc.filename is None:
+                # The library names the file of every error it raises: an error without
+                # one is the command's own output failing (stdout on a full disk).
+                _output_failed(exc)
+            mapped = translate(exc)
+            _fail(mapped or exc, mapped.exit_code if mapped else 1, as_json)
         except Exception as exc:
             # The library maps its errors at its edge; this is the same mapping, for
             # anything that did not go through it.
@@ -322,7 +355,7 @@ def append(
     "--type",
     "event_type",
     help="Only lines of this type: an event_type, a record's type, or a kind"
-    " (transition, annotation).",
+    " (envelope, transition, annotation, record).",
 )
 @click.option(
     "--aggregate", "aggregate_id", help="Only lines of this aggregate or work package (wp_id)."
@@ -466,12 +499,9 @@ def move(
     spec-kitty's lane rules are allowed; a refused move changes nothing and names the
     lanes allowed from where the WP is.
     """
-    import warnings
-
     with _errors(as_json):
         evidence = _read_evidence(evidence_file)
-        with ctx.store() as store, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with ctx.store() as store:
             line = store.move(
                 feature,
                 wp,
@@ -483,8 +513,6 @@ def move(
                 execution_mode=execution_mode,
                 force=force,
             )
-        for warning in caught:
-            click.echo(f"Warning: {warning.message}", err=True)
         if as_json:
             _json_out(line.to_dict())
         else:
@@ -803,6 +831,30 @@ def git_setup(ctx: _Context, replace: bool, as_json: bool) -> None:
         )
 
 
+@cli.command(epilog=EXIT_CODES)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="TCP port."
+)
+@click.option(
+    "--db",
+    default="sqlite:///replaylog-server.db",
+    show_default=True,
+    help="Database URL: sqlite:///PATH, or postgresql+psycopg://USER@HOST/DB for a team.",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False),
+    help="Lines `PROJECT SHA256-HEX-OF-TOKEN [NAME]`; without it, loopback clients only.",
+)
+def serve(host: str, port: int, db: str, tokens_file: str | None) -> None:
+    """Run the receiver: takes replayed batches and shows every clone's boards (SPEC 11)."""
+    with _errors(False):
+        from .server import serve as run_server  # Starlette and uvicorn: only for this command
+
+        run_server(host=host, port=port, db=db, tokens_file=tokens_file)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``replaylog`` and ``python -m replaylog``."""
     args = sys.argv[1:] if argv is None else argv
@@ -827,12 +879,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         # The reader went away (`replaylog log F | head`): stop quietly, and keep Python
         # from complaining again when it flushes stdout at exit.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError, io.UnsupportedOperation):
-            pass
+        _silence_stdout()
         sys.exit(1)
+    except OSError as exc:
+        if exc.filename is None:
+            _output_failed(exc)
+        _fail(exc, 1, "--json" in args)
     except Exception as exc:  # noqa: BLE001 - SPEC 6: an error is one line, never a traceback
         kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
         _fail(exc, 1, "--json" in args, f"unexpected {kind}: {exc} (please report this)")

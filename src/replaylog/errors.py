@@ -10,9 +10,10 @@
     │       ├── DiskFullError      no space left (ENOSPC) or the disk quota is spent (EDQUOT)
     │       └── AccessDeniedError  a read-only filesystem (EROFS) or no permission (EACCES, EPERM)
     ├── BadIndexError              queue.db is unreadable, foreign or newer than this code  exit 1
-    └── DeliveryError              replay stopped (404, protocol, ...)                      exit 1
-        ├── TransientDeliveryError retries spent; events left pending                        exit 3
-        └── AuthenticationError    the server refused the credentials (401/403)             exit 4
+    ├── DeliveryError              replay stopped (404, protocol, ...)                      exit 1
+    │   ├── TransientDeliveryError retries spent; events left pending                        exit 3
+    │   └── AuthenticationError    the server refused the credentials (401/403)             exit 4
+    └── ReceiverError              `replaylog serve` cannot use its database                exit 1
 
     ReplaylogWarning               something worth saying that is not a failure (a UserWarning):
                                    an append is durable in its log, but the index will take it
@@ -42,6 +43,7 @@ __all__ = [
     "DiskError",
     "DiskFullError",
     "LogsUnreadableError",
+    "ReceiverError",
     "ReplaylogError",
     "ReplaylogWarning",
     "StoreError",
@@ -49,6 +51,7 @@ __all__ = [
     "UsageError",
     "disk_error",
     "database_error",
+    "is_log_problem",
     "os_error",
     "translate",
 ]
@@ -145,6 +148,13 @@ class AuthenticationError(DeliveryError):
     """The server refused the credentials (401 or 403)."""
 
     exit_code = 4
+
+
+class ReceiverError(ReplaylogError):
+    """The receiver (``replaylog serve``) cannot use its database: unreachable, not its
+    own, or made by a newer replaylog."""
+
+    exit_code = 1
 
 
 # --------------------------------------------------------------------------- translation
@@ -297,3 +307,9 @@ def translate(
     if type(exc).__module__.startswith("sqlalchemy"):
         return BadIndexError(f"{index or 'the index'}: cannot be used ({exc}); {REBUILD_HINT}")
     return None
+
+
+def is_log_problem(exc: StoreError, path: str) -> bool:
+    """Whether ``exc`` is about the log at ``path`` (a bad line, a log the disk cannot
+    read), not about the disk of the index or the clock, which stops every log."""
+    return not isinstance(exc, DiskError) or exc.path in (None, path)

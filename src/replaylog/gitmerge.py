@@ -477,6 +477,12 @@ def driver_warning(root: str, logs_dir: str = "kitty-specs") -> str | None:
                 f" (replaylog and {', '.join(others)})"
             )
             if used == "replaylog":
+                if _git(root, "config", "--get", "merge.replaylog.driver").returncode != 0:
+                    return (
+                        f"{named}; git picks replaylog's, whose line comes last, but this"
+                        " clone's git config has no merge.replaylog.driver, so git merges"
+                        " the logs as plain text: run `replaylog git-setup`"
+                    )
                 return (
                     f"{named}; git uses replaylog, whose line comes last. Remove the other"
                     " line if no one merges with it"

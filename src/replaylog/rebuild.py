@@ -8,7 +8,15 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadIndexError, DiskError, ReplaylogError, StoreError, disk_error, translate
+from .errors import (
+    BadIndexError,
+    DiskError,
+    ReplaylogError,
+    StoreError,
+    disk_error,
+    is_log_problem,
+    translate,
+)
 from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
 from .log import log_path
 
@@ -173,9 +181,10 @@ def _rebuild(
                     store.feature_dir(name)  # a linked folder is refused (SPEC section 12)
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
+                    if not is_log_problem(exc, path):
+                        raise  # the new index's disk: no log can be indexed
                     fresh.conn.execute("ROLLBACK TO one_log")
-                    if exc.path is None:
-                        exc.path = path
+                    exc.path = exc.path or path
                     bad[name] = exc
                 fresh.conn.execute("RELEASE one_log")
                 if progress is not None:

@@ -36,6 +36,7 @@ from .errors import (
     StoreError,
     TransientDeliveryError,
     UsageError,
+    is_log_problem,
     os_error,
     translate,
 )
@@ -370,8 +371,9 @@ class EventStore:
                 self.feature_dir(name)  # a linked folder is refused (SPEC section 12)
                 index.catch_up(name, path)
             except StoreError as exc:
-                if exc.path is None:
-                    exc.path = path
+                if not is_log_problem(exc, path):
+                    raise  # the index's disk, not this log: nothing else can go on either
+                exc.path = exc.path or path
                 bad[name] = exc
         return bad
 
@@ -662,9 +664,7 @@ class EventStore:
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
         report = {"lamport_clock": self.index.clock(), "features": per, "totals": totals}
         if bad:
-            raise _unreadable(
-                bad, "it is left out of the counts, every other log is counted", report
-            )
+            raise _unreadable(bad, "left out of the counts; every other log is counted", report)
         return report
 
     # ------------------------------------------------------------------ the board
@@ -705,7 +705,7 @@ class EventStore:
                     exc.path = self.log_path(name)
                 bad[name] = exc
         if bad:
-            raise _unreadable(bad, "it is left out, every other board is shown", shown)
+            raise _unreadable(bad, "left out; every other board is shown", shown)
         return shown
 
     @_edge
@@ -733,7 +733,7 @@ class EventStore:
         spec-kitty's first transition makes it.
 
         Once the line is durable the move has happened: should ``status.json`` or the
-        index fail after that, a ``RuntimeWarning`` says so (the index catches up at the
+        index fail after that, a ``ReplaylogWarning`` says so (the index catches up at the
         next command; ``replaylog board FEATURE --json`` gives the snapshot).
         """
         from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
@@ -743,6 +743,13 @@ class EventStore:
         # Everything that can be refused is refused before a file is touched.
         feature_dir = self.feature_dir(feature)
         target = canonical_lane(to)
+        for name, value in (("work package", wp_id), ("actor", actor)):
+            # Shown on boards and terminals: a newline or control character would forge lines.
+            if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+                raise UsageError(
+                    f"the {name} {value!r} holds a control character or surrounding space;"
+                    " give it as plain text"
+                )
         meta = _feature_meta(feature_dir)
         mission_id = _mission_id(meta, feature_dir)
         status_path = os.path.join(feature_dir, STATUS_FILENAME)
@@ -798,8 +805,10 @@ class EventStore:
                     # would be written and never shown.
                     raise StoreError(
                         f"{writer.path}: {wp_id}'s last transition is dated"
-                        f" {last.get('last_transition_at')}, which is not before this"
-                        f" machine's time {obj['at']}; check the clock. Nothing was written",
+                        f" {last.get('last_transition_at')}, which sorts after the time now,"
+                        f" {obj['at']} (transitions apply in the order of their `at` text,"
+                        " as spec-kitty applies them), so a new one would not show: check"
+                        " this machine's clock, or that line's `at`. Nothing was written",
                         path=writer.path,
                     )
                 index = self.index
@@ -822,7 +831,7 @@ class EventStore:
                         f"{record.event_id} is in the log, but {status_path} could not be"
                         f" updated: {exc}; `replaylog board {feature} --json` gives the"
                         " snapshot",
-                        RuntimeWarning,
+                        ReplaylogWarning,
                         stacklevel=2,
                     )
             try:
@@ -832,7 +841,7 @@ class EventStore:
                 warnings.warn(
                     f"{record.event_id} is in the log; the index could not take it in yet"
                     f" ({exc}); the next command catches up",
-                    RuntimeWarning,
+                    ReplaylogWarning,
                     stacklevel=2,
                 )
         return record
@@ -1064,7 +1073,7 @@ class EventStore:
             error.report = report  # type: ignore[attr-defined]
             raise error
         if bad:
-            raise _unreadable(bad, "it was not replayed, every other log was", report)
+            raise _unreadable(bad, "not replayed; every other log was", report)
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
@@ -1283,8 +1292,14 @@ def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
     if old is not None:
         try:
             previous = json.loads((_read_side_file(path, "status.json") or b"").decode("utf-8"))
-        except (StoreError, UnicodeDecodeError, ValueError, RecursionError):
-            previous = None  # spec-kitty overwrites a damaged snapshot too
+        except (StoreError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            previous = None  # spec-kitty overwrites a damaged snapshot too, but says so here
+            warnings.warn(
+                f"{path} was not a readable snapshot ({exc}); it was replaced by the board"
+                " of the log",
+                ReplaylogWarning,
+                stacklevel=2,
+            )
         if isinstance(previous, dict):
             for key, value in previous.items():
                 out.setdefault(key, value)
