@@ -745,7 +745,11 @@ class EventStore:
         target = canonical_lane(to)
         for name, value in (("work package", wp_id), ("actor", actor)):
             # Shown on boards and terminals: a newline or control character would forge lines.
-            if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+            if (
+                isinstance(value, str)
+                and value.strip()  # an empty one is refused below, by its field's own rule
+                and (not value.isprintable() or value != value.strip())
+            ):
                 raise UsageError(
                     f"the {name} {value!r} holds a control character or surrounding space;"
                     " give it as plain text"
