@@ -216,6 +216,11 @@ def start_readers(root: Path, feature: str, stop_file: Path) -> Readers:
             return f"status counts do not add up: {totals}"
         return None
 
+    # The root exists, and so does the (empty) log: `log` of a feature with no log is
+    # an error, and the readers start before the writers' first append.
+    log = root / "kitty-specs" / feature / "status.events.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()
     loops = [
         ReaderLoop("log", cli_args(root, "log", feature, "--json"), log_ok),
         ReaderLoop("verify", cli_args(root, "verify", "--json"), verify_ok),

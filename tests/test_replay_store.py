@@ -57,6 +57,7 @@ def run_cli(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
     full_env["REPLAYLOG_FSYNC"] = "0"
     full_env.update(env or {})
+    root.mkdir(parents=True, exist_ok=True)  # a --root that does not exist is refused
     return subprocess.run(
         [sys.executable, "-m", "replaylog", "--root", str(root), *args],
         capture_output=True,

@@ -7,10 +7,11 @@
 - plain ``http://`` goes to loopback only, unless ``--allow-insecure-http``;
 - payloads are data: nothing in them is ever evaluated, and they travel byte for byte.
 
-What a symlinked *folder* does is decided here too: SPEC refuses a log path that is a
-symbolic link; a feature folder (or the logs folder, or the root) that is one is
-followed like any other folder, since whole trees under a link are common (a project
-under a linked home or workspace). The log file inside must still be a real file.
+What a symlinked *folder* does is decided here too: SPEC refuses a symbolic link
+anywhere between the logs folder and a log (section 12), since a cloned repository can
+hold one; the logs folder itself is refused the same way, for the same reason. The root
+(and what is above it) is followed: the user names it, and a project under a linked
+home or workspace is common.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def cwd(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    return tmp_path / "proj"
+    """The project root: it exists (a --root that does not is refused, SPEC section 12)."""
+    path = tmp_path / "proj"
+    path.mkdir()
+    return path
 
 
 def log_of(root: Path, feature: str = FEATURE) -> Path:
@@ -231,25 +235,48 @@ def test_a_dangling_symlinked_log_creates_no_file_through_it(
     assert os.listdir(outside) == []
 
 
-def test_a_symlinked_feature_folder_is_followed_but_a_link_inside_it_is_not(
+def test_a_symlinked_feature_folder_is_refused_and_nothing_is_written_through_it(
     tmp_path: Path, root: Path, cwd: Path
 ) -> None:
+    # A cloned repository can hold such a link: following it would write anywhere.
     real = tmp_path / "shared" / FEATURE
     real.mkdir(parents=True)
     (root / "kitty-specs").mkdir(parents=True)
-    (root / "kitty-specs" / FEATURE).symlink_to(real, target_is_directory=True)
+    link = root / "kitty-specs" / FEATURE
+    link.symlink_to(real, target_is_directory=True)
+    with EventStore(tmp_path / "donor", fsync=False) as donor:
+        donor.append(FEATURE, "t", "a", {"n": 1})
+    for run in cli_many(root, [APPEND, ["log", FEATURE], ["repair", FEATURE]], cwd=cwd):
+        assert run.code == 1, run
+        assert f"{link} is a symbolic link" in run.error_line(), run
+    assert os.listdir(real) == []
+    # A valid log behind the link is not read either, by any command.
+    shutil.copy(log_of(tmp_path / "donor"), real / EVENTS_FILENAME)
+    before = sha256(real / EVENTS_FILENAME)
+    for run in cli_many(root, every_command_on_one_log(), cwd=cwd):
+        assert run.code == 1, run
+        text = run.out if run.args[0] == "verify" and not run.err else run.error_line()
+        assert f"{link} is a symbolic link" in text, run
+    assert sha256(real / EVENTS_FILENAME) == before and os.listdir(real) == [EVENTS_FILENAME]
 
-    append = cli(root, *APPEND, cwd=cwd)
-    assert append.code == 0, append
-    assert (real / EVENTS_FILENAME).is_file()
-    shown = cli(root, "log", FEATURE, "--json", cwd=cwd)
-    assert shown.code == 0 and json.loads(shown.out)["event_id"] == append.out.strip()
 
-    # The log itself must still be a real file, also inside a linked folder.
-    (real / EVENTS_FILENAME).rename(real / "moved.jsonl")
-    (real / EVENTS_FILENAME).symlink_to(real / "moved.jsonl")
+def test_a_symlinked_logs_folder_is_refused_but_a_linked_root_is_followed(
+    tmp_path: Path, root: Path, cwd: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (root / "kitty-specs").symlink_to(elsewhere, target_is_directory=True)
     refused = cli(root, *APPEND, cwd=cwd)
-    assert refused.code == 1 and "is a symbolic link" in refused.error_line(), refused
+    assert refused.code == 1, refused
+    assert f"{root / 'kitty-specs'} is a symbolic link" in refused.error_line()
+    assert os.listdir(elsewhere) == []
+    # The root is the user's own choice: a link to it is followed.
+    (root / "kitty-specs").unlink()
+    linked_root = tmp_path / "linked-root"
+    linked_root.symlink_to(root, target_is_directory=True)
+    append = cli(linked_root, *APPEND, cwd=cwd)
+    assert append.code == 0, append
+    assert log_of(root).is_file()
 
 
 # --------------------------------------------------------------------------- feature names
@@ -298,7 +325,7 @@ def test_a_bad_feature_name_is_refused_with_exit_2_before_any_file_exists(
     for run in runs:
         assert run.code == 2, run
         assert "invalid feature name" in run.error_line(), run
-    assert everything_under(tmp_path) == ["cwd"]
+    assert everything_under(tmp_path) == ["cwd", "proj"]
 
 
 def test_a_feature_name_holding_nul_is_refused_by_the_api_before_any_file_exists(

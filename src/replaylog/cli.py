@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import sys
 import warnings
@@ -166,6 +167,28 @@ class _Context:
 pass_ctx = click.make_pass_decorator(_Context)
 
 
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds, at least 0 (above 0 with ``positive``): never NaN,
+    infinity or a negative number, which would mean no bound at all or a bound in the past."""
+
+    name = "seconds"
+
+    def __init__(self, *, positive: bool = False) -> None:
+        self.positive = positive
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+            bound = "above 0" if self.positive else "at least 0"
+            self.fail(f"{value!r} is not a finite number of seconds {bound}", param, ctx)
+        return seconds
+
+
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
 
@@ -174,7 +197,8 @@ def json_option(f: F) -> F:
 @click.version_option(__version__, prog_name="replaylog")
 @click.option(
     "--root",
-    type=click.Path(file_okay=False),
+    # A root that does not exist is a typo: refused before any folder is made under it.
+    type=click.Path(exists=True, file_okay=False),
     envvar="REPLAYLOG_ROOT",
     help="Project root. Default: REPLAYLOG_ROOT, else the nearest folder above with"
     " .git or .replaylog, else the working directory.",
@@ -259,7 +283,9 @@ def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, An
 @click.option("--causation-id", help="The id of the event that caused this one.")
 @click.option("--correlation-id", help="An id shared by related events.")
 @click.option("--sync", is_flag=True, help="After appending, try to deliver within --sync-timeout.")
-@click.option("--sync-timeout", type=float, default=2.0, show_default=True, help="Seconds, in all.")
+@click.option(
+    "--sync-timeout", type=Seconds(), default=2.0, show_default=True, help="Seconds, in all."
+)
 @click.option("--url", envvar="REPLAYLOG_URL", help="Server base URL for --sync (REPLAYLOG_URL).")
 @server_options
 @json_option
@@ -345,9 +371,13 @@ def log_command(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Print FEATURE's lines (events, transitions, annotations, records) in file order."""
+    """Print FEATURE's lines (events, transitions, annotations, records) in file order.
+
+    A FEATURE that has no log is an error (exit 1), as in `replaylog verify`.
+    """
     with _errors(as_json):
         store = ctx.store()
+        store.require_log(feature)
         lines = store.log(feature, event_type=event_type, aggregate_id=aggregate_id, limit=limit)
         if as_json:
             for line in lines:
@@ -526,14 +556,14 @@ def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
 @click.option("--max-retries", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option(
     "--backoff-base",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=1.0,
     show_default=True,
     help="Seconds; retry k sleeps backoff_base * 2**k * U(0.5, 1).",
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(positive=True),
     default=10.0,
     show_default=True,
     help="Seconds per request, from connect to the last byte of the answer.",
@@ -615,10 +645,23 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | 
     help="Build the index from the readable logs even if some cannot be read (they are"
     " listed); without it, any bad log keeps the old index as it was.",
 )
+@click.option(
+    "--wait",
+    type=Seconds(),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait at most for a running replay to finish before the swap.",
+)
 @json_option
 @pass_ctx
-def rebuild_index(ctx: _Context, reset_delivery: bool, skip_bad: bool, as_json: bool) -> None:
-    """Build queue.db again from the logs, and swap it in atomically."""
+def rebuild_index(
+    ctx: _Context, reset_delivery: bool, skip_bad: bool, wait: float, as_json: bool
+) -> None:
+    """Build queue.db again from the logs, and swap it in atomically.
+
+    A replay running meanwhile records its outcomes first: the new index is put in place
+    when it has finished (waiting --wait seconds at most), with every outcome in it.
+    """
     with _errors(as_json), ctx.store() as store:
         total = len(store.features())
         with _progress("indexing", as_json) as bar:
@@ -631,7 +674,7 @@ def rebuild_index(ctx: _Context, reset_delivery: bool, skip_bad: bool, as_json: 
 
             result, bad = _over_logs(
                 lambda: store.rebuild_index(
-                    reset_delivery=reset_delivery, skip_bad=skip_bad, progress=step
+                    reset_delivery=reset_delivery, skip_bad=skip_bad, progress=step, wait=wait
                 )
             )
         if bad is not None:
@@ -722,16 +765,33 @@ def requeue(ctx: _Context, feature: str | None, event_id: str | None, as_json: b
 @click.argument("ours")
 @click.argument("theirs")
 @click.argument("path", required=False)
-def merge_driver(base: str, ours: str, theirs: str, path: str | None) -> None:
+@json_option
+def merge_driver(base: str, ours: str, theirs: str, path: str | None, as_json: bool) -> None:
     """The git merge driver for logs (git calls it as %O %A %B %P).
 
     Writes OURS followed by the lines of THEIRS whose event_id OURS lacks. The same
-    event_id with different content on the two sides is a conflict: exit 1, OURS as it was.
+    event_id with different content on the two sides (or an unreadable side) is a
+    conflict: exit 1, OURS as it was. --json prints {"merged", "added", "conflict"}:
+    conflict is null, or {"message", "path"} when it did not merge.
     """
-    from .gitmerge import merge_logs
+    from .gitmerge import MergeConflict, merge_logs
 
-    with _errors(False):
-        merge_logs(base, ours, theirs, path)
+    with _errors(as_json):
+        try:
+            added = merge_logs(base, ours, theirs, path)
+        except MergeConflict as exc:
+            if not as_json:
+                raise
+            _json_out(
+                {
+                    "merged": False,
+                    "added": 0,
+                    "conflict": {"message": str(exc), "path": exc.path},
+                }
+            )
+            sys.exit(exc.exit_code)
+        if as_json:
+            _json_out({"merged": True, "added": added, "conflict": None})
 
 
 @cli.command("git-setup", epilog=EXIT_CODES)

@@ -15,7 +15,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -42,6 +42,10 @@ MAX_LINE_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 200
 #: The largest Lamport value a line may hold: the index keeps it as SQLite's 64-bit integer.
 MAX_CLOCK = 2**63 - 1
+#: Objects and arrays nested deeper than this in a payload are refused at append: every
+#: reader (orjson stops at 1024 levels, json at Python's recursion limit) must give the
+#: line back, with room to spare for the callers' own stacks.
+MAX_NESTING = 256
 
 EVENT_FIELDS = (
     "event_id",
@@ -297,6 +301,7 @@ def normalize_payload(payload: object, name: str = "payload") -> dict[str, Any]:
         )
     if type(payload) is dict and _is_plain(payload):
         return payload
+    _check_nesting(payload, name)
     try:
         plain = json.loads(json.dumps(dict(payload), allow_nan=False))
     except ValueError as exc:
@@ -308,6 +313,66 @@ def normalize_payload(payload: object, name: str = "payload") -> dict[str, Any]:
     except (TypeError, RecursionError) as exc:
         raise EventValidationError(f"field '{name}' is not JSON-serializable: {exc}") from exc
     return plain  # type: ignore[no-any-return]
+
+
+def _check_nesting(value: object, name: str) -> None:
+    """Refuse objects and arrays nested deeper than MAX_NESTING (no recursion: a deep
+    value must not exhaust the stack that checks it)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        if depth > MAX_NESTING:
+            raise EventValidationError(
+                f"field '{name}' is nested more than {MAX_NESTING} levels deep; readers could"
+                " not give such a line back"
+            )
+        stack.extend(zip(children, repeat(depth + 1)))
+
+
+def _lone_surrogate_at(obj: object, where: str) -> str | None:
+    """Where the first string (key or value) in ``obj`` holding a lone surrogate is."""
+    stack: list[tuple[object, str]] = [(obj, where)]
+    while stack:
+        item, at = stack.pop()
+        if type(item) is str or isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"field '{at}'"
+        elif isinstance(item, Mapping):
+            for key, value in item.items():
+                if isinstance(key, str):
+                    try:
+                        key.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return f"a key in field '{at}'" if at else "a key of the event"
+                stack.append((value, f"{at}.{key}" if at else str(key)))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None
+
+
+def check_readable(text: str, obj: Mapping[str, Any]) -> None:
+    """Refuse a line whose strings hold a lone surrogate: json writes one as ``\\udXXX``
+    and reads it back, but it is no text, and printing or encoding it fails.
+
+    The quick test looks for such an escape in the serialized ``text``; only a line that
+    has one (a surrogate pair, that is, a character beyond U+FFFF, or a lone one) is
+    walked.
+    """
+    if "\\ud" in text or "\\uD" in text:
+        at = _lone_surrogate_at(obj, "")
+        if at is not None:
+            raise EventValidationError(
+                f"{at} holds a lone surrogate (half of a UTF-16 pair), which is not text:"
+                " no reader could print it; give valid Unicode"
+            )
 
 
 # --------------------------------------------------------------------------- the record
@@ -458,6 +523,7 @@ def canonical_line(obj: Mapping[str, Any]) -> bytes:
             f"the event's line is {len(text) + 1} bytes; a line may be at most"
             f" {MAX_LINE_BYTES} bytes (1 MiB)"
         )
+    check_readable(text, obj)
     return (text + "\n").encode("ascii")
 
 
@@ -547,6 +613,7 @@ class LineTemplate(NamedTuple):
                 f', "node_id": {q(obj["node_id"])}, "payload": {_dumps(obj["payload"])},'
                 f' "timestamp": {q(obj["timestamp"])}}}'
             )
+            check_readable(head + tail, obj)
             return cls._sized(head, tail)
         before = {k: v for k, v in obj.items() if k < "lamport_clock"}
         after = {k: v for k, v in obj.items() if k > "lamport_clock"}
@@ -554,6 +621,7 @@ class LineTemplate(NamedTuple):
         head = f'{head}, "lamport_clock": ' if before else '{"lamport_clock": '
         tail = _dumps(after)[1:]  # "...}": without its opening brace
         tail = f", {tail}" if after else "}"
+        check_readable(head + tail, obj)
         return cls._sized(head, tail)
 
     @classmethod
@@ -572,24 +640,43 @@ class LineTemplate(NamedTuple):
             f', "node_id": {q(obj["node_id"])}, "payload": {_dumps(obj["payload"])},'
             f' "timestamp": "{obj["timestamp"]}"}}'
         )
+        if "\\u" in tail or "\\u" in head:
+            check_readable(head + tail, obj)
         if len(head) + len(tail) < _SMALL_LINE:
             return cls(head, tail)
         return cls._sized(head, tail)
 
     @classmethod
     def _sized(cls, head: str, tail: str) -> LineTemplate:
-        # 19 digits hold any clock value a line may hold (at most 2**63-1).
-        size = len(head) + 19 + len(tail) + 1
+        # The clock value takes 1 to 19 digits (at most 2**63-1): a line too big with
+        # one digit is refused now; one that fits with 19 surely fits; one in between is
+        # measured when its value is known, before anything is written.
+        size = len(head) + 1 + len(tail) + 1
         if size > MAX_LINE_BYTES:
             raise EventValidationError(
-                f"the event's line is about {size} bytes; a line may be at most"
+                f"the event's line is at least {size} bytes; a line may be at most"
                 f" {MAX_LINE_BYTES} bytes (1 MiB)"
             )
+        if size + 18 > MAX_LINE_BYTES:
+            return _MeasuredTemplate(head, tail)
         return cls(head, tail)
 
     def line(self, lamport_clock: int) -> bytes:
         """The line, newline included, with this Lamport value."""
         return f"{self.head}{lamport_clock}{self.tail}\n".encode("ascii")
+
+
+class _MeasuredTemplate(LineTemplate):
+    """A template within 18 bytes of the line limit: each line is measured when made."""
+
+    def line(self, lamport_clock: int) -> bytes:
+        data = f"{self.head}{lamport_clock}{self.tail}\n".encode("ascii")
+        if len(data) > MAX_LINE_BYTES:
+            raise EventValidationError(
+                f"the event's line is {len(data)} bytes with Lamport value {lamport_clock};"
+                f" a line may be at most {MAX_LINE_BYTES} bytes (1 MiB)"
+            )
+        return data
 
 
 def _check_fields(d: Mapping[str, Any], *, partial: bool = False) -> None:

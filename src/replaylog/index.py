@@ -25,6 +25,8 @@ import sqlite3
 import stat
 import struct
 import time
+import urllib.parse
+import zlib
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
@@ -33,28 +35,128 @@ from .errors import (
     REBUILD_HINT,
     BadIndexError,
     DiskError,
+    ReplaylogError,
     StoreError,
     database_error,
     os_error,
     translate,
 )
 from .event import MAX_CLOCK
-from .log import Unclean, _line_object_at, _open_log, scan_log
+from .log import Unclean, _line_object_at, _open_log, scan_log, wait_for_lock
 
 __all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
-REVISIONS = ("0001",)
+REVISIONS = ("0001", "0002")
 HEAD_REVISION = REVISIONS[-1]
 
 #: The tables of ``schema.metadata`` (not imported here, to keep SQLAlchemy off the
 #: append path); a test checks that both agree.
-_TABLES = frozenset({"events", "logs", "meta"})
+_TABLES = frozenset({"events", "logs", "meta", "remembered"})
 
-_CLOCK = struct.Struct("<q")
+_CLOCK = struct.Struct("<qq")
+#: The clock file holds its value twice: as it is, and XORed with this. A file whose two
+#: words disagree (junk bytes, an older or torn file) backs no value and is ignored.
+_CLOCK_CHECK = 0x72706C67636C6F63
 _HEAD_BYTES = 64 * 1024
+_CRC_BLOCK = 4 << 20
 _BATCH = 20_000
 _REBUILD_HINT = REBUILD_HINT
+_NOT_OURS_HINT = (
+    "replaylog changes no file it did not make: give --index (or REPLAYLOG_INDEX) a path"
+    " of its own, or move this file away"
+)
+
+
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _replay_lock_of(index_path: str) -> str:
+    """The lock a replay holds for its whole run, beside the index it records in."""
+    return os.path.join(os.path.dirname(os.path.abspath(index_path)), "replay.lock")
+
+
+def is_index_place(path: str) -> bool:
+    """True for ``.../.replaylog/queue.db``: replaylog's own place, so a file there is its
+    index, whatever it holds, and may be rebuilt."""
+    path = os.path.abspath(path)
+    return os.path.basename(path) == "queue.db" and (
+        os.path.basename(os.path.dirname(path)) == ".replaylog"
+    )
+
+
+def _hint(path: str) -> str:
+    """What to do about an index file that cannot be used: rebuild it, if it is ours."""
+    return _REBUILD_HINT if foreign_file(path) is None else _NOT_OURS_HINT
+
+
+def _open_error(exc: BaseException, path: str) -> ReplaylogError:
+    """The error for an index file SQLite cannot open or read: the disk's, or one that
+    says to rebuild it when it is replaylog's, and to leave it alone when it is not."""
+    error = database_error(exc, path, "open the index")
+    if type(error) is BadIndexError and "locked" not in str(exc):
+        foreign = foreign_file(path)
+        if foreign is not None:
+            return BadIndexError(f"{path} is not a replaylog index ({foreign}); {_NOT_OURS_HINT}")
+    return error
+
+
+def _tables(path: str) -> set[str] | None:
+    """The tables of the SQLite database at ``path``, read without changing anything, or
+    None when SQLite cannot read them."""
+    uri = f"file:{urllib.parse.quote(path)}"
+    # Read-only first; then as an immutable file, which needs no shared-memory file
+    # (none can be made on a full or read-only disk).
+    for mode in ("?mode=ro", "?mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(uri + mode, uri=True)
+            try:
+                return {
+                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            continue
+    return None
+
+
+def foreign_file(path: str) -> str | None:
+    """Why the file at ``path`` is not one replaylog made, or None if it may be.
+
+    replaylog made (and so may rebuild) a file that is absent or empty; anything at its
+    own place, ``.replaylog/queue.db``; a SQLite database with a replaylog schema (an
+    ``alembic_version`` and the ``events``, ``logs`` and ``meta`` tables); and a file
+    named ``queue.db`` (its index's name) that no database can be read from, a damaged
+    index. Anything else (the user's notes, another application's database, whatever
+    its name) is not its to replace.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be looked at: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return "it is not a regular file"
+    if st.st_size == 0 or is_index_place(path):
+        return None
+    named_like_ours = os.path.basename(path) == "queue.db"
+    try:
+        with open(path, "rb") as f:
+            header = f.read(16)
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror}"
+    if header != b"SQLite format 3\x00":
+        return None if named_like_ours else "it is not a SQLite database"
+    tables = _tables(path)
+    if tables is None:
+        return None if named_like_ours else "a SQLite database that cannot be read"
+    if "alembic_version" in tables and {"events", "logs", "meta"} <= tables:
+        return None
+    shown = ", ".join(sorted(tables)) or "none"
+    return f"a SQLite database of another application (tables: {shown})"
+
 
 _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
@@ -64,6 +166,24 @@ _INSERT = (
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _crc(fd: int, start: int, end: int, crc: int) -> int:
+    """``crc`` (the CRC-32 of the bytes before ``start``) extended over ``[start, end)``."""
+    while start < end:
+        block = os.pread(fd, min(end - start, _CRC_BLOCK), start)
+        if not block:
+            break
+        crc = zlib.crc32(block, crc)
+        start += len(block)
+    return crc
+
+
+def _crc_from(prior: Sequence[Any] | None, start: int) -> tuple[int, int]:
+    """Where the CRC of an ingest starts: after the indexed prefix, when it is known."""
+    if prior is not None and start > 0 and len(prior) > 7 and prior[7] is not None:
+        return start, int(prior[7])
+    return 0, 0
 
 
 def _file_id(st: os.stat_result) -> str:
@@ -82,10 +202,14 @@ class ClockFile:
 
     The index keeps its own record of the clock too (``meta``), which the file always
     equals or exceeds; a file that is missing or unreadable is started again from that
-    record by the next append that goes through the index.
+    record by the next append that goes through the index. The file is a cache (SPEC
+    section 12): its value is stored with a check word, and a value whose check does not
+    match (junk written into it, a file of another format) is ignored like a missing one.
     """
 
-    SIZE = 8  # one signed 64-bit integer, little-endian: what SQLite can hold too
+    # The value and its check, each a signed 64-bit integer, little-endian (what SQLite
+    # can hold too).
+    SIZE = 16
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -99,6 +223,8 @@ class ClockFile:
                 if st.st_size < self.SIZE or st.st_blocks == 0:
                     fcntl.flock(self.fd, fcntl.LOCK_EX)
                     try:
+                        # Zeros, or an older file padded: no valid check, so the value is
+                        # taken from the index by the next append.
                         self._allocate()
                     finally:
                         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -127,8 +253,11 @@ class ClockFile:
                     raise
 
     def _read(self) -> int | None:
-        value = _CLOCK.unpack_from(self._map)[0]
-        return value if value >= 0 else None
+        value, check = _CLOCK.unpack_from(self._map)
+        return value if value >= 0 and check == value ^ _CLOCK_CHECK else None
+
+    def _write(self, value: int) -> None:
+        _CLOCK.pack_into(self._map, 0, value, value ^ _CLOCK_CHECK)
 
     def reserve(self, count: int, floor: int | None = None) -> int | None:
         """Issue ``count`` values above the file's value (and above ``floor``, when given);
@@ -136,8 +265,11 @@ class ClockFile:
         fd = self.fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            value = self._read()
-            if value is None:
+            # _read and _write written out: this runs on every append of the fast path.
+            value: int
+            check: int
+            value, check = _CLOCK.unpack_from(self._map)
+            if value < 0 or check != value ^ _CLOCK_CHECK:
                 if floor is None:
                     return None
                 value = 0
@@ -150,7 +282,7 @@ class ClockFile:
                     f" hold (it is at {value}): a log holds a value close to that limit,"
                     " which must be corrected by hand"
                 )
-            _CLOCK.pack_into(self._map, 0, last)
+            _CLOCK.pack_into(self._map, 0, last, last ^ _CLOCK_CHECK)
             return value + 1
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -162,7 +294,7 @@ class ClockFile:
         try:
             current = self._read()
             if current is None or current < value:
-                _CLOCK.pack_into(self._map, 0, value)
+                self._write(value)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -224,7 +356,7 @@ class Index:
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
         except sqlite3.Error as exc:
-            raise database_error(exc, path, "open the index") from exc
+            raise _open_error(exc, path) from exc
         try:
             conn.execute("PRAGMA busy_timeout = 60000")
             # Refuse a foreign or newer database before anything changes it: switching
@@ -239,10 +371,15 @@ class Index:
             conn.close()
             if created:
                 self._forget_empty(path)
-            raise database_error(exc, path, "open the index") from exc
+            raise _open_error(exc, path) from exc
         except BaseException:
             conn.close()
             raise
+        if created:
+            # The replay lock is made with the index, not by the first rebuild or replay
+            # that needs it: a rebuild that fails then leaves no new file behind.
+            with contextlib.suppress(OSError):
+                os.close(os.open(_replay_lock_of(path), _LOCK_FLAGS, 0o600))
         return conn
 
     @staticmethod
@@ -269,12 +406,12 @@ class Index:
             # Another application's Alembic database whose revision id matches ours.
             raise BadIndexError(
                 f"{path} is not a replaylog index (tables {', '.join(sorted(tables))});"
-                f" {_REBUILD_HINT}"
+                f" {_hint(path)}"
             )
         if revision is None and tables - {"alembic_version"}:
             raise BadIndexError(
                 f"{path} holds tables that are not a replaylog index"
-                f" ({', '.join(sorted(tables))}); {_REBUILD_HINT}"
+                f" ({', '.join(sorted(tables))}); {_hint(path)}"
             )
         if revision is not None and revision not in REVISIONS:
             raise BadIndexError(
@@ -391,14 +528,16 @@ class Index:
     def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         conn = self.conn
         row = conn.execute(
-            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id"
-            " FROM logs WHERE feature = ?",
+            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id,"
+            " prefix_crc FROM logs WHERE feature = ?",
             (feature,),
         ).fetchone()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            # The log is gone (a checkout to a branch without it): so are its events.
+            # The log is gone (a checkout to a branch without it, another --logs-dir): so
+            # are its events, but not their delivery state, which comes back with them.
+            self._remember(feature)
             conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
             conn.execute("DELETE FROM logs WHERE feature = ?", (feature,))
             return
@@ -411,28 +550,59 @@ class Index:
         if row is not None and row[6] == _file_id(st):
             return
         start, start_line = 0, 0
-        saved: list[tuple[Any, ...]] = []
         if row is not None:
             if self._prefix_unchanged(path, row, st.st_size):
                 start, start_line = row[0], row[1]
             else:
-                saved = conn.execute(
-                    "SELECT status, retry_count, last_retry_at, last_error, event_id FROM events"
-                    " WHERE feature = ? AND (status != 'pending' OR retry_count > 0)",
-                    (feature,),
-                ).fetchall()
+                self._remember(feature)
                 conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
         self.ingest(feature, path, start=start, start_line=start_line, lock_log=lock_log, prior=row)
-        if saved:
-            conn.executemany(
-                "UPDATE events SET status = ?, retry_count = ?, last_retry_at = ?,"
-                " last_error = ? WHERE feature = ? AND event_id = ?",
-                [(s, rc, at, err, feature, eid) for s, rc, at, err, eid in saved],
+        self._restore(feature)
+
+    def _remember(self, feature: str) -> None:
+        """Keep the delivery state of a feature's events that are about to be dropped
+        from ``events``, until they are indexed again (SPEC section 12)."""
+        self.conn.execute(
+            "INSERT INTO remembered (feature, event_id, status, retry_count, last_retry_at,"
+            " last_error) SELECT feature, event_id, status, retry_count, last_retry_at,"
+            " last_error FROM events WHERE feature = ? AND (status != 'pending' OR"
+            " retry_count > 0) ON CONFLICT(feature, event_id) DO UPDATE SET"
+            " status = excluded.status, retry_count = excluded.retry_count,"
+            " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
+            (feature,),
+        )
+
+    def _restore(self, feature: str | None = None) -> None:
+        """Give indexed events back the state remembered for them (one feature, or all)."""
+        where, args = ("r.feature = ?", (feature,)) if feature is not None else ("1", ())
+        if self.conn.execute(
+            f"SELECT 1 FROM remembered AS r WHERE {where} LIMIT 1", args
+        ).fetchone():
+            self.conn.execute(
+                "UPDATE events SET status = r.status, retry_count = r.retry_count,"
+                " last_retry_at = r.last_retry_at, last_error = r.last_error"
+                f" FROM remembered AS r WHERE {where} AND r.feature = events.feature"
+                " AND r.event_id = events.event_id",
+                args,
+            )
+            self.conn.execute(
+                f"DELETE FROM remembered AS r WHERE {where} AND EXISTS (SELECT 1 FROM events"
+                " AS e WHERE e.feature = r.feature AND e.event_id = r.event_id)",
+                args,
             )
 
     @staticmethod
     def _prefix_unchanged(path: str, row: Sequence[Any], size_now: int) -> bool:
-        size, _lines, head_hash, tail_offset, tail_hash = row[0], row[1], row[2], row[3], row[4]
+        """True if the log still begins with exactly the bytes indexed so far.
+
+        The first 64 KiB and the last indexed line are compared by SHA-256. A log that
+        grew is taken to have gained lines, and only its new bytes are read (SPEC
+        section 4). A log that did not grow, yet is not the file this index last saw
+        (an edit in place, a checkout of a version of the same size), has every indexed
+        byte compared by its CRC-32, which the index keeps as it takes bytes in: a
+        change anywhere in it is noticed (SPEC section 12).
+        """
+        size, head_hash, tail_offset, tail_hash, crc = row[0], row[2], row[3], row[4], row[7]
         if size_now < size:
             return False
         try:
@@ -442,9 +612,14 @@ class Index:
         try:
             head = os.pread(fd, min(size, _HEAD_BYTES), 0)
             tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+            if _sha(head) != head_hash or _sha(tail) != tail_hash:
+                return False
+            if size_now > size:
+                return True
+            # No CRC: a log indexed before it was kept; indexing it again is always right.
+            return crc is not None and _crc(fd, 0, size, 0) == crc
         finally:
             os.close(fd)
-        return bool(_sha(head) == head_hash and _sha(tail) == tail_hash)
 
     def ingest(
         self,
@@ -522,7 +697,15 @@ class Index:
             )
             added += self._insert(feature, path, batch, False)
         self._see(max_lamport)
-        self._record_progress(feature, path, position[0], position[1], last_line_start, max_lamport)
+        self._record_progress(
+            feature,
+            path,
+            position[0],
+            position[1],
+            last_line_start,
+            max_lamport,
+            crc_from=_crc_from(prior, start),
+        )
         return added
 
     def _ingest_clean(
@@ -574,7 +757,15 @@ class Index:
             last_line_start = chunk.offsets[-1]
             end, lines = chunk.end, chunk.first_line + count - 1
         self._see(max_lamport)
-        self._record_progress(feature, path, end, lines, last_line_start, max_lamport)
+        self._record_progress(
+            feature,
+            path,
+            end,
+            lines,
+            last_line_start,
+            max_lamport,
+            crc_from=_crc_from(prior, start),
+        )
         return added
 
     def _with_clocks(
@@ -662,9 +853,11 @@ class Index:
         fd: int | None = None,
         head_hash: str | None = None,
         tail: bytes | None = None,
+        crc_from: tuple[int, int] = (0, 0),
     ) -> None:
         """Store how far the log is indexed. ``fd``: the log, open (not closed here);
-        ``head_hash`` and ``tail``: already known, so not read again."""
+        ``head_hash`` and ``tail``: already known, so not read again; ``crc_from``:
+        ``(offset, CRC-32 of the bytes before it)``, so only the bytes after are read."""
         own = fd is None
         if own:
             try:
@@ -679,6 +872,7 @@ class Index:
             if tail is None:
                 tail_offset = min(tail_offset, size)
                 tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
+            crc = _crc(fd, crc_from[0], size, crc_from[1])
         finally:
             if own:
                 os.close(fd)
@@ -687,13 +881,31 @@ class Index:
         file_id = _file_id(st) if st.st_size == size else "-"
         self.conn.execute(
             "INSERT INTO logs (feature, size, lines, head_hash, tail_offset, tail_hash,"
-            " max_lamport, file_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(feature) DO"
-            " UPDATE SET size = excluded.size, lines = excluded.lines,"
+            " max_lamport, file_id, prefix_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(feature) DO UPDATE SET size = excluded.size, lines = excluded.lines,"
             " head_hash = excluded.head_hash, tail_offset = excluded.tail_offset,"
             " tail_hash = excluded.tail_hash, max_lamport = excluded.max_lamport,"
-            " file_id = excluded.file_id",
-            (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id),
+            " file_id = excluded.file_id, prefix_crc = excluded.prefix_crc",
+            (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id, crc),
         )
+
+    def forget_progress(self, feature: str) -> None:
+        """Make the next catch-up index a feature's log again from its start (its lines
+        were found changed where a catch-up did not look), keeping delivery state.
+
+        On a connection of its own: this one may be inside a reading transaction that
+        the error being raised will end without a commit.
+        """
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                conn.execute(
+                    "UPDATE logs SET head_hash = '', file_id = '-' WHERE feature = ?", (feature,)
+                )
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # the caller reports the change; this only spares the next run the same
 
     def known_event_ids(self, feature: str, event_ids: Sequence[str]) -> list[str]:
         """Those of ``event_ids`` that the feature's log holds already (as indexed)."""
@@ -741,15 +953,19 @@ class Index:
             return
         with self.write():
             prior = self.conn.execute(
-                "SELECT size, max_lamport, head_hash FROM logs WHERE feature = ?", (feature,)
+                "SELECT size, max_lamport, head_hash, prefix_crc FROM logs WHERE feature = ?",
+                (feature,),
             ).fetchone()
             self.conn.executemany(_INSERT, rows)
             top = max(r[8] for r in rows)
             head_hash = None
+            crc_from = (0, 0)
             if prior is not None:
                 top = max(top, prior[1])
                 if prior[0] >= _HEAD_BYTES:
                     head_hash = prior[2]  # appends never change a log's first bytes
+                if prior[3] is not None:
+                    crc_from = (prior[0], prior[3])  # only the appended bytes are read
             # No _see(top): the values were reserved, so the clock is at least top already.
             self._record_progress(
                 feature,
@@ -761,6 +977,7 @@ class Index:
                 fd=fd,
                 head_hash=head_hash,
                 tail=last_line,
+                crc_from=crc_from,
             )
 
 
@@ -795,7 +1012,7 @@ def _shared_lock(path: str) -> Iterator[None]:
         except OSError as exc:
             raise os_error(exc, path, "read the log") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            wait_for_lock(fd, fcntl.LOCK_SH, f"the lock on {path}")
             try:
                 same = os.lstat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -846,7 +1063,8 @@ SCHEMA_SQL = (
         "tail_offset INTEGER NOT NULL, \n\t"
         "tail_hash VARCHAR NOT NULL, \n\t"
         "max_lamport INTEGER NOT NULL, \n\t"
-        "file_id VARCHAR NOT NULL, \n\t"
+        # Added by migration 0002: SQLite's ALTER TABLE writes it on the same line.
+        "file_id VARCHAR NOT NULL, prefix_crc INTEGER, \n\t"
         "PRIMARY KEY (feature)\n)"
     ),
     (
@@ -854,6 +1072,16 @@ SCHEMA_SQL = (
         '"key" VARCHAR NOT NULL, \n\t'
         "value INTEGER NOT NULL, \n\t"
         'PRIMARY KEY ("key")\n)'
+    ),
+    (
+        "CREATE TABLE remembered (\n\t"
+        "feature VARCHAR NOT NULL, \n\t"
+        "event_id VARCHAR NOT NULL, \n\t"
+        "status VARCHAR NOT NULL, \n\t"
+        "retry_count INTEGER NOT NULL, \n\t"
+        "last_retry_at VARCHAR, \n\t"
+        "last_error TEXT, \n\t"
+        "PRIMARY KEY (feature, event_id)\n)"
     ),
 )
 

@@ -16,6 +16,8 @@ import math
 import os
 import re
 import stat
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -191,9 +193,58 @@ def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, by
             return
 
 
+#: How long a lock is waited for in silence before stderr says what is waited for.
+LOCK_NOTICE_SECONDS = 1.0
+
+
+def wait_for_lock(fd: int, kind: int, what: str, *, timeout: float | None = None) -> bool:
+    """``flock(fd, kind)``; after a second of waiting, stderr says what it waits for.
+
+    ``what`` names the lock and its path. With ``timeout`` (seconds), gives up then and
+    returns False; without, waits as long as it takes (a lock is held only while its
+    holder works, so a long wait means a stuck process, which the notice points at).
+    """
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    limit = f" (up to {timeout:g} s)" if timeout is not None else ""
+
+    def notice() -> None:
+        sys.stderr.write(f"replaylog: waiting for {what}, held by another process{limit} ...\n")
+        sys.stderr.flush()
+
+    if timeout is None:
+        # A blocking flock wakes as soon as the lock is free; the timer only speaks.
+        timer = threading.Timer(LOCK_NOTICE_SECONDS, notice)
+        timer.daemon = True
+        timer.start()
+        try:
+            fcntl.flock(fd, kind)
+        finally:
+            timer.cancel()
+        return True
+    started = time.monotonic()
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if not told and waited >= LOCK_NOTICE_SECONDS:
+            told = True
+            notice()
+        if waited >= timeout:
+            return False
+        time.sleep(0.02)
+
+
 def _flock(fd: int, kind: int, path: str) -> None:
     try:
-        fcntl.flock(fd, kind)
+        wait_for_lock(fd, kind, f"the lock on {path}")
     except OSError as exc:  # pragma: no cover - flock on a local file does not fail
         raise StoreError(f"{path}: cannot lock the log: {exc}", path=path) from exc
 

@@ -8,8 +8,16 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DiskError, ReplaylogError, StoreError, disk_error, is_log_problem, translate
-from .index import INDEX_NAMES, INDEX_SQL, Index
+from .errors import (
+    BadIndexError,
+    DiskError,
+    ReplaylogError,
+    StoreError,
+    disk_error,
+    is_log_problem,
+    translate,
+)
+from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
 from .log import log_path
 
 if TYPE_CHECKING:
@@ -41,7 +49,8 @@ def _remove_stale(index_path: str) -> None:
 
 
 def _old_states(index_path: str) -> list[tuple[Any, ...]]:
-    """Delivery state worth keeping from the old index, or [] if it cannot be read."""
+    """Delivery state worth keeping from the old index, or [] if it cannot be read: that
+    of its events and that it remembers of events absent for now (SPEC section 12)."""
     if not os.path.exists(index_path) or os.path.getsize(index_path) == 0:
         return []
     try:
@@ -51,9 +60,11 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
     except ReplaylogError:
         return []
     try:
+        # Remembered first: an event that is indexed has its newer state in events.
         return old.conn.execute(
-            "SELECT status, retry_count, last_retry_at, last_error, feature, event_id"
-            " FROM events WHERE status != 'pending' OR retry_count > 0"
+            "SELECT feature, event_id, status, retry_count, last_retry_at, last_error"
+            " FROM remembered UNION ALL SELECT feature, event_id, status, retry_count,"
+            " last_retry_at, last_error FROM events WHERE status != 'pending' OR retry_count > 0"
         ).fetchall()
     except Exception as exc:  # noqa: BLE001 - an unreadable old index has no state to give
         if isinstance(translate(exc, index=index_path), DiskError):
@@ -86,24 +97,44 @@ def _settle(index_path: str) -> None:
             pass
 
 
+#: How long a rebuild waits for a running replay to finish before it gives up.
+REPLAY_WAIT_SECONDS = 300.0
+
+
 def rebuild(
     store: EventStore,
     *,
     reset_delivery: bool,
     skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
+    wait: float = REPLAY_WAIT_SECONDS,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
-    """Build the index from every log; returns the result and the logs that could not be
-    read. With any such log and no ``skip_bad``, nothing is swapped in.
+    """Build the index from every log, then put it in place while no replay records outcomes.
 
-    The new index is built beside the old one and renamed over it; on any failure the
-    temporary files are removed and the old index is left as it was."""
+    Returns the result and the logs that could not be read. With any such log and no
+    ``skip_bad``, nothing is swapped in. The new index is built beside the old one and
+    renamed over it; on any failure the temporary files are removed and the old index is
+    left as it was.
+
+    The logs are read without any lock on the index. The old index's delivery state is
+    read, and the new index renamed over it, under the replay lock: a replay running
+    then records every outcome in the old index first, and a replay that starts later
+    opens the new one. The rebuild waits ``wait`` seconds at most for a running replay
+    (saying so on stderr after a second), then gives up with the old index unchanged.
+    """
     index_path = store.index_path
+    foreign = foreign_file(index_path)
+    if foreign is not None:
+        raise BadIndexError(
+            f"{index_path} is not a replaylog index ({foreign}); rebuild-index replaces only"
+            " a file replaylog made: give --index (or REPLAYLOG_INDEX) a path of its own,"
+            " or move this file away"
+        )
     temp = f"{index_path}.rebuild-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(index_path), exist_ok=True)
         _remove_stale(index_path)
-        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress)
+        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress, wait)
     except (OSError, sqlite3.Error, DiskError) as exc:
         # The temporary file's name means nothing to the user: name the index instead.
         mapped = translate(exc, path=temp, index=temp)
@@ -121,7 +152,10 @@ def _rebuild(
     reset_delivery: bool,
     skip_bad: bool,
     progress: Callable[[str, int], None] | None,
+    wait: float,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
+    from .store import replay_lock, replay_lock_path
+
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
@@ -144,6 +178,7 @@ def _rebuild(
                 # Every log is read even after a bad one, so that all are listed (SPEC 10).
                 fresh.conn.execute("SAVEPOINT one_log")
                 try:
+                    store.feature_dir(name)  # a linked folder is refused (SPEC section 12)
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
                     if not is_log_problem(exc, path):
@@ -158,28 +193,41 @@ def _rebuild(
                 raise _KeepOld
             for statement in INDEX_SQL:
                 fresh.conn.execute(statement)
-            if not reset_delivery:
-                fresh.conn.executemany(
-                    "UPDATE events SET status = ?, retry_count = ?, last_retry_at = ?,"
-                    " last_error = ? WHERE feature = ? AND event_id = ?",
-                    _old_states(index_path),
+        with replay_lock(index_path, timeout=wait) as held:
+            if not held:
+                raise ReplaylogError(
+                    f"a replay is still running on this index after {wait:g} s (it holds"
+                    f" {replay_lock_path(index_path)}); the index was left as it was: run"
+                    " `replaylog rebuild-index` again when the replay has finished"
                 )
-        fresh.conn.execute("PRAGMA synchronous = FULL")
-        # Leave a single self-contained file: no -wal to go astray in the rename.
-        fresh.conn.execute("PRAGMA journal_mode = DELETE")
-        fresh.close()
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _settle(index_path)
-        os.replace(temp, index_path)
-        dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            if not reset_delivery:
+                with fresh.write():
+                    fresh.conn.executemany(
+                        "INSERT INTO remembered (feature, event_id, status, retry_count,"
+                        " last_retry_at, last_error) VALUES (?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT(feature, event_id) DO UPDATE SET status = excluded.status,"
+                        " retry_count = excluded.retry_count,"
+                        " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
+                        _old_states(index_path),
+                    )
+                    # Events of the logs take their state back; the others' is kept.
+                    fresh._restore()
+            fresh.conn.execute("PRAGMA synchronous = FULL")
+            # Leave a single self-contained file: no -wal to go astray in the rename.
+            fresh.conn.execute("PRAGMA journal_mode = DELETE")
+            fresh.close()
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _settle(index_path)
+            os.replace(temp, index_path)
+            dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except BaseException as exc:
         if fresh is not None:
             fresh.close()

@@ -1,7 +1,8 @@
 """The index schema (SPEC section 4), defined with SQLAlchemy for Alembic and for queries.
 
 ``queue.db`` is a cache of the logs. It holds, per event, where its line is and its
-delivery state; per log, how far it has been indexed; and the Lamport clock.
+delivery state; per log, how far it has been indexed; the Lamport clock; and the delivery
+state of events whose log is absent for now.
 Migrations in ``migrations/versions`` create exactly these tables; a test checks that
 both agree.
 """
@@ -19,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 
-__all__ = ["events", "logs", "meta", "metadata"]
+__all__ = ["events", "logs", "meta", "metadata", "remembered"]
 
 metadata = MetaData()
 
@@ -70,6 +71,24 @@ logs = Table(
     Column("tail_hash", String, nullable=False),  # sha256 of that last line
     Column("max_lamport", Integer, nullable=False),
     Column("file_id", String, nullable=False),  # "inode:mtime_ns:size" when last seen
+    # CRC-32 of every byte indexed, extended as bytes are taken in, so that an edit
+    # anywhere in them is noticed; NULL for a log indexed before revision 0002.
+    Column("prefix_crc", Integer, nullable=True),
+)
+
+#: The delivery state of events that are not in the index for now (their log is gone
+#: for a while: a checkout of an older commit, a command run with another --logs-dir).
+#: It is given back when the event is indexed again, and dropped only by
+#: ``rebuild-index --reset-delivery``.
+remembered = Table(
+    "remembered",
+    metadata,
+    Column("feature", String, primary_key=True),
+    Column("event_id", String, primary_key=True),
+    Column("status", String, nullable=False),
+    Column("retry_count", Integer, nullable=False),
+    Column("last_retry_at", String, nullable=True),
+    Column("last_error", Text, nullable=True),
 )
 
 #: Key/value pairs; ``lamport`` is the clock: the largest value issued or seen.

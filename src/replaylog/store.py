@@ -37,6 +37,7 @@ from .errors import (
     TransientDeliveryError,
     UsageError,
     is_log_problem,
+    os_error,
     translate,
 )
 from .event import (
@@ -48,7 +49,7 @@ from .event import (
     new_line_object,
     utc_now,
 )
-from .index import Index
+from .index import Index, _replay_lock_of
 
 if TYPE_CHECKING:
     import httpx
@@ -76,6 +77,95 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
+
+
+def replay_lock_path(index_path: str) -> str:
+    """The lock a replay holds for its whole run, beside the index it records in."""
+    return _replay_lock_of(index_path)
+
+
+@contextlib.contextmanager
+def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
+    """Hold the replay lock of an index; yields False if ``timeout`` passed first.
+
+    A replay holds it while it records outcomes; ``rebuild-index`` holds it while it
+    carries those outcomes into the new index and renames it into place, so that no
+    outcome is recorded in an index that is about to be replaced. Nothing is written in
+    the file: whoever waits finds the holder's process id in ``/proc/locks``.
+    """
+    path = replay_lock_path(index_path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise os_error(exc, path, "open the replay lock") from exc
+    try:
+        if timeout == 0.0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+            except BlockingIOError:
+                held = False
+        else:
+            holder = _flock_holder(fd)
+            who = f" (process {holder})" if holder is not None else ""
+            held = _log.wait_for_lock(
+                fd,
+                fcntl.LOCK_EX,
+                f"the replay running on this index{who}: {path}",
+                timeout=timeout,
+            )
+        yield held
+    finally:
+        os.close(fd)
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The process holding a ``flock`` on the file of ``fd``, as ``/proc/locks`` says
+    (Linux), or None when it cannot tell."""
+    try:
+        inode = os.fstat(fd).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131090 0 EOF"
+                fields = line.split()
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+                    if fields[5].rsplit(":", 1)[-1] == str(inode):
+                        return int(fields[4])
+    except OSError:
+        pass
+    return None
+
+
+def _refuse_links(root: str, path: str) -> None:
+    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
+    symbolic link (the ones that do not exist yet are made real by an append)."""
+    relative = os.path.relpath(path, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        # A logs folder outside the root (an absolute --logs-dir): named by the user
+        # like the root, so only the feature folder below it is looked at.
+        root, relative = os.path.dirname(path), os.path.basename(path)
+    current = root
+    for part in relative.split(os.sep):
+        if part in ("", os.curdir):
+            continue
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{current} is a symbolic link; replaylog refuses to follow a link between"
+                " the root and a log (it could lead anywhere). Replace it with the real"
+                " folder.",
+                path=current,
+            )
+
+
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -186,11 +276,29 @@ class EventStore:
     # ------------------------------------------------------------------ paths
 
     def feature_dir(self, feature: str) -> str:
-        """The folder of a feature's log; refuses a bad name before touching anything."""
-        return os.path.join(self.logs_root, _log.validate_feature_name(feature))
+        """The folder of a feature's log; refuses a bad name before touching anything.
+
+        Every folder between the root and the log must be a real one (SPEC section 12):
+        a symbolic link there, which a cloned repository can hold, would take reads and
+        appends outside the logs folder. The root itself may be a link: the user names it.
+        """
+        path = os.path.join(self.logs_root, _log.validate_feature_name(feature))
+        _refuse_links(self.root, path)
+        return path
 
     def log_path(self, feature: str) -> str:
         return _log.log_path(self.feature_dir(feature))
+
+    def require_log(self, feature: str) -> str:
+        """The path of a feature's log; :class:`StoreError` if the feature has none."""
+        path = self.log_path(feature)
+        if not os.path.lexists(path):
+            raise StoreError(
+                f"feature {feature!r} has no log ({path}); `replaylog status` lists the"
+                " features there are",
+                path=path,
+            )
+        return path
 
     @_edge
     def features(self) -> list[str]:
@@ -250,7 +358,7 @@ class EventStore:
         checked = {_log.validate_feature_name(f) for f in features}
         index = self.index
         for name in sorted(checked):
-            index.catch_up(name, _log.log_path(os.path.join(self.logs_root, name)))
+            index.catch_up(name, self.log_path(name))
 
     def _catch_up_all(self) -> dict[str, StoreError]:
         """Catch up with every log; returns the logs that could not be read, by feature
@@ -260,6 +368,7 @@ class EventStore:
         for name in sorted(set(self.features()) | set(index.known_features())):
             path = _log.log_path(os.path.join(self.logs_root, name))
             try:
+                self.feature_dir(name)  # a linked folder is refused (SPEC section 12)
                 index.catch_up(name, path)
             except StoreError as exc:
                 if not is_log_problem(exc, path):
@@ -463,7 +572,10 @@ class EventStore:
             return None
         fd = open_log.fd
         flock = fcntl.flock
-        flock(fd, fcntl.LOCK_EX)
+        try:
+            flock(fd, _LOCK_EX_NB)
+        except BlockingIOError:
+            _log.wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
         try:
             first = None
             # Nothing new in the log since this store's last append (the _OpenLog checks,
@@ -633,7 +745,11 @@ class EventStore:
         target = canonical_lane(to)
         for name, value in (("work package", wp_id), ("actor", actor)):
             # Shown on boards and terminals: a newline or control character would forge lines.
-            if isinstance(value, str) and (not value.isprintable() or value != value.strip()):
+            if (
+                isinstance(value, str)
+                and value.strip()  # an empty one is refused below, by its field's own rule
+                and (not value.isprintable() or value != value.strip())
+            ):
                 raise UsageError(
                     f"the {name} {value!r} holds a control character or surrounding space;"
                     " give it as plain text"
@@ -802,22 +918,31 @@ class EventStore:
         reset_delivery: bool = False,
         skip_bad: bool = False,
         progress: Callable[[str, int], None] | None = None,
+        wait: float | None = None,
     ) -> dict[str, Any]:
         """Build a fresh index from every log and put it in place of the old one.
 
         The new index is built in a temporary file and renamed over the old one, so a
-        crash leaves the old index as it was. Delivery state of events that still exist
-        is carried over from the old index when it is readable, unless ``reset_delivery``.
+        crash leaves the old index as it was. Delivery state (of events that still exist,
+        and that the old index remembers of absent ones) is carried over from the old
+        index when it is readable, unless ``reset_delivery``. The swap waits for a
+        running replay to finish, ``wait`` seconds at most (default 300).
 
         Every log is read; if any cannot be, :class:`LogsUnreadableError` lists each bad
         one and the old index is kept, unless ``skip_bad``: then the index is built from
         the readable logs and the result's ``"skipped"`` lists the others.
         """
-        from .rebuild import rebuild
+        from .rebuild import REPLAY_WAIT_SECONDS, rebuild
 
+        if wait is not None and not (0 <= wait < float("inf")):
+            raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
         result, bad = rebuild(
-            self, reset_delivery=reset_delivery, skip_bad=skip_bad, progress=progress
+            self,
+            reset_delivery=reset_delivery,
+            skip_bad=skip_bad,
+            progress=progress,
+            wait=REPLAY_WAIT_SECONDS if wait is None else wait,
         )
         if bad and not skip_bad:
             raise _unreadable(
@@ -961,19 +1086,10 @@ class EventStore:
     @contextlib.contextmanager
     def _replay_lock(self, wait: bool) -> Iterator[None]:
         """One replay at a time per index, so no event is in two runs' batches at once."""
-        directory = os.path.dirname(self.index_path)
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(
-            os.path.join(directory, "replay.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError as exc:
-                raise DeliveryError("another replay is running for this index") from exc
+        with replay_lock(self.index_path, timeout=None if wait else 0.0) as held:
+            if not held:
+                raise DeliveryError("another replay is running for this index")
             yield
-        finally:
-            os.close(fd)
 
     @_edge
     def emit(
@@ -1265,11 +1381,15 @@ class _LineReader:
             self.fds[row.feature] = fd
         data = os.pread(fd, row.length, row.offset)
         if len(data) != row.length or row.event_id.encode() not in data:
-            # Only a log rewritten since the index caught up can get here.
+            # Only a log changed since the index caught up can get here (rewritten, or
+            # edited where the catch-up of a grown log does not look): the next catch-up
+            # must index it again from the start, so the next run does not fail too.
             path = self.store.log_path(row.feature)
+            self.store.index.forget_progress(row.feature)
             raise StoreError(
                 f"{path} changed while its events were being read (expected event"
-                f" {row.event_id} at byte {row.offset}); run again",
+                f" {row.event_id} at byte {row.offset}); it is indexed again by the next"
+                " command: run again",
                 path=path,
             )
         return data

@@ -1,0 +1,446 @@
+"""Machine faults (SPEC section 12) met through what a user gives replaylog.
+
+- files it did not make: an ``--index`` that is not a replaylog index is refused, named,
+  and left as it was;
+- the clock file is a cache: a value in it that nothing backs is ignored;
+- what ``append`` accepts every reader gives back: lone surrogates and nesting deeper
+  than the readers allow are refused at append, as usage errors (exit 2);
+- the smaller promises met on the way: a line of exactly 1 MiB, ``log`` of a feature
+  with no log, a ``--root`` that does not exist, bounds given as seconds, a lock held
+  by a stuck process, and ``merge-driver --json``.
+
+Real processes and real files throughout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cli_run import Run
+
+from replaylog import Event, EventStore
+from replaylog.errors import UsageError
+from replaylog.event import MAX_LINE_BYTES, MAX_NESTING
+from replaylog.log import EVENTS_FILENAME
+
+FEATURE = "feat"
+APPEND = ("append", FEATURE, "--type", "T", "--aggregate", "a")
+
+
+def cli(root: Path | None, *args: str, stdin: str | None = None, timeout: float = 60.0) -> Run:
+    """``python -m replaylog [--root ROOT] ARGS`` in a real process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+    env["REPLAYLOG_FSYNC"] = "0"
+    prefix = ("--root", str(root)) if root is not None else ()
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "replaylog", *prefix, *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    return Run(tuple(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    path = tmp_path / "proj"
+    path.mkdir()
+    return path
+
+
+def log_of(root: Path, feature: str = FEATURE) -> Path:
+    return root / "kitty-specs" / feature / EVENTS_FILENAME
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def siblings(path: Path) -> list[str]:
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+# --------------------------------------------------------------------------- files it did not make
+
+
+def another_applications_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("kind", ["notes", "sqlite", "alembic-of-another-app", "named-queue.db"])
+def test_an_index_that_is_not_replaylogs_is_refused_named_and_left_as_it_was(
+    tmp_path: Path, root: Path, kind: str
+) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append(FEATURE, "T", "a")
+    other = tmp_path / "other"
+    other.mkdir()
+    names = {"notes": "notes.txt", "named-queue.db": "queue.db"}
+    path = other / names.get(kind, "app.db")  # another application's queue.db is not ours
+    if kind == "notes":
+        path.write_text("my notes, not an index\n" * 100)
+    else:
+        another_applications_database(path)
+        if kind == "alembic-of-another-app":
+            conn = sqlite3.connect(path)
+            conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+            conn.execute("INSERT INTO alembic_version VALUES ('0002')")
+            conn.commit()
+            conn.close()
+    before, listed = digest(path), siblings(path)
+    for args in (["rebuild-index"], ["rebuild-index", "--reset-delivery"], ["status"], APPEND):
+        run = cli(root, "--index", str(path), *args)
+        assert run.code == 1, run
+        line = run.error_line()
+        assert str(path) in line and "not a replaylog index" in line, run
+        assert "run `replaylog rebuild-index`" not in line, run
+        assert "a path of its own" in line, run
+    assert digest(path) == before and siblings(path) == listed
+
+
+def test_a_damaged_index_at_its_own_place_is_still_rebuilt(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append_many(FEATURE, [{"event_type": "T", "aggregate_id": "a"}] * 3)
+    index = root / ".replaylog" / "queue.db"
+    index.write_bytes(b"garbage, not a database" * 100)
+    status = cli(root, "status")
+    assert status.code == 1 and "rebuild-index" in status.error_line(), status
+    rebuilt = cli(root, "rebuild-index", "--json")
+    assert rebuilt.code == 0 and json.loads(rebuilt.out) == {"features": 1, "events": 3}, rebuilt
+
+
+def test_an_index_elsewhere_that_replaylog_made_or_an_empty_file_is_rebuilt(
+    tmp_path: Path, root: Path
+) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append(FEATURE, "T", "a")
+    made = tmp_path / "mine.db"
+    assert cli(root, "--index", str(made), "status").code == 0
+    rebuilt = cli(root, "--index", str(made), "rebuild-index", "--json")
+    assert rebuilt.code == 0 and json.loads(rebuilt.out)["events"] == 1, rebuilt
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    rebuilt = cli(root, "--index", str(empty), "rebuild-index", "--json")
+    assert rebuilt.code == 0 and json.loads(rebuilt.out)["events"] == 1, rebuilt
+
+
+# --------------------------------------------------------------------------- the clock file
+
+
+def clock_file(root: Path) -> Path:
+    return root / ".replaylog" / "queue.db-clock"
+
+
+def appended_clock(root: Path) -> int:
+    run = cli(root, *APPEND, "--json")
+    assert run.code == 0, run
+    return int(json.loads(run.out)["lamport_clock"])
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"abc",  # three junk bytes: read as 6,513,249 once padded
+        struct.pack("<q", 2**63 - 2),  # a huge value, as the older format held it
+        struct.pack("<qq", 2**62, 12345),  # a huge value whose check does not match
+        b"\xff" * 16,
+    ],
+    ids=["three-bytes", "huge-old-format", "huge-bad-check", "all-ones"],
+)
+def test_a_clock_file_value_that_nothing_backs_is_ignored(root: Path, junk: bytes) -> None:
+    assert [appended_clock(root) for _ in range(3)] == [1, 2, 3]
+    clock_file(root).write_bytes(junk)
+    assert appended_clock(root) == 4
+    assert appended_clock(root) == 5
+    assert [e.lamport_clock for e in EventStore(root).read(FEATURE)] == [1, 2, 3, 4, 5]
+    status = cli(root, "status", "--json")
+    assert json.loads(status.out)["lamport_clock"] == 5, status
+
+
+def test_junk_in_the_clock_file_is_ignored_by_a_store_appending_on_its_fast_path(
+    root: Path,
+) -> None:
+    with EventStore(root, fsync=False) as store:
+        assert [store.append(FEATURE, "T", "a").lamport_clock for _ in range(3)] == [1, 2, 3]
+        with open(clock_file(root), "r+b") as f:
+            f.write(b"abc")  # into the file the store has mapped
+        assert store.append(FEATURE, "T", "a").lamport_clock == 4
+        assert store.append(FEATURE, "T", "a").lamport_clock == 5
+
+
+# --------------------------------------------------------------------------- read back
+
+
+def test_a_lone_surrogate_is_refused_at_append_with_exit_2_and_nothing_written(
+    root: Path,
+) -> None:
+    assert cli(root, *APPEND, "--payload", '{"ok": "caf\\u00e9 \\ud83d\\ude00"}').code == 0
+    before = log_of(root).read_bytes()
+    for payload in ('{"a": "\\ud800"}', '{"\\udc00": 1}', '{"a": ["x", {"b": "\\udfff z"}]}'):
+        run = cli(root, *APPEND, "--payload", payload)
+        assert run.code == 2, run
+        assert "lone surrogate" in run.error_line(), run
+    with_type = cli(root, "append", FEATURE, "--type", "T", "--aggregate", "a\udcff")
+    assert with_type.code == 2 and "lone surrogate" in with_type.error_line(), with_type
+    assert log_of(root).read_bytes() == before
+    shown = cli(root, "log", FEATURE)
+    assert shown.code == 0 and "caf\u00e9 \U0001f600" in shown.out, shown
+    with EventStore(root, fsync=False) as store:
+        with pytest.raises(UsageError, match="lone surrogate"):
+            store.append(FEATURE, "T", "a", {"x": "\ud800"})
+        with pytest.raises(UsageError, match="lone surrogate"):
+            store.append_many(FEATURE, [{"event_type": "T\udc80", "aggregate_id": "a"}])
+        with pytest.raises(UsageError, match="lone surrogate"):
+            store.append_many(FEATURE, [Event.new("T", "a", {"k": ["\udbff"]})])
+    assert log_of(root).read_bytes() == before
+
+
+def nested(depth: int) -> dict[str, object]:
+    payload: dict[str, object] = {}
+    current = payload
+    for _ in range(depth - 1):
+        inner: dict[str, object] = {}
+        current["x"] = inner
+        current = inner
+    return payload
+
+
+def test_a_payload_nested_deeper_than_the_readers_allow_is_refused_at_append(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append(FEATURE, "T", "a", nested(MAX_NESTING))
+        before = log_of(root).read_bytes()
+        for depth in (MAX_NESTING + 1, 1030, 5000):
+            with pytest.raises(UsageError, match="nested more than 256 levels"):
+                store.append(FEATURE, "T", "a", nested(depth))
+            with pytest.raises(UsageError, match="nested more than 256 levels"):
+                store.append_many(
+                    FEATURE,
+                    [{"event_type": "T", "aggregate_id": "a", "payload": {"l": [nested(depth)]}}],
+                )
+        assert log_of(root).read_bytes() == before
+        assert len(store.read(FEATURE)) == 1
+    deep = '{"x": ' * 299 + "{}" + "}" * 299
+    run = cli(root, *APPEND, "--payload-file", "-", stdin=deep)
+    assert run.code == 2 and "nested more than" in run.error_line(), run
+    # What was accepted, every reader gives back.
+    for args in (["log", FEATURE], ["log", FEATURE, "--json"], ["verify"], ["status"]):
+        shown = cli(root, *args)
+        assert shown.code == 0, shown
+    assert log_of(root).read_bytes() == before
+
+
+# --------------------------------------------------------------------------- smaller ones
+
+
+def line_of(root: Path, size: int) -> Run:
+    """Append one event whose line is ``size`` bytes, newline included."""
+    with EventStore(root / "probe", fsync=False) as probe:
+        base = len(probe.append(FEATURE, "T", "a", {"p": ""}).to_line())
+    payload = json.dumps({"p": "x" * (size - base)})
+    return cli(root, *APPEND, "--json", "--payload-file", "-", stdin=payload)
+
+
+def test_a_line_of_up_to_1_mib_newline_included_is_written_and_read_back(root: Path) -> None:
+    for size in (1_048_560, MAX_LINE_BYTES):
+        run = line_of(root, size)
+        assert run.code == 0, run
+    lines = log_of(root).read_bytes().splitlines(keepends=True)
+    assert [len(line) for line in lines] == [1_048_560, MAX_LINE_BYTES]
+    too_big = line_of(root, MAX_LINE_BYTES + 1)
+    assert too_big.code == 2, too_big
+    assert "at most 1048576 bytes" in json.loads(too_big.out)["error"]["message"], too_big
+    assert len(log_of(root).read_bytes().splitlines()) == 2
+    for args in (["log", FEATURE, "--json"], ["verify"], ["status", "--json"]):
+        shown = cli(root, *args)
+        assert shown.code == 0, shown
+    assert len(EventStore(root).read(FEATURE)) == 2
+
+
+def test_log_of_a_feature_with_no_log_is_one_error_line_exit_1(root: Path) -> None:
+    run = cli(root, "log", "nosuch")
+    assert run.code == 1 and run.out == "", run
+    assert "feature 'nosuch' has no log" in run.error_line(), run
+    as_json = cli(root, "log", "nosuch", "--json")
+    assert as_json.code == 1 and json.loads(as_json.out)["error"]["type"] == "StoreError"
+    assert not (root / "kitty-specs").exists()
+
+
+def test_a_root_that_does_not_exist_is_refused_by_every_command_creating_nothing(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "typo"
+    commands = [
+        list(APPEND),
+        ["log", FEATURE],
+        ["status"],
+        ["replay", "--url", "http://127.0.0.1:9"],
+        ["rebuild-index"],
+        ["verify"],
+        ["repair", FEATURE],
+        ["requeue"],
+        ["git-setup"],
+        ["board"],
+    ]
+    for args in commands:
+        run = cli(missing, *args)
+        assert run.code == 2, run
+        assert "--root" in run.error_line() and "does not exist" in run.error_line(), run
+    assert os.listdir(tmp_path) == []
+
+
+def test_appends_still_make_the_logs_folder_and_feature_folders_under_an_existing_root(
+    root: Path,
+) -> None:
+    assert cli(root, *APPEND).code == 0
+    assert log_of(root).is_file()
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "soon"])
+def test_bounds_in_seconds_must_be_finite_and_not_negative(root: Path, value: str) -> None:
+    for args in (
+        [*APPEND, "--sync", "--url", "http://127.0.0.1:9", "--sync-timeout", value],
+        ["replay", "--url", "http://127.0.0.1:9", "--timeout", value],
+        ["replay", "--url", "http://127.0.0.1:9", "--backoff-base", value],
+        ["rebuild-index", "--wait", value],
+    ):
+        run = cli(root, *args)
+        assert run.code == 2, run
+        assert "seconds" in run.error_line(), run
+    assert not log_of(root).exists()
+
+
+def first_stderr_line(proc: subprocess.Popen[str], *, timeout: float) -> str:
+    """The first line the process writes on stderr, read byte by byte from the pipe's
+    descriptor (so that nothing waits in a buffer that ``communicate`` would not see),
+    in a thread (so that a process that never writes one fails the test, not hangs it)."""
+    got: list[str] = []
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+
+    def read() -> None:
+        data = b""
+        while not data.endswith(b"\n"):
+            byte = os.read(fd, 1)
+            if not byte:
+                break
+            data += byte
+        got.append(data.decode())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, f"nothing on stderr within {timeout} s"
+    return got[0]
+
+
+def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
+    assert cli(root, *APPEND).code == 0
+    path = log_of(root)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a stuck process in the middle of an append
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replaylog", "--root", str(root), *APPEND],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            notice = first_stderr_line(proc, timeout=60)
+            assert proc.poll() is None, "the append did not wait for the lock"
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        out, rest = proc.communicate(timeout=60)
+        err = notice + rest
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, (out, err)
+    assert err.splitlines() == [
+        f"replaylog: waiting for the lock on {path}, held by another process ..."
+    ], err
+    assert len(path.read_bytes().splitlines()) == 2
+
+
+def test_a_reader_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
+    assert cli(root, *APPEND).code == 0
+    path = log_of(root)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer stuck in the middle of its append
+        os.write(fd, Event.new("T", "by-hand", lamport_clock=7).to_line())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replaylog", "--root", str(root), "status", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            notice = first_stderr_line(proc, timeout=60)
+            assert proc.poll() is None, "status did not wait for the lock"
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        out, rest = proc.communicate(timeout=60)
+        err = notice + rest
+    finally:
+        os.close(fd)
+    assert proc.returncode == 0, (out, err)
+    assert json.loads(out)["totals"]["events"] == 2
+    assert err.splitlines() == [
+        f"replaylog: waiting for the lock on {path}, held by another process ..."
+    ], err
+
+
+def merge_sides(tmp_path: Path, theirs_line: bytes) -> tuple[Path, Path, Path]:
+    shared = Event.new("T", "a", {"n": 1}, lamport_clock=1).to_line()
+    base, ours, theirs = (tmp_path / name for name in ("base", "ours", "theirs"))
+    base.write_bytes(shared)
+    ours.write_bytes(shared)
+    theirs.write_bytes(shared + theirs_line)
+    return base, ours, theirs
+
+
+def test_merge_driver_json_says_whether_it_merged_and_what_conflicted(
+    tmp_path: Path, root: Path
+) -> None:
+    new = Event.new("T", "b", {"n": 2}, lamport_clock=2)
+    base, ours, theirs = merge_sides(tmp_path, new.to_line())
+    merged = cli(root, "merge-driver", str(base), str(ours), str(theirs), "--json")
+    assert merged.code == 0, merged
+    assert json.loads(merged.out) == {"merged": True, "added": 1, "conflict": None}
+    assert ours.read_bytes() == theirs.read_bytes()
+
+    clash = Event.from_dict({**new.to_dict(), "payload": {"n": 3}})
+    ours.write_bytes(theirs.read_bytes())
+    theirs.write_bytes(theirs.read_bytes().splitlines(keepends=True)[0] + clash.to_line())
+    kept = ours.read_bytes()
+    conflict = cli(root, "merge-driver", str(base), str(ours), str(theirs), "--json")
+    assert conflict.code == 1, conflict
+    answer = json.loads(conflict.out)
+    assert answer["merged"] is False and answer["added"] == 0
+    assert new.event_id in answer["conflict"]["message"], answer
+    assert ours.read_bytes() == kept
