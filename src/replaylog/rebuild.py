@@ -19,6 +19,7 @@ from .errors import (
 )
 from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
 from .log import log_path
+from .posix import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     from .store import EventStore
@@ -216,18 +217,10 @@ def _rebuild(
             # Leave a single self-contained file: no -wal to go astray in the rename.
             fresh.conn.execute("PRAGMA journal_mode = DELETE")
             fresh.close()
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(temp)
             _settle(index_path)
             os.replace(temp, index_path)
-            dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(os.path.dirname(index_path))
     except BaseException as exc:
         if fresh is not None:
             fresh.close()

@@ -50,6 +50,7 @@ from .event import (
     utc_now,
 )
 from .index import Index, _replay_lock_of
+from .posix import open_regular, replace_atomically, temp_beside
 
 if TYPE_CHECKING:
     import httpx
@@ -1190,21 +1191,13 @@ _MAX_SIDE_FILE = 64 << 20  # meta.json and status.json are small; a huge one is 
 def _read_side_file(path: str, what: str) -> bytes | None:
     """The bytes of a file beside a log (never through a symbolic link), None if absent."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_regular(path, os.O_RDONLY, refusal=f"the {what} must be one")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"{path} is a symbolic link; replaylog refuses to follow it."
-                " Replace it with the real file.",
-                path=path,
-            ) from exc
         raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"{path} is not a regular file; the {what} must be one", path=path)
         if st.st_size > _MAX_SIDE_FILE:
             raise StoreError(f"{path}: the {what} is larger than 64 MiB", path=path)
         chunks = []
@@ -1307,29 +1300,24 @@ def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
         if isinstance(previous, dict):
             for key, value in previous.items():
                 out.setdefault(key, value)
-    import tempfile
-
     data = (json.dumps(out, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILENAME}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, stat.S_IMODE(old.st_mode) if old is not None else 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        _status_json_stat(path)  # still a plain file (or gone): never replace anything else
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _log._fsync_dir(directory)
+
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    fd, tmp = temp_beside(path, ".tmp")
+    # Still a plain file (or gone) just before the rename: never replace anything else.
+    replace_atomically(
+        fd,
+        tmp,
+        path,
+        write,
+        mode=stat.S_IMODE(old.st_mode) if old is not None else 0o644,
+        fsync=fsync,
+        check=lambda: _status_json_stat(path),
+    )
 
 
 def _unreadable(
@@ -1370,7 +1358,7 @@ class _LineReader:
         if fd is None:
             path = self.store.log_path(row.feature)
             try:
-                fd = _log._open_log(path, os.O_RDONLY)
+                fd = open_regular(path, os.O_RDONLY)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise StoreError(
