@@ -9,21 +9,19 @@ Ingesting lines is the hot path of ``replaylog append`` and of ``rebuild-index``
 runs on the standard ``sqlite3`` module: importing SQLAlchemy alone takes several times
 longer than a whole append. Everything else (status, pending, delivery updates) is in
 :mod:`replaylog.delivery`, on SQLAlchemy Core. Lock order is always: a log's ``flock``
-first, then the SQLite write lock, then the clock file's lock (:class:`ClockFile`), never
-two logs at once, so processes cannot deadlock.
+first, then the SQLite write lock, then the clock file's lock
+(:class:`~replaylog.clock.ClockFile`), never two logs at once, so processes cannot
+deadlock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
-import mmap
 import os
 import sqlite3
 import stat
-import struct
 import time
 import urllib.parse
 import zlib
@@ -31,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from itertools import repeat
 from typing import Any
 
+from .clock import ClockFile, derive_clocks
 from .errors import (
     REBUILD_HINT,
     BadIndexError,
@@ -41,10 +40,9 @@ from .errors import (
     os_error,
     translate,
 )
-from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log, wait_for_lock
 
-__all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
+__all__ = ["HEAD_REVISION", "Index", "REVISIONS"]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001", "0002")
@@ -54,10 +52,6 @@ HEAD_REVISION = REVISIONS[-1]
 #: append path); a test checks that both agree.
 _TABLES = frozenset({"events", "logs", "meta", "remembered"})
 
-_CLOCK = struct.Struct("<qq")
-#: The clock file holds its value twice: as it is, and XORed with this. A file whose two
-#: words disagree (junk bytes, an older or torn file) backs no value and is ignored.
-_CLOCK_CHECK = 0x72706C67636C6F63
 _HEAD_BYTES = 64 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
@@ -188,124 +182,6 @@ def _crc_from(prior: Sequence[Any] | None, start: int) -> tuple[int, int]:
 
 def _file_id(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-
-
-class ClockFile:
-    """The highest Lamport value the index has issued or seen, in ``<index>-clock``.
-
-    An append takes its values here, under this small file's own ``flock``, instead of
-    in an index transaction; the index takes the appended lines in when it next catches
-    up (SPEC section 4 lets its writes be deferred). The file is mapped into memory, so
-    that taking a value costs two system calls (the lock and its release). The value
-    only rises. Lock order: a log's ``flock``, then SQLite, then this file's lock, which
-    is never held while waiting for anything else.
-
-    The index keeps its own record of the clock too (``meta``), which the file always
-    equals or exceeds; a file that is missing or unreadable is started again from that
-    record by the next append that goes through the index. The file is a cache (SPEC
-    section 12): its value is stored with a check word, and a value whose check does not
-    match (junk written into it, a file of another format) is ignored like a missing one.
-    """
-
-    # The value and its check, each a signed 64-bit integer, little-endian (what SQLite
-    # can hold too).
-    SIZE = 16
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            self.fd = os.open(path, flags, 0o600)
-            try:
-                st = os.fstat(self.fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise BadIndexError(f"{path}: the clock file is not a regular file")
-                if st.st_size < self.SIZE or st.st_blocks == 0:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX)
-                    try:
-                        # Zeros, or an older file padded: no valid check, so the value is
-                        # taken from the index by the next append.
-                        self._allocate()
-                    finally:
-                        fcntl.flock(self.fd, fcntl.LOCK_UN)
-                self._map = mmap.mmap(self.fd, self.SIZE)
-            except BaseException:
-                os.close(self.fd)
-                raise
-        except OSError as exc:
-            raise os_error(exc, path, "write the clock file") from exc
-        self.pid = os.getpid()
-
-    def _allocate(self) -> None:
-        """Give the file's bytes real disk space before they are mapped: a store through
-        the map into a page that has none, on a full disk, kills the process (SIGBUS)
-        where a write only fails with ENOSPC."""
-        size = os.fstat(self.fd).st_size
-        if size < self.SIZE:
-            data = bytes(self.SIZE - size)  # zeros: 0, nothing issued
-            if os.pwrite(self.fd, data, size) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
-        if os.fstat(self.fd).st_blocks == 0:  # a sparse file (made by ftruncate)
-            try:
-                os.posix_fallocate(self.fd, 0, self.SIZE)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-
-    def _read(self) -> int | None:
-        value, check = _CLOCK.unpack_from(self._map)
-        return value if value >= 0 and check == value ^ _CLOCK_CHECK else None
-
-    def _write(self, value: int) -> None:
-        _CLOCK.pack_into(self._map, 0, value, value ^ _CLOCK_CHECK)
-
-    def reserve(self, count: int, floor: int | None = None) -> int | None:
-        """Issue ``count`` values above the file's value (and above ``floor``, when given);
-        returns the first. None if the file is unreadable and no ``floor`` was given."""
-        fd = self.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            # _read and _write written out: this runs on every append of the fast path.
-            value: int
-            check: int
-            value, check = _CLOCK.unpack_from(self._map)
-            if value < 0 or check != value ^ _CLOCK_CHECK:
-                if floor is None:
-                    return None
-                value = 0
-            if floor is not None and floor > value:
-                value = floor
-            last = value + count
-            if last > MAX_CLOCK:
-                raise StoreError(
-                    "the Lamport clock would pass 2**63-1, the largest value a line may"
-                    f" hold (it is at {value}): a log holds a value close to that limit,"
-                    " which must be corrected by hand"
-                )
-            _CLOCK.pack_into(self._map, 0, last, last ^ _CLOCK_CHECK)
-            return value + 1
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def raise_to(self, value: int) -> None:
-        """Make sure the clock is at least ``value`` (lines other nodes wrote, seen)."""
-        fd = self.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            current = self._read()
-            if current is None or current < value:
-                self._write(value)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def value(self) -> int:
-        return self._read() or 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self._map.close()
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Index:
@@ -468,6 +344,15 @@ class Index:
                 clock_file.close()
             clock_file = self._clock_file = ClockFile(self.clock_path)
         return clock_file
+
+    def opened_clock(self) -> ClockFile | None:
+        """The clock file if this process has it open, else None (it is not opened here).
+
+        An append to a log that nothing changed since this process's last append takes
+        its values from it directly: the log holds no value above the file's.
+        """
+        clock_file = self._clock_file
+        return clock_file if clock_file is not None and clock_file.pid == os.getpid() else None
 
     def _recorded_clock(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'lamport'").fetchone()
@@ -767,16 +652,7 @@ class Index:
         largest value so far."""
         if check_existing:
             rows = self._drop_known(feature, path, rows)
-        out = []
-        for row in rows:
-            clock = row[8]
-            if clock is None:
-                clock = before + 1
-                row = (*row[:8], clock)
-            if clock > before:
-                before = clock
-            out.append(row)
-        return out, before
+        return derive_clocks(rows, before)
 
     def _insert(
         self, feature: str, path: str, rows: list[tuple[Any, ...]], check_existing: bool

@@ -24,6 +24,7 @@ from contextlib import contextmanager, suppress
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .clock import lamport_of
 from .errors import StoreError, UsageError, os_error
 from .event import (
     MAX_CLOCK,
@@ -792,13 +793,6 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def lamport_of(obj: dict[str, Any], before: int) -> int:
-    """A line's Lamport value (SPEC section 10): its ``lamport_clock``, or for a line
-    that carries none, 1 + ``before``, the largest value of the lines before it."""
-    value = obj.get("lamport_clock")
-    return value if type(value) is int else before + 1
 
 
 def _max_clock(writer: LogWriter) -> int:

@@ -55,6 +55,7 @@ from .posix import open_regular, replace_atomically, temp_beside
 if TYPE_CHECKING:
     import httpx
 
+    from .clock import ClockFile
     from .delivery import Delivery
     from .lines import Line, StatusEvent
     from .replay import ReplayConfig
@@ -210,13 +211,16 @@ _inherited: list[Index] = []  # indexes opened by a parent process: kept, never 
 class _OpenLog:
     """A log this store appended to, kept open, and how it looked after that append."""
 
-    __slots__ = ("fd", "path", "ino", "dev", "size", "pid")
+    __slots__ = ("fd", "path", "ino", "dev", "size", "pid", "clock")
 
-    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+    def __init__(self, fd: int, path: str, st: os.stat_result, clock: ClockFile | None) -> None:
         self.fd = fd
         self.path = path
         self.pid = os.getpid()
         self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
+        # The index's clock file, open in this process, or None: the next appends take
+        # their values from it without going through the index.
+        self.clock = clock
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -553,7 +557,8 @@ class EventStore:
         if old is not None:
             old.close()
         st = os.fstat(writer.fd)
-        open_log = _OpenLog(writer.detach(), writer.path, st)
+        clock = self._index.opened_clock() if self._index is not None else None
+        open_log = _OpenLog(writer.detach(), writer.path, st, clock)
         fcntl.flock(open_log.fd, fcntl.LOCK_UN)
         self._open_logs[feature] = open_log
 
@@ -563,11 +568,10 @@ class EventStore:
         """Append to a log this store left open, if nobody changed it since; None when
         the full append must run (first append, another writer, a rewrite, a fork)."""
         open_log = self._open_logs.get(feature)
-        index = self._index
-        if open_log is None or index is None:
+        if open_log is None or self._index is None:
             return None
-        clock = index._clock_file
-        if open_log.pid != os.getpid() or clock is None or clock.pid != open_log.pid:
+        clock = open_log.clock
+        if open_log.pid != os.getpid() or clock is None or clock.fd < 0:
             # A forked child: an inherited descriptor would share its parent's locks.
             self._open_logs.pop(feature).close()
             return None
