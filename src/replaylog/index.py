@@ -25,9 +25,9 @@ import stat
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from .clock import ClockFile, derive_clocks
 from .errors import (
@@ -42,7 +42,16 @@ from .errors import (
 )
 from .log import Unclean, _line_object_at, _open_log, clean_chunks, scan_log, wait_for_lock
 
-__all__ = ["HEAD_REVISION", "Index", "REVISIONS"]
+__all__ = [
+    "HEAD_REVISION",
+    "REVISIONS",
+    "DeliveryState",
+    "Index",
+    "LogProgress",
+    "delivery_states",
+    "log_progress",
+    "remember_states",
+]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001", "0002")
@@ -156,6 +165,67 @@ _INSERT = (
     'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
     " aggregate_id, node_id, lamport) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+class LogProgress(NamedTuple):
+    """A row of ``logs``: how much of a feature's log the index has taken in."""
+
+    size: int  # bytes indexed: the end of the last whole line
+    lines: int  # physical lines in those bytes
+    head_hash: str  # SHA-256 of the first 64 KiB indexed
+    tail_offset: int  # where the last indexed line starts
+    tail_hash: str  # SHA-256 of that last line
+    max_lamport: int
+    file_id: str  # "inode:mtime_ns:size" when last seen
+    prefix_crc: int | None  # CRC-32 of every byte indexed; None before revision 0002
+
+
+_LOG_PROGRESS = (
+    "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id, prefix_crc"
+    " FROM logs WHERE feature = ?"
+)
+
+
+def log_progress(conn: sqlite3.Connection, feature: str) -> LogProgress | None:
+    """The ``logs`` row of ``feature``, or None if its log was never indexed."""
+    row = conn.execute(_LOG_PROGRESS, (feature,)).fetchone()
+    return LogProgress._make(row) if row is not None else None
+
+
+class DeliveryState(NamedTuple):
+    """An event's delivery state (SPEC section 5), as ``events`` and ``remembered`` hold it."""
+
+    feature: str
+    event_id: str
+    status: str
+    retry_count: int
+    last_retry_at: str | None
+    last_error: str | None
+
+
+_STATE_COLUMNS = "feature, event_id, status, retry_count, last_retry_at, last_error"
+#: The state worth keeping: a pending event never tried is what indexing it again gives.
+_STATE_KEPT = "(status != 'pending' OR retry_count > 0)"
+_REMEMBER = (
+    f"INSERT INTO remembered ({_STATE_COLUMNS}) {{rows}} ON CONFLICT(feature, event_id)"
+    " DO UPDATE SET status = excluded.status, retry_count = excluded.retry_count,"
+    " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error"
+)
+
+
+def delivery_states(conn: sqlite3.Connection) -> list[DeliveryState]:
+    """Every delivery state worth keeping: those ``remembered`` of events absent for now,
+    then those of indexed events (which, listed last, win for an event in both)."""
+    rows = conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM remembered UNION ALL"
+        f" SELECT {_STATE_COLUMNS} FROM events WHERE {_STATE_KEPT}"
+    )
+    return [DeliveryState._make(row) for row in rows]
+
+
+def remember_states(conn: sqlite3.Connection, states: Iterable[DeliveryState]) -> None:
+    """Keep ``states`` in ``remembered``; a later state of an event replaces an earlier."""
+    conn.executemany(_REMEMBER.format(rows="VALUES (?, ?, ?, ?, ?, ?)"), states)
 
 
 def _sha(data: bytes) -> str:
@@ -412,11 +482,7 @@ class Index:
 
     def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         conn = self.conn
-        row = conn.execute(
-            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id,"
-            " prefix_crc FROM logs WHERE feature = ?",
-            (feature,),
-        ).fetchone()
+        row = log_progress(conn, feature)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -432,12 +498,12 @@ class Index:
                 " Replace it with the real file.",
                 path=path,
             )
-        if row is not None and row[6] == _file_id(st):
+        if row is not None and row.file_id == _file_id(st):
             return
         start, start_line = 0, 0
         if row is not None:
             if self._prefix_unchanged(path, row, st.st_size):
-                start, start_line = row[0], row[1]
+                start, start_line = row.size, row.lines
             else:
                 self._remember(feature)
                 conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
@@ -447,15 +513,8 @@ class Index:
     def _remember(self, feature: str) -> None:
         """Keep the delivery state of a feature's events that are about to be dropped
         from ``events``, until they are indexed again (SPEC section 12)."""
-        self.conn.execute(
-            "INSERT INTO remembered (feature, event_id, status, retry_count, last_retry_at,"
-            " last_error) SELECT feature, event_id, status, retry_count, last_retry_at,"
-            " last_error FROM events WHERE feature = ? AND (status != 'pending' OR"
-            " retry_count > 0) ON CONFLICT(feature, event_id) DO UPDATE SET"
-            " status = excluded.status, retry_count = excluded.retry_count,"
-            " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
-            (feature,),
-        )
+        rows = f"SELECT {_STATE_COLUMNS} FROM events WHERE feature = ? AND {_STATE_KEPT}"
+        self.conn.execute(_REMEMBER.format(rows=rows), (feature,))
 
     def _restore(self, feature: str | None = None) -> None:
         """Give indexed events back the state remembered for them (one feature, or all)."""
@@ -477,7 +536,7 @@ class Index:
             )
 
     @staticmethod
-    def _prefix_unchanged(path: str, row: Sequence[Any], size_now: int) -> bool:
+    def _prefix_unchanged(path: str, row: LogProgress, size_now: int) -> bool:
         """True if the log still begins with exactly the bytes indexed so far.
 
         The first 64 KiB and the last indexed line are compared by SHA-256. A log that
@@ -487,7 +546,7 @@ class Index:
         byte compared by its CRC-32, which the index keeps as it takes bytes in: a
         change anywhere in it is noticed (SPEC section 12).
         """
-        size, head_hash, tail_offset, tail_hash, crc = row[0], row[2], row[3], row[4], row[7]
+        size, tail_offset = row.size, row.tail_offset
         if size_now < size:
             return False
         try:
@@ -497,11 +556,12 @@ class Index:
         try:
             head = os.pread(fd, min(size, _HEAD_BYTES), 0)
             tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
-            if _sha(head) != head_hash or _sha(tail) != tail_hash:
+            if _sha(head) != row.head_hash or _sha(tail) != row.tail_hash:
                 return False
             if size_now > size:
                 return True
             # No CRC: a log indexed before it was kept; indexing it again is always right.
+            crc = row.prefix_crc
             return crc is not None and _crc(fd, 0, size, 0) == crc
         finally:
             os.close(fd)
@@ -813,20 +873,17 @@ class Index:
         if not rows:
             return
         with self.write():
-            prior = self.conn.execute(
-                "SELECT size, max_lamport, head_hash, prefix_crc FROM logs WHERE feature = ?",
-                (feature,),
-            ).fetchone()
+            prior = log_progress(self.conn, feature)
             self.conn.executemany(_INSERT, rows)
             top = max(r[8] for r in rows)
             head_hash = None
             crc_from = (0, 0)
             if prior is not None:
-                top = max(top, prior[1])
-                if prior[0] >= _HEAD_BYTES:
-                    head_hash = prior[2]  # appends never change a log's first bytes
-                if prior[3] is not None:
-                    crc_from = (prior[0], prior[3])  # only the appended bytes are read
+                top = max(top, prior.max_lamport)
+                if prior.size >= _HEAD_BYTES:
+                    head_hash = prior.head_hash  # appends never change a log's first bytes
+                if prior.prefix_crc is not None:
+                    crc_from = (prior.size, prior.prefix_crc)  # only the appended bytes are read
             # No _see(top): the values were reserved, so the clock is at least top already.
             self._record_progress(
                 feature,

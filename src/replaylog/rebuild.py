@@ -17,7 +17,15 @@ from .errors import (
     is_log_problem,
     translate,
 )
-from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
+from .index import (
+    INDEX_NAMES,
+    INDEX_SQL,
+    DeliveryState,
+    Index,
+    delivery_states,
+    foreign_file,
+    remember_states,
+)
 from .log import log_path
 from .posix import fsync_dir, fsync_file
 
@@ -49,7 +57,7 @@ def _remove_stale(index_path: str) -> None:
             pass
 
 
-def _old_states(index_path: str) -> list[tuple[Any, ...]]:
+def _old_states(index_path: str) -> list[DeliveryState]:
     """Delivery state worth keeping from the old index, or [] if it cannot be read: that
     of its events and that it remembers of events absent for now (SPEC section 12)."""
     if not os.path.exists(index_path) or os.path.getsize(index_path) == 0:
@@ -61,12 +69,7 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
     except ReplaylogError:
         return []
     try:
-        # Remembered first: an event that is indexed has its newer state in events.
-        return old.conn.execute(
-            "SELECT feature, event_id, status, retry_count, last_retry_at, last_error"
-            " FROM remembered UNION ALL SELECT feature, event_id, status, retry_count,"
-            " last_retry_at, last_error FROM events WHERE status != 'pending' OR retry_count > 0"
-        ).fetchall()
+        return delivery_states(old.conn)
     except Exception as exc:  # noqa: BLE001 - an unreadable old index has no state to give
         if isinstance(translate(exc, index=index_path), DiskError):
             raise
@@ -203,14 +206,7 @@ def _rebuild(
                 )
             if not reset_delivery:
                 with fresh.write():
-                    fresh.conn.executemany(
-                        "INSERT INTO remembered (feature, event_id, status, retry_count,"
-                        " last_retry_at, last_error) VALUES (?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT(feature, event_id) DO UPDATE SET status = excluded.status,"
-                        " retry_count = excluded.retry_count,"
-                        " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
-                        _old_states(index_path),
-                    )
+                    remember_states(fresh.conn, _old_states(index_path))
                     # Events of the logs take their state back; the others' is kept.
                     fresh._restore()
             fresh.conn.execute("PRAGMA synchronous = FULL")
