@@ -679,11 +679,15 @@ class EventStore:
         """The board of ``feature`` (SPEC section 10): the snapshot spec-kitty writes to
         ``status.json``, made from the log and the feature's ``meta.json`` when present.
 
-        A feature without a log has an empty board. Reads the log only: no index.
+        A feature folder without a log yet (spec-kitty made its ``meta.json``) has an
+        empty board; a feature that has neither is a :class:`StoreError`, as in ``log``.
+        Reads the log only: no index.
         """
         from .board import snapshot
 
         feature_dir = self.feature_dir(feature)
+        if not os.path.isdir(feature_dir):
+            self.require_log(feature)
         meta = _feature_meta(feature_dir)
         lines = _log.read_events_raw(feature_dir)
         try:
