@@ -1,6 +1,7 @@
 """The file-system moves every part of replaylog makes the same way.
 
-Open a regular file without following a symbolic link, fsync a folder, and replace a file
+Open a regular file without following a symbolic link, refuse a linked folder on the way
+to a log, fsync a folder, and replace a file
 atomically (a temporary file in the same folder, fsynced, renamed over the old one, then
 the folder fsynced), so that each promise of SPEC section 12 (no symbolic links, nothing
 half-written) is kept in one place.
@@ -16,7 +17,14 @@ from contextlib import suppress
 
 from .errors import StoreError
 
-__all__ = ["fsync_dir", "fsync_file", "open_regular", "replace_atomically", "temp_beside"]
+__all__ = [
+    "fsync_dir",
+    "fsync_file",
+    "open_regular",
+    "refuse_links",
+    "replace_atomically",
+    "temp_beside",
+]
 
 
 def open_regular(
@@ -43,6 +51,34 @@ def open_regular(
         os.close(fd)
         raise StoreError(f"{path} is not a regular file; {refusal}", path=path)
     return fd
+
+
+def refuse_links(root: str, path: str) -> None:
+    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
+    symbolic link (the ones that do not exist yet are made real by an append)."""
+    relative = os.path.relpath(path, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        # A logs folder outside the root (an absolute --logs-dir): named by the user
+        # like the root, so only the feature folder below it is looked at.
+        root, relative = os.path.dirname(path), os.path.basename(path)
+    current = root
+    for part in relative.split(os.sep):
+        if part in ("", os.curdir):
+            continue
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{current} is a symbolic link; replaylog refuses to follow a link between"
+                " the root and a log (it could lead anywhere). Replace it with the real"
+                " folder.",
+                path=current,
+            )
 
 
 def fsync_dir(path: str) -> None:

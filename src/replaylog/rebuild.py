@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import os
 import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import (
     BadIndexError,
@@ -26,11 +26,7 @@ from .index import (
     foreign_file,
     remember_states,
 )
-from .log import log_path
-from .posix import fsync_dir, fsync_file
-
-if TYPE_CHECKING:
-    from .store import EventStore
+from .posix import fsync_dir, fsync_file, refuse_links
 
 __all__ = ["rebuild"]
 
@@ -106,14 +102,20 @@ REPLAY_WAIT_SECONDS = 300.0
 
 
 def rebuild(
-    store: EventStore,
+    index_path: str,
+    logs: Sequence[tuple[str, str]],
     *,
+    root: str,
     reset_delivery: bool,
     skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
     wait: float = REPLAY_WAIT_SECONDS,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
-    """Build the index from every log, then put it in place while no replay records outcomes.
+    """Build the index at ``index_path`` from ``logs`` (``(feature, path of its log)``),
+    then put it in place while no replay records outcomes.
+
+    ``root`` is the project's root: a symbolic link to a folder below it, on the way to a
+    log, makes that log a bad one (SPEC section 12).
 
     Returns the result and the logs that could not be read. With any such log and no
     ``skip_bad``, nothing is swapped in. The new index is built beside the old one and
@@ -126,7 +128,6 @@ def rebuild(
     opens the new one. The rebuild waits ``wait`` seconds at most for a running replay
     (saying so on stderr after a second), then gives up with the old index unchanged.
     """
-    index_path = store.index_path
     foreign = foreign_file(index_path)
     if foreign is not None:
         raise BadIndexError(
@@ -138,7 +139,7 @@ def rebuild(
     try:
         os.makedirs(os.path.dirname(index_path), exist_ok=True)
         _remove_stale(index_path)
-        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress, wait)
+        return _rebuild(index_path, logs, root, temp, reset_delivery, skip_bad, progress, wait)
     except (OSError, sqlite3.Error, DiskError) as exc:
         # The temporary file's name means nothing to the user: name the index instead.
         mapped = translate(exc, path=temp, index=temp)
@@ -150,8 +151,9 @@ def rebuild(
 
 
 def _rebuild(
-    store: EventStore,
     index_path: str,
+    logs: Sequence[tuple[str, str]],
+    root: str,
     temp: str,
     reset_delivery: bool,
     skip_bad: bool,
@@ -163,7 +165,6 @@ def _rebuild(
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
-    features = store.features()
     events = 0
     bad: dict[str, StoreError] = {}
     fresh: Index | None = None
@@ -177,12 +178,11 @@ def _rebuild(
         for name in INDEX_NAMES:
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
-            for name in features:
-                path = log_path(os.path.join(store.logs_root, name))
+            for name, path in logs:
                 # Every log is read even after a bad one, so that all are listed (SPEC 10).
                 fresh.conn.execute("SAVEPOINT one_log")
                 try:
-                    store.feature_dir(name)  # a linked folder is refused (SPEC section 12)
+                    refuse_links(root, os.path.dirname(path))  # SPEC section 12
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
                     if not is_log_problem(exc, path):
@@ -226,9 +226,9 @@ def _rebuild(
             except FileNotFoundError:
                 pass
         if isinstance(exc, _KeepOld):
-            return {"features": len(features) - len(bad), "events": events}, bad
+            return {"features": len(logs) - len(bad), "events": events}, bad
         raise
-    return {"features": len(features) - len(bad), "events": events}, bad
+    return {"features": len(logs) - len(bad), "events": events}, bad
 
 
 class _KeepOld(Exception):

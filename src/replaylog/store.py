@@ -50,7 +50,7 @@ from .event import (
     utc_now,
 )
 from .index import Index, _replay_lock_of
-from .posix import open_regular, replace_atomically, temp_beside
+from .posix import open_regular, refuse_links, replace_atomically, temp_beside
 
 if TYPE_CHECKING:
     import httpx
@@ -137,34 +137,6 @@ def _flock_holder(fd: int) -> int | None:
     except OSError:
         pass
     return None
-
-
-def _refuse_links(root: str, path: str) -> None:
-    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
-    symbolic link (the ones that do not exist yet are made real by an append)."""
-    relative = os.path.relpath(path, root)
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-        # A logs folder outside the root (an absolute --logs-dir): named by the user
-        # like the root, so only the feature folder below it is looked at.
-        root, relative = os.path.dirname(path), os.path.basename(path)
-    current = root
-    for part in relative.split(os.sep):
-        if part in ("", os.curdir):
-            continue
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise StoreError(
-                f"{current} is a symbolic link; replaylog refuses to follow a link between"
-                " the root and a log (it could lead anywhere). Replace it with the real"
-                " folder.",
-                path=current,
-            )
 
 
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
@@ -288,7 +260,7 @@ class EventStore:
         appends outside the logs folder. The root itself may be a link: the user names it.
         """
         path = os.path.join(self.logs_root, _log.validate_feature_name(feature))
-        _refuse_links(self.root, path)
+        refuse_links(self.root, path)
         return path
 
     def log_path(self, feature: str) -> str:
@@ -946,8 +918,14 @@ class EventStore:
         if wait is not None and not (0 <= wait < float("inf")):
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
+        # Every log there is; a linked folder on the way to one is a bad log (SPEC 12).
+        logs = [
+            (name, _log.log_path(os.path.join(self.logs_root, name))) for name in self.features()
+        ]
         result, bad = rebuild(
-            self,
+            self.index_path,
+            logs,
+            root=self.root,
             reset_delivery=reset_delivery,
             skip_bad=skip_bad,
             progress=progress,
