@@ -303,6 +303,13 @@ def test_a_feature_without_a_log_has_an_empty_board(small: Path) -> None:
     assert run(small, "board", "../etc").code == 2
 
 
+def test_board_of_a_feature_that_does_not_exist_is_an_error_as_in_log(small: Path) -> None:
+    r = run(small, "board", "nosuch")
+    assert r.code == 1, r
+    assert "feature 'nosuch' has no log" in r.error_line()
+    assert not (small / "kitty-specs" / "nosuch").exists()
+
+
 def test_appended_envelopes_leave_the_board_unchanged(project: Path) -> None:
     before = run(project, "board", FEATURE, "--json").out
     with EventStore(project) as store:

@@ -30,6 +30,7 @@ from operator import itemgetter
 from typing import Any
 
 from .errors import StoreError, UsageError
+from .lines.transition import LANES  # every lane a transition may name, in lifecycle order
 
 __all__ = [
     "ALLOWED_MOVES",
@@ -44,19 +45,6 @@ __all__ = [
     "snapshot",
 ]
 
-#: Every lane a transition may name, in lifecycle order.
-LANES: tuple[str, ...] = (
-    "genesis",
-    "planned",
-    "claimed",
-    "in_progress",
-    "for_review",
-    "in_review",
-    "approved",
-    "done",
-    "blocked",
-    "canceled",
-)
 #: The lanes the summary counts, and the columns the board always draws.
 DISPLAY_LANES: tuple[str, ...] = LANES[1:]
 #: The lane of a WP known only from annotations; never written in a transition.

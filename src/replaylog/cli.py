@@ -240,36 +240,45 @@ def server_options(f: F) -> F:
     )(f)
 
 
-def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, Any] | None:
-    if payload is not None and payload_file is not None:
-        raise UsageError("give --payload or --payload-file, not both")
-    if payload_file is not None:
-        where = "standard input" if payload_file == "-" else payload_file
-        try:
-            if payload_file == "-":
-                text = sys.stdin.read()
-            else:
-                with open(payload_file, encoding="utf-8") as f:
-                    text = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the payload from {where}: {exc}") from exc
-    elif payload is not None:
-        where, text = "--payload", payload
-    else:
-        return None
+def _read_file_text(path: str, what: str) -> tuple[str, str]:
+    """``(where, text)`` of a file named by an option, ``-`` for standard input."""
+    where = "standard input" if path == "-" else path
+    try:
+        if path == "-":
+            return where, sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return where, f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the {what} from {where}: {exc}") from exc
+
+
+def _json_object(text: str, what: str, where: str) -> dict[str, Any]:
+    """A JSON object given by the user (no NaN or Infinity), or a UsageError naming it."""
 
     def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed in a payload")
+        raise ValueError(f"{name} is not allowed in the {what}")
 
     try:
         value = json.loads(text, parse_constant=no_constants)
     except (ValueError, RecursionError) as exc:
-        raise UsageError(f"the payload from {where} is not valid JSON: {exc}") from exc
+        raise UsageError(f"the {what} from {where} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise UsageError(
-            f"the payload from {where} must be a JSON object, not {type(value).__name__}"
+            f"the {what} from {where} must be a JSON object, not {type(value).__name__}"
         )
     return value
+
+
+def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, Any] | None:
+    if payload is not None and payload_file is not None:
+        raise UsageError("give --payload or --payload-file, not both")
+    if payload_file is not None:
+        where, text = _read_file_text(payload_file, "payload")
+    elif payload is not None:
+        where, text = "--payload", payload
+    else:
+        return None
+    return _json_object(text, "payload", where)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -440,28 +449,8 @@ def _read_evidence(evidence_file: str | None) -> dict[str, Any] | None:
     """The evidence object of --evidence-file (a path, or - for stdin)."""
     if evidence_file is None:
         return None
-    where = "standard input" if evidence_file == "-" else evidence_file
-    try:
-        if evidence_file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(evidence_file, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the evidence from {where}: {exc}") from exc
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed in evidence")
-
-    try:
-        value = json.loads(text, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"the evidence in {where} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise UsageError(
-            f"the evidence in {where} must be a JSON object, not {type(value).__name__}"
-        )
-    return value
+    where, text = _read_file_text(evidence_file, "evidence")
+    return _json_object(text, "evidence", where)
 
 
 @cli.command(epilog=EXIT_CODES)

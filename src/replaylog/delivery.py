@@ -19,7 +19,6 @@ from sqlalchemy import (
     case,
     create_engine,
     func,
-    or_,
     select,
     tuple_,
     update,
@@ -142,7 +141,7 @@ class Delivery:
                 yield PendingRow(feature, event_id, lamport, offset, length)
             if len(rows) < page:
                 return
-            after = (rows[-1][2], rows[-1][1])
+            after = (rows[-1].lamport, rows[-1].event_id)
 
     def record(
         self,
@@ -211,15 +210,3 @@ class Delivery:
         if event_id is not None:
             query = query.where(events.c.event_id == event_id)
         return int(self.conn.execute(query).rowcount)
-
-    def states(self) -> list[tuple[Any, ...]]:
-        """Every event's delivery state, for carrying it over a rebuild."""
-        query = select(
-            events.c.feature,
-            events.c.event_id,
-            events.c.status,
-            events.c.retry_count,
-            events.c.last_retry_at,
-            events.c.last_error,
-        ).where(or_(events.c.status != "pending", events.c.retry_count > 0))
-        return [tuple(r) for r in self.conn.execute(query)]

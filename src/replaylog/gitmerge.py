@@ -16,7 +16,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 from .errors import DiskError, StoreError, UsageError, os_error
 from .event import MAX_LINE_BYTES
 from .log import EVENTS_FILENAME, _same_json, _snippet, parse_line
+from .posix import replace_atomically, temp_beside
 
 __all__ = [
     "ATTRIBUTES_LINE",
@@ -278,15 +278,13 @@ def _write_merged(
     where: str,
 ) -> None:
     """Write OURS + the new THEIRS lines to a temporary file, fsync, rename over OURS."""
-    directory = os.path.dirname(os.path.abspath(ours))
     try:
-        tmp_fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(ours)}.", suffix=".merge", dir=directory
-        )
+        tmp_fd, tmp = temp_beside(ours, ".merge")
     except OSError as exc:
         raise _write_error(exc, ours, where, "beside") from exc
-    try:
-        with open(tmp_fd, "wb", buffering=1 << 20) as out:
+
+    def write(fd: int) -> None:
+        with open(fd, "wb", buffering=1 << 20, closefd=False) as out:
             if ours_side.size:
                 out.write(ours_side.buf)
             if not ours_side.ends_with_newline():
@@ -294,26 +292,12 @@ def _write_merged(
             for start in starts:
                 out.write(theirs_side.line_at(start))
                 out.write(b"\n")
-            out.flush()
-            os.fchmod(out.fileno(), ours_side.mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, ours)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise _write_error(exc, ours, where, "over") from exc
-        raise
+
     try:
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - the rename is done; durability is best effort
-        pass
+        # The rename is what matters; a failed fsync of the folder after it is let pass.
+        replace_atomically(tmp_fd, tmp, ours, write, mode=ours_side.mode, folder_best_effort=True)
+    except OSError as exc:
+        raise _write_error(exc, ours, where, "over") from exc
 
 
 # --------------------------------------------------------------------------- git-setup

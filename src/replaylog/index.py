@@ -9,28 +9,27 @@ Ingesting lines is the hot path of ``replaylog append`` and of ``rebuild-index``
 runs on the standard ``sqlite3`` module: importing SQLAlchemy alone takes several times
 longer than a whole append. Everything else (status, pending, delivery updates) is in
 :mod:`replaylog.delivery`, on SQLAlchemy Core. Lock order is always: a log's ``flock``
-first, then the SQLite write lock, then the clock file's lock (:class:`ClockFile`), never
-two logs at once, so processes cannot deadlock.
+first, then the SQLite write lock, then the clock file's lock
+(:class:`~replaylog.clock.ClockFile`), never two logs at once, so processes cannot
+deadlock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
-import mmap
 import os
 import sqlite3
 import stat
-import struct
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import Any
+from typing import Any, NamedTuple
 
+from .clock import ClockFile, derive_clocks
 from .errors import (
     REBUILD_HINT,
     BadIndexError,
@@ -41,10 +40,18 @@ from .errors import (
     os_error,
     translate,
 )
-from .event import MAX_CLOCK
 from .log import Unclean, _line_object_at, _open_log, scan_log, wait_for_lock
 
-__all__ = ["ClockFile", "HEAD_REVISION", "Index", "REVISIONS"]
+__all__ = [
+    "HEAD_REVISION",
+    "REVISIONS",
+    "DeliveryState",
+    "Index",
+    "LogProgress",
+    "delivery_states",
+    "log_progress",
+    "remember_states",
+]
 
 #: Every Alembic revision of ``migrations/versions``, oldest first; a test checks the list.
 REVISIONS = ("0001", "0002")
@@ -54,10 +61,6 @@ HEAD_REVISION = REVISIONS[-1]
 #: append path); a test checks that both agree.
 _TABLES = frozenset({"events", "logs", "meta", "remembered"})
 
-_CLOCK = struct.Struct("<qq")
-#: The clock file holds its value twice: as it is, and XORed with this. A file whose two
-#: words disagree (junk bytes, an older or torn file) backs no value and is ignored.
-_CLOCK_CHECK = 0x72706C67636C6F63
 _HEAD_BYTES = 64 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
@@ -164,6 +167,67 @@ _INSERT = (
 )
 
 
+class LogProgress(NamedTuple):
+    """A row of ``logs``: how much of a feature's log the index has taken in."""
+
+    size: int  # bytes indexed: the end of the last whole line
+    lines: int  # physical lines in those bytes
+    head_hash: str  # SHA-256 of the first 64 KiB indexed
+    tail_offset: int  # where the last indexed line starts
+    tail_hash: str  # SHA-256 of that last line
+    max_lamport: int
+    file_id: str  # "inode:mtime_ns:size" when last seen
+    prefix_crc: int | None  # CRC-32 of every byte indexed; None before revision 0002
+
+
+_LOG_PROGRESS = (
+    "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id, prefix_crc"
+    " FROM logs WHERE feature = ?"
+)
+
+
+def log_progress(conn: sqlite3.Connection, feature: str) -> LogProgress | None:
+    """The ``logs`` row of ``feature``, or None if its log was never indexed."""
+    row = conn.execute(_LOG_PROGRESS, (feature,)).fetchone()
+    return LogProgress._make(row) if row is not None else None
+
+
+class DeliveryState(NamedTuple):
+    """An event's delivery state (SPEC section 5), as ``events`` and ``remembered`` hold it."""
+
+    feature: str
+    event_id: str
+    status: str
+    retry_count: int
+    last_retry_at: str | None
+    last_error: str | None
+
+
+_STATE_COLUMNS = "feature, event_id, status, retry_count, last_retry_at, last_error"
+#: The state worth keeping: a pending event never tried is what indexing it again gives.
+_STATE_KEPT = "(status != 'pending' OR retry_count > 0)"
+_REMEMBER = (
+    f"INSERT INTO remembered ({_STATE_COLUMNS}) {{rows}} ON CONFLICT(feature, event_id)"
+    " DO UPDATE SET status = excluded.status, retry_count = excluded.retry_count,"
+    " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error"
+)
+
+
+def delivery_states(conn: sqlite3.Connection) -> list[DeliveryState]:
+    """Every delivery state worth keeping: those ``remembered`` of events absent for now,
+    then those of indexed events (which, listed last, win for an event in both)."""
+    rows = conn.execute(
+        f"SELECT {_STATE_COLUMNS} FROM remembered UNION ALL"
+        f" SELECT {_STATE_COLUMNS} FROM events WHERE {_STATE_KEPT}"
+    )
+    return [DeliveryState._make(row) for row in rows]
+
+
+def remember_states(conn: sqlite3.Connection, states: Iterable[DeliveryState]) -> None:
+    """Keep ``states`` in ``remembered``; a later state of an event replaces an earlier."""
+    conn.executemany(_REMEMBER.format(rows="VALUES (?, ?, ?, ?, ?, ?)"), states)
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -188,124 +252,6 @@ def _crc_from(prior: Sequence[Any] | None, start: int) -> tuple[int, int]:
 
 def _file_id(st: os.stat_result) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
-
-
-class ClockFile:
-    """The highest Lamport value the index has issued or seen, in ``<index>-clock``.
-
-    An append takes its values here, under this small file's own ``flock``, instead of
-    in an index transaction; the index takes the appended lines in when it next catches
-    up (SPEC section 4 lets its writes be deferred). The file is mapped into memory, so
-    that taking a value costs two system calls (the lock and its release). The value
-    only rises. Lock order: a log's ``flock``, then SQLite, then this file's lock, which
-    is never held while waiting for anything else.
-
-    The index keeps its own record of the clock too (``meta``), which the file always
-    equals or exceeds; a file that is missing or unreadable is started again from that
-    record by the next append that goes through the index. The file is a cache (SPEC
-    section 12): its value is stored with a check word, and a value whose check does not
-    match (junk written into it, a file of another format) is ignored like a missing one.
-    """
-
-    # The value and its check, each a signed 64-bit integer, little-endian (what SQLite
-    # can hold too).
-    SIZE = 16
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            self.fd = os.open(path, flags, 0o600)
-            try:
-                st = os.fstat(self.fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise BadIndexError(f"{path}: the clock file is not a regular file")
-                if st.st_size < self.SIZE or st.st_blocks == 0:
-                    fcntl.flock(self.fd, fcntl.LOCK_EX)
-                    try:
-                        # Zeros, or an older file padded: no valid check, so the value is
-                        # taken from the index by the next append.
-                        self._allocate()
-                    finally:
-                        fcntl.flock(self.fd, fcntl.LOCK_UN)
-                self._map = mmap.mmap(self.fd, self.SIZE)
-            except BaseException:
-                os.close(self.fd)
-                raise
-        except OSError as exc:
-            raise os_error(exc, path, "write the clock file") from exc
-        self.pid = os.getpid()
-
-    def _allocate(self) -> None:
-        """Give the file's bytes real disk space before they are mapped: a store through
-        the map into a page that has none, on a full disk, kills the process (SIGBUS)
-        where a write only fails with ENOSPC."""
-        size = os.fstat(self.fd).st_size
-        if size < self.SIZE:
-            data = bytes(self.SIZE - size)  # zeros: 0, nothing issued
-            if os.pwrite(self.fd, data, size) != len(data):
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
-        if os.fstat(self.fd).st_blocks == 0:  # a sparse file (made by ftruncate)
-            try:
-                os.posix_fallocate(self.fd, 0, self.SIZE)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise
-
-    def _read(self) -> int | None:
-        value, check = _CLOCK.unpack_from(self._map)
-        return value if value >= 0 and check == value ^ _CLOCK_CHECK else None
-
-    def _write(self, value: int) -> None:
-        _CLOCK.pack_into(self._map, 0, value, value ^ _CLOCK_CHECK)
-
-    def reserve(self, count: int, floor: int | None = None) -> int | None:
-        """Issue ``count`` values above the file's value (and above ``floor``, when given);
-        returns the first. None if the file is unreadable and no ``floor`` was given."""
-        fd = self.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            # _read and _write written out: this runs on every append of the fast path.
-            value: int
-            check: int
-            value, check = _CLOCK.unpack_from(self._map)
-            if value < 0 or check != value ^ _CLOCK_CHECK:
-                if floor is None:
-                    return None
-                value = 0
-            if floor is not None and floor > value:
-                value = floor
-            last = value + count
-            if last > MAX_CLOCK:
-                raise StoreError(
-                    "the Lamport clock would pass 2**63-1, the largest value a line may"
-                    f" hold (it is at {value}): a log holds a value close to that limit,"
-                    " which must be corrected by hand"
-                )
-            _CLOCK.pack_into(self._map, 0, last, last ^ _CLOCK_CHECK)
-            return value + 1
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def raise_to(self, value: int) -> None:
-        """Make sure the clock is at least ``value`` (lines other nodes wrote, seen)."""
-        fd = self.fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            current = self._read()
-            if current is None or current < value:
-                self._write(value)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def value(self) -> int:
-        return self._read() or 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            self._map.close()
-            os.close(self.fd)
-            self.fd = -1
 
 
 class Index:
@@ -469,6 +415,15 @@ class Index:
             clock_file = self._clock_file = ClockFile(self.clock_path)
         return clock_file
 
+    def opened_clock(self) -> ClockFile | None:
+        """The clock file if this process has it open, else None (it is not opened here).
+
+        An append to a log that nothing changed since this process's last append takes
+        its values from it directly: the log holds no value above the file's.
+        """
+        clock_file = self._clock_file
+        return clock_file if clock_file is not None and clock_file.pid == os.getpid() else None
+
     def _recorded_clock(self) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'lamport'").fetchone()
         return int(row[0]) if row else 0
@@ -527,11 +482,7 @@ class Index:
 
     def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         conn = self.conn
-        row = conn.execute(
-            "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id,"
-            " prefix_crc FROM logs WHERE feature = ?",
-            (feature,),
-        ).fetchone()
+        row = log_progress(conn, feature)
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -547,12 +498,12 @@ class Index:
                 " Replace it with the real file.",
                 path=path,
             )
-        if row is not None and row[6] == _file_id(st):
+        if row is not None and row.file_id == _file_id(st):
             return
         start, start_line = 0, 0
         if row is not None:
             if self._prefix_unchanged(path, row, st.st_size):
-                start, start_line = row[0], row[1]
+                start, start_line = row.size, row.lines
             else:
                 self._remember(feature)
                 conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
@@ -562,15 +513,8 @@ class Index:
     def _remember(self, feature: str) -> None:
         """Keep the delivery state of a feature's events that are about to be dropped
         from ``events``, until they are indexed again (SPEC section 12)."""
-        self.conn.execute(
-            "INSERT INTO remembered (feature, event_id, status, retry_count, last_retry_at,"
-            " last_error) SELECT feature, event_id, status, retry_count, last_retry_at,"
-            " last_error FROM events WHERE feature = ? AND (status != 'pending' OR"
-            " retry_count > 0) ON CONFLICT(feature, event_id) DO UPDATE SET"
-            " status = excluded.status, retry_count = excluded.retry_count,"
-            " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
-            (feature,),
-        )
+        rows = f"SELECT {_STATE_COLUMNS} FROM events WHERE feature = ? AND {_STATE_KEPT}"
+        self.conn.execute(_REMEMBER.format(rows=rows), (feature,))
 
     def _restore(self, feature: str | None = None) -> None:
         """Give indexed events back the state remembered for them (one feature, or all)."""
@@ -592,7 +536,7 @@ class Index:
             )
 
     @staticmethod
-    def _prefix_unchanged(path: str, row: Sequence[Any], size_now: int) -> bool:
+    def _prefix_unchanged(path: str, row: LogProgress, size_now: int) -> bool:
         """True if the log still begins with exactly the bytes indexed so far.
 
         The first 64 KiB and the last indexed line are compared by SHA-256. A log that
@@ -602,7 +546,7 @@ class Index:
         byte compared by its CRC-32, which the index keeps as it takes bytes in: a
         change anywhere in it is noticed (SPEC section 12).
         """
-        size, head_hash, tail_offset, tail_hash, crc = row[0], row[2], row[3], row[4], row[7]
+        size, tail_offset = row.size, row.tail_offset
         if size_now < size:
             return False
         try:
@@ -612,11 +556,12 @@ class Index:
         try:
             head = os.pread(fd, min(size, _HEAD_BYTES), 0)
             tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
-            if _sha(head) != head_hash or _sha(tail) != tail_hash:
+            if _sha(head) != row.head_hash or _sha(tail) != row.tail_hash:
                 return False
             if size_now > size:
                 return True
             # No CRC: a log indexed before it was kept; indexing it again is always right.
+            crc = row.prefix_crc
             return crc is not None and _crc(fd, 0, size, 0) == crc
         finally:
             os.close(fd)
@@ -782,16 +727,7 @@ class Index:
         largest value so far."""
         if check_existing:
             rows = self._drop_known(feature, path, rows)
-        out = []
-        for row in rows:
-            clock = row[8]
-            if clock is None:
-                clock = before + 1
-                row = (*row[:8], clock)
-            if clock > before:
-                before = clock
-            out.append(row)
-        return out, before
+        return derive_clocks(rows, before)
 
     def _insert(
         self, feature: str, path: str, rows: list[tuple[Any, ...]], check_existing: bool
@@ -952,20 +888,17 @@ class Index:
         if not rows:
             return
         with self.write():
-            prior = self.conn.execute(
-                "SELECT size, max_lamport, head_hash, prefix_crc FROM logs WHERE feature = ?",
-                (feature,),
-            ).fetchone()
+            prior = log_progress(self.conn, feature)
             self.conn.executemany(_INSERT, rows)
             top = max(r[8] for r in rows)
             head_hash = None
             crc_from = (0, 0)
             if prior is not None:
-                top = max(top, prior[1])
-                if prior[0] >= _HEAD_BYTES:
-                    head_hash = prior[2]  # appends never change a log's first bytes
-                if prior[3] is not None:
-                    crc_from = (prior[0], prior[3])  # only the appended bytes are read
+                top = max(top, prior.max_lamport)
+                if prior.size >= _HEAD_BYTES:
+                    head_hash = prior.head_hash  # appends never change a log's first bytes
+                if prior.prefix_crc is not None:
+                    crc_from = (prior.size, prior.prefix_crc)  # only the appended bytes are read
             # No _see(top): the values were reserved, so the clock is at least top already.
             self._record_progress(
                 feature,

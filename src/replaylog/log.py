@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -23,12 +22,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .clock import lamport_of
 from .errors import StoreError, UsageError, os_error
 from .event import (
     MAX_LINE_BYTES,
     Event,
     EventValidationError,
 )
+from .posix import fsync_dir, open_regular
 
 if TYPE_CHECKING:
     from .lines import Line
@@ -43,6 +44,9 @@ except ImportError:  # pragma: no cover - orjson is a dependency
 
 if TYPE_CHECKING:
     from .reports import Problem
+
+#: Open a log: a regular file, never through a symbolic link.
+_open_log = open_regular
 
 __all__ = [
     "EVENTS_FILENAME",
@@ -143,25 +147,6 @@ def _same_json(a: Any, b: Any) -> bool:
         return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     except (ValueError, RecursionError):
         return False
-
-
-def _open_log(path: str, flags: int) -> int:
-    try:
-        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; on a
-        # regular file it changes nothing, and anything else is refused just below.
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"{path} is a symbolic link; replaylog refuses to follow it."
-                " Replace it with the real file.",
-                path=path,
-            ) from exc
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens read-only, then fails
-        os.close(fd)
-        raise StoreError(f"{path} is not a regular file; a log must be a plain file", path=path)
-    return fd
 
 
 def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, bytes, bool]]:
@@ -488,14 +473,6 @@ def verify_log(path: str) -> list[Problem]:
 # --------------------------------------------------------------------------- writing
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs(path: str, fsync: bool) -> None:
     """``mkdir -p`` that also fsyncs each parent whose entries it changed."""
     missing = []
@@ -513,7 +490,7 @@ def _makedirs(path: str, fsync: bool) -> None:
             if not os.path.isdir(directory):
                 raise
         if fsync:
-            _fsync_dir(os.path.dirname(directory))
+            fsync_dir(os.path.dirname(directory))
 
 
 def _tail_state(fd: int, size: int) -> tuple[int, bytes | None]:
@@ -579,7 +556,7 @@ class LogWriter:
         self._open_locked()
         try:
             if self.created and self.fsync:
-                _fsync_dir(self.feature_dir)
+                fsync_dir(self.feature_dir)
             self.size = os.fstat(self.fd).st_size
             self._check_tail()
         except BaseException:
@@ -685,13 +662,6 @@ class LogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def lamport_of(obj: dict[str, Any], before: int) -> int:
-    """A line's Lamport value (SPEC section 10): its ``lamport_clock``, or for a line
-    that carries none, 1 + ``before``, the largest value of the lines before it."""
-    value = obj.get("lamport_clock")
-    return value if type(value) is int else before + 1
 
 
 def _max_clock(writer: LogWriter) -> int:
@@ -804,7 +774,7 @@ def repair_log(feature_dir: str | os.PathLike[str], *, fsync: bool = True) -> st
         if fsync:
             try:
                 os.fsync(fd)
-                _fsync_dir(os.fspath(feature_dir))
+                fsync_dir(os.fspath(feature_dir))
             except OSError as exc:  # the cut is made; only its durability is in doubt
                 raise os_error(exc, path, "repair the log") from exc
         return target

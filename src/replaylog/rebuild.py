@@ -5,8 +5,8 @@ from __future__ import annotations
 import glob
 import os
 import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import (
     BadIndexError,
@@ -17,11 +17,16 @@ from .errors import (
     is_log_problem,
     translate,
 )
-from .index import INDEX_NAMES, INDEX_SQL, Index, foreign_file
-from .log import log_path
-
-if TYPE_CHECKING:
-    from .store import EventStore
+from .index import (
+    INDEX_NAMES,
+    INDEX_SQL,
+    DeliveryState,
+    Index,
+    delivery_states,
+    foreign_file,
+    remember_states,
+)
+from .posix import fsync_dir, fsync_file, refuse_links
 
 __all__ = ["rebuild"]
 
@@ -48,7 +53,7 @@ def _remove_stale(index_path: str) -> None:
             pass
 
 
-def _old_states(index_path: str) -> list[tuple[Any, ...]]:
+def _old_states(index_path: str) -> list[DeliveryState]:
     """Delivery state worth keeping from the old index, or [] if it cannot be read: that
     of its events and that it remembers of events absent for now (SPEC section 12)."""
     if not os.path.exists(index_path) or os.path.getsize(index_path) == 0:
@@ -60,12 +65,7 @@ def _old_states(index_path: str) -> list[tuple[Any, ...]]:
     except ReplaylogError:
         return []
     try:
-        # Remembered first: an event that is indexed has its newer state in events.
-        return old.conn.execute(
-            "SELECT feature, event_id, status, retry_count, last_retry_at, last_error"
-            " FROM remembered UNION ALL SELECT feature, event_id, status, retry_count,"
-            " last_retry_at, last_error FROM events WHERE status != 'pending' OR retry_count > 0"
-        ).fetchall()
+        return delivery_states(old.conn)
     except Exception as exc:  # noqa: BLE001 - an unreadable old index has no state to give
         if isinstance(translate(exc, index=index_path), DiskError):
             raise
@@ -102,14 +102,20 @@ REPLAY_WAIT_SECONDS = 300.0
 
 
 def rebuild(
-    store: EventStore,
+    index_path: str,
+    logs: Sequence[tuple[str, str]],
     *,
+    root: str,
     reset_delivery: bool,
     skip_bad: bool = False,
     progress: Callable[[str, int], None] | None = None,
     wait: float = REPLAY_WAIT_SECONDS,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
-    """Build the index from every log, then put it in place while no replay records outcomes.
+    """Build the index at ``index_path`` from ``logs`` (``(feature, path of its log)``),
+    then put it in place while no replay records outcomes.
+
+    ``root`` is the project's root: a symbolic link to a folder below it, on the way to a
+    log, makes that log a bad one (SPEC section 12).
 
     Returns the result and the logs that could not be read. With any such log and no
     ``skip_bad``, nothing is swapped in. The new index is built beside the old one and
@@ -122,7 +128,6 @@ def rebuild(
     opens the new one. The rebuild waits ``wait`` seconds at most for a running replay
     (saying so on stderr after a second), then gives up with the old index unchanged.
     """
-    index_path = store.index_path
     foreign = foreign_file(index_path)
     if foreign is not None:
         raise BadIndexError(
@@ -134,7 +139,7 @@ def rebuild(
     try:
         os.makedirs(os.path.dirname(index_path), exist_ok=True)
         _remove_stale(index_path)
-        return _rebuild(store, index_path, temp, reset_delivery, skip_bad, progress, wait)
+        return _rebuild(index_path, logs, root, temp, reset_delivery, skip_bad, progress, wait)
     except (OSError, sqlite3.Error, DiskError) as exc:
         # The temporary file's name means nothing to the user: name the index instead.
         mapped = translate(exc, path=temp, index=temp)
@@ -146,8 +151,9 @@ def rebuild(
 
 
 def _rebuild(
-    store: EventStore,
     index_path: str,
+    logs: Sequence[tuple[str, str]],
+    root: str,
     temp: str,
     reset_delivery: bool,
     skip_bad: bool,
@@ -159,7 +165,6 @@ def _rebuild(
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)
-    features = store.features()
     events = 0
     bad: dict[str, StoreError] = {}
     fresh: Index | None = None
@@ -173,12 +178,11 @@ def _rebuild(
         for name in INDEX_NAMES:
             fresh.conn.execute(f"DROP INDEX {name}")
         with fresh.write():
-            for name in features:
-                path = log_path(os.path.join(store.logs_root, name))
+            for name, path in logs:
                 # Every log is read even after a bad one, so that all are listed (SPEC 10).
                 fresh.conn.execute("SAVEPOINT one_log")
                 try:
-                    store.feature_dir(name)  # a linked folder is refused (SPEC section 12)
+                    refuse_links(root, os.path.dirname(path))  # SPEC section 12
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
                     if not is_log_problem(exc, path):
@@ -202,32 +206,17 @@ def _rebuild(
                 )
             if not reset_delivery:
                 with fresh.write():
-                    fresh.conn.executemany(
-                        "INSERT INTO remembered (feature, event_id, status, retry_count,"
-                        " last_retry_at, last_error) VALUES (?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT(feature, event_id) DO UPDATE SET status = excluded.status,"
-                        " retry_count = excluded.retry_count,"
-                        " last_retry_at = excluded.last_retry_at, last_error = excluded.last_error",
-                        _old_states(index_path),
-                    )
+                    remember_states(fresh.conn, _old_states(index_path))
                     # Events of the logs take their state back; the others' is kept.
                     fresh._restore()
             fresh.conn.execute("PRAGMA synchronous = FULL")
             # Leave a single self-contained file: no -wal to go astray in the rename.
             fresh.conn.execute("PRAGMA journal_mode = DELETE")
             fresh.close()
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(temp)
             _settle(index_path)
             os.replace(temp, index_path)
-            dir_fd = os.open(os.path.dirname(index_path), os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(os.path.dirname(index_path))
     except BaseException as exc:
         if fresh is not None:
             fresh.close()
@@ -237,9 +226,9 @@ def _rebuild(
             except FileNotFoundError:
                 pass
         if isinstance(exc, _KeepOld):
-            return {"features": len(features) - len(bad), "events": events}, bad
+            return {"features": len(logs) - len(bad), "events": events}, bad
         raise
-    return {"features": len(features) - len(bad), "events": events}, bad
+    return {"features": len(logs) - len(bad), "events": events}, bad
 
 
 class _KeepOld(Exception):

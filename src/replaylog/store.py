@@ -50,10 +50,12 @@ from .event import (
     utc_now,
 )
 from .index import Index, _replay_lock_of
+from .posix import open_regular, refuse_links, replace_atomically, temp_beside
 
 if TYPE_CHECKING:
     import httpx
 
+    from .clock import ClockFile
     from .delivery import Delivery
     from .lines import Line, StatusEvent
     from .replay import ReplayConfig
@@ -137,34 +139,6 @@ def _flock_holder(fd: int) -> int | None:
     return None
 
 
-def _refuse_links(root: str, path: str) -> None:
-    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
-    symbolic link (the ones that do not exist yet are made real by an append)."""
-    relative = os.path.relpath(path, root)
-    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
-        # A logs folder outside the root (an absolute --logs-dir): named by the user
-        # like the root, so only the feature folder below it is looked at.
-        root, relative = os.path.dirname(path), os.path.basename(path)
-    current = root
-    for part in relative.split(os.sep):
-        if part in ("", os.curdir):
-            continue
-        current = os.path.join(current, part)
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
-        if stat.S_ISLNK(st.st_mode):
-            raise StoreError(
-                f"{current} is a symbolic link; replaylog refuses to follow a link between"
-                " the root and a log (it could lead anywhere). Replace it with the real"
-                " folder.",
-                path=current,
-            )
-
-
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
@@ -209,13 +183,16 @@ _inherited: list[Index] = []  # indexes opened by a parent process: kept, never 
 class _OpenLog:
     """A log this store appended to, kept open, and how it looked after that append."""
 
-    __slots__ = ("fd", "path", "ino", "dev", "size", "pid")
+    __slots__ = ("fd", "path", "ino", "dev", "size", "pid", "clock")
 
-    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+    def __init__(self, fd: int, path: str, st: os.stat_result, clock: ClockFile | None) -> None:
         self.fd = fd
         self.path = path
         self.pid = os.getpid()
         self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
+        # The index's clock file, open in this process, or None: the next appends take
+        # their values from it without going through the index.
+        self.clock = clock
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -283,7 +260,7 @@ class EventStore:
         appends outside the logs folder. The root itself may be a link: the user names it.
         """
         path = os.path.join(self.logs_root, _log.validate_feature_name(feature))
-        _refuse_links(self.root, path)
+        refuse_links(self.root, path)
         return path
 
     def log_path(self, feature: str) -> str:
@@ -552,7 +529,8 @@ class EventStore:
         if old is not None:
             old.close()
         st = os.fstat(writer.fd)
-        open_log = _OpenLog(writer.detach(), writer.path, st)
+        clock = self._index.opened_clock() if self._index is not None else None
+        open_log = _OpenLog(writer.detach(), writer.path, st, clock)
         fcntl.flock(open_log.fd, fcntl.LOCK_UN)
         self._open_logs[feature] = open_log
 
@@ -562,11 +540,10 @@ class EventStore:
         """Append to a log this store left open, if nobody changed it since; None when
         the full append must run (first append, another writer, a rewrite, a fork)."""
         open_log = self._open_logs.get(feature)
-        index = self._index
-        if open_log is None or index is None:
+        if open_log is None or self._index is None:
             return None
-        clock = index._clock_file
-        if open_log.pid != os.getpid() or clock is None or clock.pid != open_log.pid:
+        clock = open_log.clock
+        if open_log.pid != os.getpid() or clock is None or clock.fd < 0:
             # A forked child: an inherited descriptor would share its parent's locks.
             self._open_logs.pop(feature).close()
             return None
@@ -674,11 +651,15 @@ class EventStore:
         """The board of ``feature`` (SPEC section 10): the snapshot spec-kitty writes to
         ``status.json``, made from the log and the feature's ``meta.json`` when present.
 
-        A feature without a log has an empty board. Reads the log only: no index.
+        A feature folder without a log yet (spec-kitty made its ``meta.json``) has an
+        empty board; a feature that has neither is a :class:`StoreError`, as in ``log``.
+        Reads the log only: no index.
         """
         from .board import snapshot
 
         feature_dir = self.feature_dir(feature)
+        if not os.path.isdir(feature_dir):
+            self.require_log(feature)
         meta = _feature_meta(feature_dir)
         lines = _log.read_events_raw(feature_dir)
         try:
@@ -937,8 +918,14 @@ class EventStore:
         if wait is not None and not (0 <= wait < float("inf")):
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
+        # Every log there is; a linked folder on the way to one is a bad log (SPEC 12).
+        logs = [
+            (name, _log.log_path(os.path.join(self.logs_root, name))) for name in self.features()
+        ]
         result, bad = rebuild(
-            self,
+            self.index_path,
+            logs,
+            root=self.root,
             reset_delivery=reset_delivery,
             skip_bad=skip_bad,
             progress=progress,
@@ -1190,21 +1177,13 @@ _MAX_SIDE_FILE = 64 << 20  # meta.json and status.json are small; a huge one is 
 def _read_side_file(path: str, what: str) -> bytes | None:
     """The bytes of a file beside a log (never through a symbolic link), None if absent."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = open_regular(path, os.O_RDONLY, refusal=f"the {what} must be one")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"{path} is a symbolic link; replaylog refuses to follow it."
-                " Replace it with the real file.",
-                path=path,
-            ) from exc
         raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StoreError(f"{path} is not a regular file; the {what} must be one", path=path)
         if st.st_size > _MAX_SIDE_FILE:
             raise StoreError(f"{path}: the {what} is larger than 64 MiB", path=path)
         chunks = []
@@ -1307,29 +1286,24 @@ def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
         if isinstance(previous, dict):
             for key, value in previous.items():
                 out.setdefault(key, value)
-    import tempfile
-
     data = (json.dumps(out, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILENAME}.", suffix=".tmp", dir=directory)
-    try:
-        try:
-            os.fchmod(fd, stat.S_IMODE(old.st_mode) if old is not None else 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        _status_json_stat(path)  # still a plain file (or gone): never replace anything else
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if fsync:
-        _log._fsync_dir(directory)
+
+    def write(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    fd, tmp = temp_beside(path, ".tmp")
+    # Still a plain file (or gone) just before the rename: never replace anything else.
+    replace_atomically(
+        fd,
+        tmp,
+        path,
+        write,
+        mode=stat.S_IMODE(old.st_mode) if old is not None else 0o644,
+        fsync=fsync,
+        check=lambda: _status_json_stat(path),
+    )
 
 
 def _unreadable(
@@ -1370,7 +1344,7 @@ class _LineReader:
         if fd is None:
             path = self.store.log_path(row.feature)
             try:
-                fd = _log._open_log(path, os.O_RDONLY)
+                fd = open_regular(path, os.O_RDONLY)
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise StoreError(

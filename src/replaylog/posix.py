@@ -1,0 +1,151 @@
+"""The file-system moves every part of replaylog makes the same way.
+
+Open a regular file without following a symbolic link, refuse a linked folder on the way
+to a log, fsync a folder, and replace a file
+atomically (a temporary file in the same folder, fsynced, renamed over the old one, then
+the folder fsynced), so that each promise of SPEC section 12 (no symbolic links, nothing
+half-written) is kept in one place.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from contextlib import suppress
+
+from .errors import StoreError
+
+__all__ = [
+    "fsync_dir",
+    "fsync_file",
+    "open_regular",
+    "refuse_links",
+    "replace_atomically",
+    "temp_beside",
+]
+
+
+def open_regular(
+    path: str, flags: int, *, refusal: str = "a log must be a plain file", mode: int = 0o644
+) -> int:
+    """``os.open`` that refuses a symbolic link and anything but a regular file.
+
+    A symbolic link or a non-regular file raises :class:`StoreError` (``refusal`` ends
+    the message for the latter); any other ``OSError`` is raised as it is.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; on a
+        # regular file it changes nothing, and anything else is refused just below.
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"{path} is a symbolic link; replaylog refuses to follow it."
+                " Replace it with the real file.",
+                path=path,
+            ) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens read-only, then fails
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; {refusal}", path=path)
+    return fd
+
+
+def refuse_links(root: str, path: str) -> None:
+    """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
+    symbolic link (the ones that do not exist yet are made real by an append)."""
+    relative = os.path.relpath(path, root)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        # A logs folder outside the root (an absolute --logs-dir): named by the user
+        # like the root, so only the feature folder below it is looked at.
+        root, relative = os.path.dirname(path), os.path.basename(path)
+    current = root
+    for part in relative.split(os.sep):
+        if part in ("", os.curdir):
+            continue
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"{current}: cannot look at it: {exc.strerror}", path=current) from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise StoreError(
+                f"{current} is a symbolic link; replaylog refuses to follow a link between"
+                " the root and a log (it could lead anywhere). Replace it with the real"
+                " folder.",
+                path=current,
+            )
+
+
+def fsync_dir(path: str) -> None:
+    """fsync the folder ``path``, so that a file created or renamed in it stays."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str) -> None:
+    """fsync the file ``path`` written through another descriptor (SQLite's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_beside(path: str, suffix: str) -> tuple[int, str]:
+    """A new hidden temporary file in the folder of ``path``: ``(fd, its path)``."""
+    import tempfile  # only a rewrite needs it; the CLI's start-up stays light
+
+    directory = os.path.dirname(os.path.abspath(path))
+    return tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=directory)
+
+
+def replace_atomically(
+    fd: int,
+    tmp: str,
+    path: str,
+    write: Callable[[int], None],
+    *,
+    mode: int,
+    fsync: bool = True,
+    check: Callable[[], object] | None = None,
+    folder_best_effort: bool = False,
+) -> None:
+    """Fill the temporary file ``tmp`` (open as ``fd``, from :func:`temp_beside`) with
+    ``write(fd)`` and rename it over ``path``, then fsync the folder.
+
+    The file gets ``mode`` and is fsynced before the rename (if ``fsync``); ``check`` runs
+    just before the rename and may raise to keep the old file. On any failure ``path`` is
+    left as it was, ``tmp`` is removed and the error is raised; ``fd`` is always closed.
+    With ``folder_best_effort`` a failed fsync of the folder, after the rename is done,
+    is ignored.
+    """
+    try:
+        try:
+            write(fd)
+            os.fchmod(fd, mode)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if check is not None:
+            check()
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if not fsync:
+        return
+    try:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        if not folder_best_effort:
+            raise
