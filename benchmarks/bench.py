@@ -377,6 +377,7 @@ def bench_cli_append(tmp: Path, runs: int) -> Row:
     row = Row("one `replaylog append` command", "s", "<= 2 x floor_cli_append.py", False)
     row.limit = 2.0
     root = tmp / "cli"
+    root.mkdir()  # --root names a folder that exists
     exe = shutil.which("replaylog", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "replaylog"]
     cmd += [
