@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from receiver import Receiver
 
-from replaylog import Event, EventStore, StoreError, read_events, read_events_raw
+from replaylog import Event, EventStore, StoreError, UsageError, read_events, read_events_raw
 from replaylog.lines import Annotation, Record, StatusEvent, check_line
 from replaylog.log import log_path
 
@@ -450,3 +450,19 @@ def test_replay_without_feature_sends_the_readable_logs_and_lists_the_bad_one(
             True
         ]
         assert set(r.events) == {obj["event_id"] for obj in expected}
+
+
+def test_an_envelope_read_from_elsewhere_is_not_written_by_the_store_without_its_fields(
+    project: Path,
+) -> None:
+    """SPEC 10: section 2's fields are required in lines the store writes."""
+    feature = "canonical-seams-path-trust-guard-capability-01KVBBT6"
+    log = project / "kitty-specs" / feature / "status.events.jsonl"
+    foreign = next(line for line in read_events(log.parent) if isinstance(line, Event))
+    assert foreign.absent  # spec-kitty's envelopes carry no node_id or lamport_clock
+    before = log.read_bytes()
+    with EventStore(project, fsync=False) as store:
+        with pytest.raises(UsageError, match="holds every field of SPEC section 2"):
+            store.append_many("other", [foreign])
+    assert log.read_bytes() == before
+    assert not (project / "kitty-specs" / "other").exists()

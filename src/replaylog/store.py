@@ -395,6 +395,11 @@ class EventStore:
         given_ids = []
         for item in events:
             if isinstance(item, Event):
+                if item.absent:
+                    raise UsageError(
+                        f"event {item.event_id} lacks {', '.join(sorted(item.absent))}: a line"
+                        " the store writes holds every field of SPEC section 2"
+                    )
                 objs.append(item.to_dict())
                 given_ids.append(item.event_id)
             elif type(item) is dict or isinstance(item, Mapping):  # the ABC check is slow
