@@ -417,33 +417,12 @@ def test_append_sync_on_a_full_disk_fails_before_anything_is_sent(
     before = files(root)
     disk.fill()
     with Receiver() as server:
-        run = cli(
-            root,
-            "append",
-            FEATURE,
-            "--type",
-            "t",
-            "--aggregate",
-            "a",
-            "--sync",
-            "--url",
-            server.url,
-        )
+        sync = ["append", FEATURE, "--type", "t", "--aggregate", "a", "--sync", "--url", server.url]
+        run = cli(root, *sync)
         assert_clean_failure(run, disk.path)
         assert files(root) == before and not server.requests
         disk.free()
-        run = cli(
-            root,
-            "append",
-            FEATURE,
-            "--type",
-            "t",
-            "--aggregate",
-            "a",
-            "--sync",
-            "--url",
-            server.url,
-        )
+        run = cli(root, *sync)
         assert run.code == 0 and not run.err, run
         assert list(server.events) == [*acknowledged, run.out.strip()]
     assert_index_equals_rebuilt(root, root / ".replaylog" / "queue.db", tmp_path)

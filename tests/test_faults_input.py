@@ -352,15 +352,20 @@ def first_stderr_line(proc: subprocess.Popen[str], *, timeout: float) -> str:
     return got[0]
 
 
-def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
-    assert cli(root, *APPEND).code == 0
-    path = log_of(root)
-    fd = os.open(path, os.O_RDONLY)
+def run_behind_a_held_lock(
+    root: Path, path: Path, args: list[str], *, while_held: bytes = b""
+) -> tuple[int, str, str]:
+    """Run ``replaylog ARGS`` while another process holds the log's exclusive lock (and
+    has written ``while_held`` under it); returns its exit code, stdout and stderr, once
+    the lock is released after its first line on stderr."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a stuck process in the middle of an append
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a process stuck in the middle of an append
+        if while_held:
+            os.write(fd, while_held)
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "replaylog", "--root", str(root), *APPEND],
+            [sys.executable, "-m", "replaylog", "--root", str(root), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -369,14 +374,20 @@ def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Pat
         )
         try:
             notice = first_stderr_line(proc, timeout=60)
-            assert proc.poll() is None, "the append did not wait for the lock"
+            assert proc.poll() is None, f"{args[0]} did not wait for the lock"
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
         out, rest = proc.communicate(timeout=60)
-        err = notice + rest
     finally:
         os.close(fd)
-    assert proc.returncode == 0, (out, err)
+    return proc.returncode, out, notice + rest
+
+
+def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
+    assert cli(root, *APPEND).code == 0
+    path = log_of(root)
+    code, out, err = run_behind_a_held_lock(root, path, APPEND)
+    assert code == 0, (out, err)
     assert err.splitlines() == [
         f"replaylog: waiting for the lock on {path}, held by another process ..."
     ], err
@@ -386,29 +397,9 @@ def test_an_append_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Pat
 def test_a_reader_waiting_for_a_lock_says_on_stderr_what_it_waits_for(root: Path) -> None:
     assert cli(root, *APPEND).code == 0
     path = log_of(root)
-    fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a writer stuck in the middle of its append
-        os.write(fd, Event.new("T", "by-hand", lamport_clock=7).to_line())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "replaylog", "--root", str(root), "status", "--json"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            notice = first_stderr_line(proc, timeout=60)
-            assert proc.poll() is None, "status did not wait for the lock"
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        out, rest = proc.communicate(timeout=60)
-        err = notice + rest
-    finally:
-        os.close(fd)
-    assert proc.returncode == 0, (out, err)
+    line = Event.new("T", "by-hand", lamport_clock=7).to_line()
+    code, out, err = run_behind_a_held_lock(root, path, ["status", "--json"], while_held=line)
+    assert code == 0, (out, err)
     assert json.loads(out)["totals"]["events"] == 2
     assert err.splitlines() == [
         f"replaylog: waiting for the lock on {path}, held by another process ..."

@@ -88,6 +88,13 @@ def slow(seconds: float) -> Any:
 # --------------------------------------------------------------------------- beside replay
 
 
+def wait_for_requests(server: Receiver, count: int, *, seconds: float = 30) -> None:
+    """Until the server has seen ``count`` requests: the replay is under way."""
+    deadline = time.monotonic() + seconds
+    while len(server.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_rebuild_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path: Path) -> None:
     root = tmp_path / "proj"
     ids = fill(root, 40)
@@ -95,9 +102,7 @@ def test_a_rebuild_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path
         server.hook = slow(0.05)
         replay = start_cli(root, "replay", "--url", server.url, "--batch-size", "1", "--json")
         try:
-            deadline = time.monotonic() + 30
-            while len(server.requests) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_requests(server, 5)
             assert len(server.requests) >= 5, "the replay did not start"
             rebuild = cli(root, "rebuild-index", "--json")
             out, err = replay.communicate(timeout=60)
@@ -126,9 +131,7 @@ def test_a_rebuild_waits_for_a_replay_a_bounded_time_and_says_what_it_waits_for(
         server.hook = slow(1.0)
         replay = start_cli(root, "replay", "--url", server.url, "--batch-size", "1")
         try:
-            deadline = time.monotonic() + 30
-            while not server.requests and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_requests(server, 1)
             refused = cli(root, "rebuild-index", "--wait", "1.5")
         finally:
             replay.kill()
@@ -154,9 +157,7 @@ def test_a_requeue_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path
         server.hook = slow(0.03)
         replay = start_cli(root, "replay", "--url", server.url, "--batch-size", "1", "--json")
         try:
-            deadline = time.monotonic() + 30
-            while len(server.requests) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_requests(server, 5)
             requeue = cli(root, "requeue", "--json")
             out, err = replay.communicate(timeout=60)
         finally:
@@ -178,9 +179,7 @@ def test_a_repair_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path:
         server.hook = slow(0.03)
         replay = start_cli(root, "replay", "--url", server.url, "--batch-size", "1", "--json")
         try:
-            deadline = time.monotonic() + 30
-            while len(server.requests) < 5 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_requests(server, 5)
             with open(log, "ab") as f:
                 f.write(b'{"event_id": "torn by a crash')  # no newline, not JSON
             repair = cli(root, "repair", FEATURE, "--json")
