@@ -42,8 +42,8 @@ from receiver import Receiver
 
 from replaylog import EventStore
 from replaylog.errors import StoreError
-from replaylog.event import EVENT_FIELDS, Event
 from replaylog.index import Index
+from replaylog.lines.envelope import EVENT_FIELDS, Event
 from replaylog.log import (
     EVENTS_FILENAME,
     read_events,

@@ -768,13 +768,13 @@ def test_moves_from_several_processes_at_once_are_all_kept_in_order(small: Path)
 def test_a_move_whose_write_fails_reports_it_and_leaves_nothing_behind(
     small: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import replaylog.log
+    import replaylog.log.write
 
     def full_disk(fd: int, data: bytes, before: int, fsync: bool, path: str) -> None:
         raise StoreError(f"{path}: cannot append to the log: No space left on device", path=path)
 
     status = (feature_dir(small, "demo") / "status.json").read_bytes()
-    monkeypatch.setattr(replaylog.log, "write_durably", full_disk)
+    monkeypatch.setattr(replaylog.log.write, "write_durably", full_disk)
     r = move(small, "demo", "WP01", "planned")
     assert r.code == 1
     assert "No space left on device" in r.error_line()

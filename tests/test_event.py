@@ -23,17 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from replaylog import event as event_module
-from replaylog.errors import UsageError
-from replaylog.event import (
-    MAX_LINE_BYTES,
-    Event,
-    EventValidationError,
-    canonical_line,
-    generate_event_id,
-    local_node_id,
-    validate_ulid_format,
-)
+from replaylog.errors import EventValidationError, UsageError
+from replaylog.lines import ids as event_module
+from replaylog.lines.canonical import MAX_LINE_BYTES, canonical_line
+from replaylog.lines.envelope import Event
+from replaylog.lines.ids import generate_event_id, local_node_id, validate_ulid_format
 from replaylog.log import EVENTS_FILENAME, append_event, read_events, read_events_raw
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
@@ -265,7 +259,11 @@ def test_default_node_id_is_stable_and_not_the_host_or_user_name(
     # Stable across processes too (nothing is cached on disk or in the index).
     env = {k: v for k, v in os.environ.items() if k != "REPLAYLOG_NODE_ID"}
     out = subprocess.run(
-        [sys.executable, "-c", "from replaylog.event import local_node_id; print(local_node_id())"],
+        [
+            sys.executable,
+            "-c",
+            "from replaylog.lines.ids import local_node_id; print(local_node_id())",
+        ],
         capture_output=True,
         text=True,
         env=env,

@@ -20,13 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replaylog import Event, EventStore, StoreError, fastread
+from replaylog import Event, EventStore, StoreError
+from replaylog.clock import lamport_of
 from replaylog.lines import Line, build_line, index_fields
 from replaylog.log import (
     EVENTS_FILENAME,
     append_events,
+    fastread,
     iter_events,
-    lamport_of,
     log_path,
     read_events,
     read_events_raw,

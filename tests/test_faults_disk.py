@@ -45,7 +45,7 @@ from replaylog.errors import (
     ReplaylogWarning,
     translate,
 )
-from replaylog.event import Event
+from replaylog.lines.envelope import Event
 from replaylog.log import EVENTS_FILENAME, append_event
 
 pytestmark = pytest.mark.reliability

@@ -31,7 +31,7 @@ from cli_run import Run
 
 from replaylog import Event, EventStore
 from replaylog.errors import UsageError
-from replaylog.event import MAX_LINE_BYTES, MAX_NESTING
+from replaylog.lines.canonical import MAX_LINE_BYTES, MAX_NESTING
 from replaylog.log import EVENTS_FILENAME
 
 FEATURE = "feat"

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from replaylog.errors import StoreError, UsageError
-from replaylog.event import Event
 from replaylog.gitmerge import (
     ATTRIBUTES_LINE,
     MergeConflict,
@@ -29,6 +28,7 @@ from replaylog.gitmerge import (
     git_setup,
     merge_logs,
 )
+from replaylog.lines.envelope import Event
 from replaylog.log import EVENTS_FILENAME, append_event, read_events, read_events_raw
 
 # Ids are ULID-shaped; a letter at the end tells them apart and is *not* sorted below.

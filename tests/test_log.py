@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replaylog.errors import StoreError, UsageError
-from replaylog.event import MAX_LINE_BYTES, Event
+from replaylog.lines.canonical import MAX_LINE_BYTES
+from replaylog.lines.envelope import Event
 from replaylog.log import (
     EVENTS_FILENAME,
     append_event,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from replaylog.event import Event
+from replaylog.lines.envelope import Event
 from replaylog.log import (
     EVENTS_FILENAME,
     LogWriter,
@@ -31,7 +31,7 @@ from replaylog.log import (
 
 WRITER = r"""
 import os, sys, time
-from replaylog.event import Event
+from replaylog.lines.envelope import Event
 from replaylog.log import append_event, append_events
 
 feature, name, count, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from replaylog.errors import StoreError, UsageError
-from replaylog.event import Event, local_node_id
 from replaylog.index import Index
+from replaylog.lines.envelope import Event
+from replaylog.lines.ids import local_node_id
 from replaylog.log import EVENTS_FILENAME, append_event
 from replaylog.store import EventStore
 
@@ -437,7 +438,7 @@ def test_close_and_context_manager_release_the_index(root: Path) -> None:
 
 _EXTERNAL = """
 import sys
-from replaylog.event import Event
+from replaylog.lines.envelope import Event
 from replaylog.log import append_event
 for i in range(int(sys.argv[2])):
     append_event(sys.argv[1], Event.new("Ext", "WP", {"i": i}, node_id="other-box",

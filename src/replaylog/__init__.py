@@ -47,13 +47,13 @@ _WHERE = {
     "iter_events": "log",
     "read_events": "log",
     "read_events_raw": "log",
-    "Event": "event",
+    "Event": "lines.envelope",
     "StatusEvent": "lines",
     "Annotation": "lines",
     "Record": "lines",
     "LogsUnreadableError": "errors",
-    "generate_event_id": "event",
-    "validate_ulid_format": "event",
+    "generate_event_id": "lines.ids",
+    "validate_ulid_format": "lines.ids",
     "EventStore": "store",
     "AccessDeniedError": "errors",
     "AuthenticationError": "errors",
@@ -83,8 +83,9 @@ if TYPE_CHECKING:
         TransientDeliveryError,
         UsageError,
     )
-    from .event import Event, generate_event_id, validate_ulid_format
     from .lines import Annotation, Record, StatusEvent
+    from .lines.envelope import Event
+    from .lines.ids import generate_event_id, validate_ulid_format
     from .log import (
         EVENTS_FILENAME,
         append_event,

@@ -23,7 +23,7 @@ import struct
 from typing import Any
 
 from .errors import BadIndexError, StoreError, os_error
-from .event import MAX_CLOCK
+from .lines.canonical import MAX_CLOCK
 
 __all__ = ["ClockFile", "derive_clocks", "lamport_of"]
 

@@ -2,7 +2,7 @@
 
     ReplaylogError                 every error replaylog raises on purpose
     ├── UsageError                 bad input from the caller (feature name, payload, URL)  exit 2
-    │   └── EventValidationError   an event breaks a rule of SPEC section 2 (replaylog.event)
+    │   └── EventValidationError   an event breaks a rule of SPEC section 2 (replaylog.lines)
     ├── StoreError                 a log cannot be read or written (.path, .line)           exit 1
     │   ├── LogsUnreadableError    some of several logs are bad; the rest were handled      exit 1
     │   ├── MergeConflict          two sides of a merge cannot be joined (replaylog.gitmerge)
@@ -42,6 +42,7 @@ __all__ = [
     "DeliveryError",
     "DiskError",
     "DiskFullError",
+    "EventValidationError",
     "LogsUnreadableError",
     "ReceiverError",
     "ReplaylogError",
@@ -73,6 +74,10 @@ class UsageError(ReplaylogError, ValueError):
     """The caller asked for something invalid: a bad feature name, payload or option."""
 
     exit_code = 2
+
+
+class EventValidationError(UsageError):
+    """An event breaks a rule of SPEC section 2. The message names the field and why."""
 
 
 class StoreError(ReplaylogError):

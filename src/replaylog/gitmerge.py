@@ -21,8 +21,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import DiskError, StoreError, UsageError, os_error
-from .event import MAX_LINE_BYTES
-from .log import EVENTS_FILENAME, _same_json, _snippet, parse_line
+from .lines.canonical import MAX_LINE_BYTES
+from .log import EVENTS_FILENAME, parse_line
+from .log.read import same_json as _same_json
+from .log.read import snippet as _snippet
 from .posix import replace_atomically, temp_beside
 
 __all__ = [

@@ -40,7 +40,11 @@ from .errors import (
     os_error,
     translate,
 )
-from .log import Unclean, _line_object_at, _open_log, scan_log, wait_for_lock
+from .log import scan_log
+from .log.read import Unclean
+from .log.read import line_object_at as _line_object_at
+from .posix import open_regular as _open_log
+from .posix import wait_for_lock
 
 __all__ = [
     "HEAD_REVISION",
@@ -664,7 +668,7 @@ class Index:
         check_existing: bool,
     ) -> int:
         # The fast path of every line kind (spec-kitty's logs as well as the store's own).
-        from .fastread import index_columns, mixed_chunks
+        from .log.fastread import index_columns, mixed_chunks
 
         max_lamport = prior[5] if prior is not None and start > 0 else 0
         last_line_start = prior[3] if prior is not None and start > 0 else 0

@@ -4,26 +4,34 @@ Open a regular file without following a symbolic link, refuse a linked folder on
 to a log, fsync a folder, and replace a file
 atomically (a temporary file in the same folder, fsynced, renamed over the old one, then
 the folder fsynced), so that each promise of SPEC section 12 (no symbolic links, nothing
-half-written) is kept in one place.
+half-written) is kept in one place. And take a ``flock``, saying on stderr what is waited
+for when another process holds it (SPEC section 3).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import sys
+import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 
 from .errors import StoreError
 
 __all__ = [
+    "LOCK_NOTICE_SECONDS",
+    "flock",
     "fsync_dir",
     "fsync_file",
     "open_regular",
     "refuse_links",
     "replace_atomically",
     "temp_beside",
+    "wait_for_lock",
 ]
 
 
@@ -149,3 +157,61 @@ def replace_atomically(
     except OSError:
         if not folder_best_effort:
             raise
+
+
+#: How long a lock is waited for in silence before stderr says what is waited for.
+LOCK_NOTICE_SECONDS = 1.0
+
+
+def wait_for_lock(fd: int, kind: int, what: str, *, timeout: float | None = None) -> bool:
+    """``flock(fd, kind)``; after a second of waiting, stderr says what it waits for.
+
+    ``what`` names the lock and its path. With ``timeout`` (seconds), gives up then and
+    returns False; without, waits as long as it takes (a lock is held only while its
+    holder works, so a long wait means a stuck process, which the notice points at).
+    """
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    limit = f" (up to {timeout:g} s)" if timeout is not None else ""
+
+    def notice() -> None:
+        sys.stderr.write(f"replaylog: waiting for {what}, held by another process{limit} ...\n")
+        sys.stderr.flush()
+
+    if timeout is None:
+        # A blocking flock wakes as soon as the lock is free; the timer only speaks.
+        timer = threading.Timer(LOCK_NOTICE_SECONDS, notice)
+        timer.daemon = True
+        timer.start()
+        try:
+            fcntl.flock(fd, kind)
+        finally:
+            timer.cancel()
+        return True
+    started = time.monotonic()
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if not told and waited >= LOCK_NOTICE_SECONDS:
+            told = True
+            notice()
+        if waited >= timeout:
+            return False
+        time.sleep(0.02)
+
+
+def flock(fd: int, kind: int, path: str) -> None:
+    """Lock the log ``path`` (open as ``fd``) as :func:`wait_for_lock` does, as long as it
+    takes; a failure is a :class:`StoreError` naming the log."""
+    try:
+        wait_for_lock(fd, kind, f"the lock on {path}")
+    except OSError as exc:  # pragma: no cover - flock on a local file does not fail
+        raise StoreError(f"{path}: cannot lock the log: {exc}", path=path) from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .event import Event
+from .lines.envelope import Event
 
 __all__ = ["EmitResult", "Problem", "ReplayReport", "VerifyReport"]
 

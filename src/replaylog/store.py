@@ -40,17 +40,11 @@ from .errors import (
     os_error,
     translate,
 )
-from .event import (
-    Event,
-    LineTemplate,
-    build_event,
-    build_events,
-    local_node_id,
-    new_line_object,
-    utc_now,
-)
 from .index import Index, _replay_lock_of
-from .posix import open_regular, refuse_links, replace_atomically, temp_beside
+from .lines.canonical import LineTemplate, new_line_object
+from .lines.envelope import Event, build_event, build_events
+from .lines.ids import local_node_id, utc_now
+from .posix import open_regular, refuse_links, replace_atomically, temp_beside, wait_for_lock
 
 if TYPE_CHECKING:
     import httpx
@@ -111,7 +105,7 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
         else:
             holder = _flock_holder(fd)
             who = f" (process {holder})" if holder is not None else ""
-            held = _log.wait_for_lock(
+            held = wait_for_lock(
                 fd,
                 fcntl.LOCK_EX,
                 f"the replay running on this index{who}: {path}",
@@ -557,7 +551,7 @@ class EventStore:
         try:
             flock(fd, _LOCK_EX_NB)
         except BlockingIOError:
-            _log.wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
+            wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
         try:
             first = None
             # Nothing new in the log since this store's last append (the _OpenLog checks,
@@ -723,8 +717,8 @@ class EventStore:
         next command; ``replaylog board FEATURE --json`` gives the snapshot).
         """
         from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
-        from .event import generate_event_id
         from .lines import StatusEvent
+        from .lines.ids import generate_event_id
 
         # Everything that can be refused is refused before a file is touched.
         feature_dir = self.feature_dir(feature)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from ..event import EventValidationError, canonical_line, normalize_payload, show_value
+from ..errors import EventValidationError
+from .canonical import canonical_line, normalize_payload, show_value
 
-__all__ = ["LineRecord", "check_actor", "check_str"]
+__all__ = ["ACTOR_KEYS", "LineRecord", "check_actor", "check_str"]
 
 T = TypeVar("T", bound="LineRecord")
 
@@ -40,7 +41,7 @@ class LineRecord:
         clash = self.extra.keys() & self._KNOWN  # type: ignore[attr-defined]
         if clash:
             raise EventValidationError(f"extra key '{min(clash)}' collides with a field")
-        from . import check_line
+        from .kinds import check_line  # here: kinds imports the records built on this class
 
         kind = check_line(self.to_dict())
         if kind != self.KIND:  # type: ignore[attr-defined]
@@ -71,7 +72,7 @@ class LineRecord:
         """Check a line object of this kind and build its record (``data`` is copied)."""
         if not isinstance(data, Mapping):
             raise EventValidationError(f"a line must be a JSON object, got {type(data).__name__}")
-        from . import check_line  # the kind is told by the keys: a line of another kind fails
+        from .kinds import check_line  # the kind is told by the keys: a line of another kind fails
 
         kind = check_line(data)
         if kind != cls.KIND:  # type: ignore[attr-defined]
@@ -104,7 +105,7 @@ def check_str(obj: Mapping[str, Any], name: str, *, empty: bool = True) -> None:
         raise EventValidationError(f"field '{name}' must be {what}, got {show_value(value)}")
 
 
-_ACTOR_KEYS = frozenset({"role", "profile", "tool", "model"})
+ACTOR_KEYS = frozenset({"role", "profile", "tool", "model"})
 
 
 def check_actor(obj: Mapping[str, Any]) -> None:
@@ -114,8 +115,8 @@ def check_actor(obj: Mapping[str, Any]) -> None:
     actor = obj["actor"]
     if type(actor) is str:
         return
-    if type(actor) is dict and actor.keys() == _ACTOR_KEYS:
-        for key in sorted(_ACTOR_KEYS):
+    if type(actor) is dict and actor.keys() == ACTOR_KEYS:
+        for key in sorted(ACTOR_KEYS):
             if actor[key] is not None and type(actor[key]) is not str:
                 raise EventValidationError(
                     f"field 'actor.{key}' must be a string or null, got {show_value(actor[key])}"

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..event import EventValidationError, show_value
+from ..errors import EventValidationError
 from ._base import LineRecord, check_actor, check_str
+from .canonical import show_value
 
 __all__ = ["Annotation", "check_annotation"]
 

@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..event import EventValidationError, show_value
+from ..errors import EventValidationError
 from ._base import LineRecord, check_actor, check_str
+from .canonical import show_value
 
-__all__ = ["LANES", "StatusEvent", "check_transition"]
+__all__ = ["ISO_8601", "LANES", "LANE_SET", "StatusEvent", "check_transition"]
 
 LANES = (
     "genesis",
@@ -28,10 +29,10 @@ LANES = (
     "blocked",
     "canceled",
 )
-_LANE_SET = frozenset(LANES)
+LANE_SET = frozenset(LANES)
 
 #: ISO-8601 date and time, with an optional fraction and an optional offset.
-_ISO_8601 = re.compile(
+ISO_8601 = re.compile(
     r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
     r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::(?:[0-5][0-9]|60)(?:[.,][0-9]{1,9})?)?"
     r"(?:Z|[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9])?"
@@ -45,12 +46,12 @@ def check_transition(obj: Mapping[str, Any]) -> None:
         if name not in obj:
             raise EventValidationError(f"missing field '{name}'")
         lane = obj[name]
-        if type(lane) is not str or lane not in _LANE_SET:
+        if type(lane) is not str or lane not in LANE_SET:
             raise EventValidationError(
                 f"field '{name}' must be a lane ({', '.join(LANES)}), got {show_value(lane)}"
             )
     check_str(obj, "at")
-    if _ISO_8601.fullmatch(obj["at"]) is None:
+    if ISO_8601.fullmatch(obj["at"]) is None:
         raise EventValidationError(
             f"field 'at' must be an ISO-8601 date and time, got {show_value(obj['at'])}"
         )

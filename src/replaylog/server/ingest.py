@@ -11,8 +11,9 @@ import json
 import zlib
 from typing import Any
 
-from ..event import MAX_LINE_BYTES, EventValidationError
+from ..errors import EventValidationError
 from ..lines import check_line
+from ..lines.canonical import MAX_LINE_BYTES
 from .storage import Candidate
 from .tokens import NAME_RE
 

@@ -11,7 +11,7 @@ records are then built group by group, again with ``map`` over C functions, not 
 Python call per line.
 
 Anything unusual (a blank, bad, duplicate, torn or oversized line, a value of a
-doubtful type, a line of no kind) raises :class:`~replaylog.log.Unclean`, and the caller
+doubtful type, a line of no kind) raises :class:`~replaylog.log.read.Unclean`, and the caller
 reads the log again with ``scan_log``, which finds and names the exact problem. So this
 path accepts exactly what ``scan_log`` accepts and gives the same records
 (``tests/test_fastread.py`` holds it to that).
@@ -25,24 +25,22 @@ import re
 from collections.abc import Iterator
 from itertools import accumulate, chain, compress, repeat
 from operator import itemgetter
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
 
-from .event import (
-    _FIELD_SET,
-    MAX_CLOCK,
-    MAX_LINE_BYTES,
-    MAX_NAME_CHARS,
-    OPTIONAL_FIELDS,
-    TIMESTAMP_PATTERN,
-    ULID_PATTERN,
-    Event,
-)
-from .lines import Annotation, Line, Record, StatusEvent
-from .lines._base import _ACTOR_KEYS
-from .lines.transition import _ISO_8601, _LANE_SET
-from .log import _READ_CHUNK, Unclean, _flock, _open_log
+from ..lines._base import ACTOR_KEYS
+from ..lines.annotation import Annotation
+from ..lines.canonical import MAX_CLOCK, MAX_LINE_BYTES, MAX_NAME_CHARS
+from ..lines.envelope import FIELD_SET, OPTIONAL_FIELDS, TIMESTAMP_PATTERN, Event
+from ..lines.ids import ULID_PATTERN
+from ..lines.record import Record
+from ..lines.transition import ISO_8601, LANE_SET, StatusEvent
+from ..posix import flock, open_regular
+from .read import Unclean
+
+if TYPE_CHECKING:
+    from ..lines import Line
 
 __all__ = [
     "Group",
@@ -59,6 +57,7 @@ __all__ = [
 # msgspec parses as fast as orjson, and reads an integer wider than 64 bits exactly, as
 # the plain path's parser does (orjson would make it a float): no scan for them needed.
 _decode = msgspec.json.Decoder().decode
+_READ_CHUNK = 4 << 20
 
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 
@@ -100,7 +99,7 @@ if not re.fullmatch(ULID_PATTERN, "7" + _ULID_DIGITS.decode()[:25]):  # pragma: 
     raise ImportError("fastread's ULID alphabet differs from ULID_PATTERN's")
 # One regex over a whole column joined by newlines (none of these patterns can match one).
 _STAMPS = re.compile(f"(?:{TIMESTAMP_PATTERN}\n)*")
-_ISO_TIMES = re.compile(f"(?:{_ISO_8601.pattern}\n)*")
+_ISO_TIMES = re.compile(f"(?:{ISO_8601.pattern}\n)*")
 
 _ENVELOPE = "envelope"
 _TRANSITION = "transition"
@@ -115,7 +114,7 @@ _CLASSES: dict[str, type[Any]] = {
     _RECORD: Record,
 }
 _KNOWN: dict[str, frozenset[str]] = {
-    _ENVELOPE: _FIELD_SET,
+    _ENVELOPE: FIELD_SET,
     _TRANSITION: StatusEvent._KNOWN,
     _ANNOTATION: Annotation._KNOWN,
     _RECORD: Record._KNOWN,
@@ -293,7 +292,7 @@ def _check_actors(actors: list[Any]) -> None:
     _need(kinds <= _TYPE_ACTOR)
     if dict in kinds:
         objects = list(compress(actors, map(isinstance, actors, repeat(dict))))
-        _need(set(map(frozenset, objects)) == {_ACTOR_KEYS})
+        _need(set(map(frozenset, objects)) == {ACTOR_KEYS})
         values = chain.from_iterable(map(dict.values, objects))
         _need(set(map(type, values)) <= _TYPE_OPT_STR)
 
@@ -319,7 +318,7 @@ def _check_kind(groups: list[Group]) -> tuple[list[Any], list[Any]]:
                     if rule == _NAME200:
                         _need(max(map(len, values)) <= MAX_NAME_CHARS)
             elif rule == _LANE:  # only strings are in the set
-                _need(_LANE_SET.issuperset(values))
+                _need(LANE_SET.issuperset(values))
             elif rule == _KIND:
                 _need(set(values) == {"annotation"})
             elif rule == _DICT:
@@ -395,7 +394,7 @@ def mixed_chunks(
     object holds the line's keys in the line's order.
     """
     try:
-        fd = _open_log(path, os.O_RDONLY)
+        fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:
         return
     except OSError:
@@ -406,7 +405,7 @@ def mixed_chunks(
             # As scan_log does: the shared lock waits out an append in progress, and every
             # byte below the size seen then is a complete write. Reading only those, the
             # lock can go at once, so a slow consumer never holds up an append.
-            _flock(fd, fcntl.LOCK_SH, path)
+            flock(fd, fcntl.LOCK_SH, path)
             limit = os.fstat(fd).st_size
             fcntl.flock(fd, fcntl.LOCK_UN)
         seen: set[str] = set()

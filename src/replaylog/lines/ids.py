@@ -1,0 +1,141 @@
+"""Ids and times of lines (SPEC section 2): ULIDs, this machine's node id, the UTC time.
+
+On every hot path (the CLI append, the reader), so it imports nothing heavier than the
+standard library. ULIDs are encoded here in a few lines rather than with python-ulid,
+whose import alone costs more than a whole ``replaylog append``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import threading
+import time
+
+__all__ = [
+    "ULID_PATTERN",
+    "generate_event_id",
+    "local_node_id",
+    "utc_now",
+    "validate_ulid_format",
+]
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: A ULID as text; the readers match whole columns of ids with the same pattern.
+ULID_PATTERN = r"[0-7][0-9A-HJKMNP-TV-Z]{25}"
+_ULID_RE = re.compile(ULID_PATTERN)
+
+
+# --------------------------------------------------------------------------- ULIDs
+
+_ulid_lock = threading.Lock()
+_last_ulid = 0  # the last id this process made, as a 128-bit int
+# Seeded from the OS once (and again in a forked child): ids need uniqueness, not
+# secrecy, and a system call per id would cost more than the rest of making it.
+_random = random.Random(os.urandom(32))
+_random_bits = _random.getrandbits
+
+
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # every 10-bit value, 2 digits
+_FORTY_BITS = (1 << 40) - 1
+_time_digits: tuple[int, str] = (-1, "")  # a millisecond and its first 10 digits
+
+
+def _encode_ulid(value: int) -> str:
+    """The 26 digits of a 128-bit value: 130 bits, so the value under two zero bits.
+
+    Taken 10 bits (two digits) at a time: the 48-bit time in the first 10 digits (the
+    same for every id of one millisecond, so kept), then the 80 random bits in 16.
+    """
+    global _time_digits
+    pairs = _PAIRS
+    ms = value >> 80
+    known, head = _time_digits
+    if ms != known:
+        head = "".join([pairs[(ms >> shift) & 1023] for shift in (40, 30, 20, 10, 0)])
+        _time_digits = (ms, head)
+    hi = (value >> 40) & _FORTY_BITS
+    lo = value & _FORTY_BITS
+    return (
+        f"{head}{pairs[hi >> 30]}{pairs[(hi >> 20) & 1023]}{pairs[(hi >> 10) & 1023]}"
+        f"{pairs[hi & 1023]}{pairs[lo >> 30]}{pairs[(lo >> 20) & 1023]}"
+        f"{pairs[(lo >> 10) & 1023]}{pairs[lo & 1023]}"
+    )
+
+
+def generate_event_id() -> str:
+    """A new ULID. Ids made by one process strictly increase, even within one millisecond."""
+    global _last_ulid
+    with _ulid_lock:
+        value = (time.time_ns() // 1_000_000) << 80 | _random_bits(80)
+        if value <= _last_ulid:
+            # Same millisecond (or a clock step back): count up from the last id.
+            value = _last_ulid + 1
+        _last_ulid = value
+    return _encode_ulid(value)
+
+
+def _forget_last_ulid() -> None:
+    # A forked child must not count up from its parent's last id: both would make the
+    # same ids within one millisecond. It starts afresh from the clock and new randomness.
+    global _last_ulid
+    _last_ulid = 0
+    _random.seed(os.urandom(32))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_last_ulid)
+
+
+def validate_ulid_format(value: object) -> bool:
+    """True if ``value`` is a 26-character upper-case Crockford base32 ULID."""
+    return isinstance(value, str) and _ULID_RE.fullmatch(value) is not None
+
+
+# --------------------------------------------------------------------------- node id
+
+_node_id_cache: str | None = None
+
+
+def local_node_id() -> str:
+    """This machine user's node id: ``REPLAYLOG_NODE_ID``, else a hash of machine and user.
+
+    It is stable across index rebuilds (nothing is stored) and never reveals the raw
+    host or user name.
+    """
+    global _node_id_cache
+    override = os.environ.get("REPLAYLOG_NODE_ID")
+    if override:
+        return override
+    if _node_id_cache is None:
+        machine = ""
+        for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+            try:
+                with open(path, encoding="ascii") as f:
+                    machine = f.read().strip()
+                    break
+            except OSError:
+                continue
+        if not machine:
+            import socket
+
+            machine = socket.gethostname()
+        seed = f"replaylog-node\0{machine}\0{os.getuid() if hasattr(os, 'getuid') else 0}"
+        _node_id_cache = hashlib.sha256(seed.encode()).hexdigest()[:16]
+    return _node_id_cache
+
+
+_stamp_of_second: tuple[int, str] = (-1, "")
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with a ``Z`` suffix, in microseconds."""
+    global _stamp_of_second
+    second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+    known, prefix = _stamp_of_second  # one tuple: threads see a second and its text together
+    if second != known:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_of_second = (second, prefix)
+    return f"{prefix}.{str(micro + 1_000_000)[1:]}Z"  # six digits, quicker than :06d
