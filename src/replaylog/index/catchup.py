@@ -134,8 +134,10 @@ def catch_up(index: Index, feature: str, path: str, *, locked: bool) -> None:
             if row is None:
                 return
             st = None
-        if row is not None and st is not None and row[0] == _file_id(st):
-            return
+        if row is not None and st is not None:
+            (seen_file_id,) = row
+            if seen_file_id == _file_id(st):
+                return
         # The log's lock first, then the SQLite write lock (the order of the module
         # docstring): the other way round deadlocks with an append, which holds the
         # log and waits for SQLite.
@@ -410,14 +412,16 @@ def _drop_known(
     try:
         for r in rows:
             first = known.get(r[_EVENT_ID])
-            if first is None or first[0] == r[_LINE]:
-                if first is None:
-                    keep.append(r)
+            if first is None:
+                keep.append(r)
                 continue
-            if _line_object_at(fd, first[1]) != _line_object_at(fd, r[_OFFSET]):
+            first_line, first_offset = first
+            if first_line == r[_LINE]:
+                continue
+            if _line_object_at(fd, first_offset) != _line_object_at(fd, r[_OFFSET]):
                 raise StoreError(
                     f"Line {r[_LINE]}: invalid event structure: event_id {r[_EVENT_ID]}"
-                    f" already appears at line {first[0]} with different content",
+                    f" already appears at line {first_line} with different content",
                     path=path,
                     line=r[_LINE],
                 )
@@ -505,7 +509,10 @@ def progress(conn: sqlite3.Connection, feature: str) -> tuple[int, int, int] | N
     row = conn.execute(
         "SELECT size, lines, max_lamport FROM logs WHERE feature = ?", (feature,)
     ).fetchone()
-    return (int(row[0]), int(row[1]), int(row[2])) if row else None
+    if row is None:
+        return None
+    size, lines, max_lamport = row
+    return int(size), int(lines), int(max_lamport)
 
 
 def add_appended(

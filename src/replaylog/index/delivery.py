@@ -225,4 +225,7 @@ def emitted_status(
         "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
         (feature, event_id),
     ).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+    if row is None:
+        return None, None
+    status, last_error = row
+    return status, last_error
