@@ -12,7 +12,7 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from replaylog.schema import metadata
+from replaylog.index.schema import metadata
 
 config = context.config
 target_metadata = metadata

@@ -122,7 +122,7 @@ while True:
 CATCHER_UP = (
     _PREAMBLE
     + r"""
-import replaylog.delivery  # SQLAlchemy loaded before "ready": the kill window is the work
+import replaylog.index.delivery  # SQLAlchemy loaded before "ready": the kill window is the work
 from replaylog import EventStore
 
 store = EventStore(sys.argv[1])
@@ -136,7 +136,7 @@ REBUILDER = (
     _PREAMBLE
     + r"""
 import alembic.command, alembic.config, sqlalchemy  # imported before "ready", as above
-import replaylog.rebuild
+import replaylog.index.rebuild
 from replaylog import EventStore
 
 store = EventStore(sys.argv[1])

@@ -867,8 +867,8 @@ def test_files_this_user_may_not_write_are_named_with_the_permission(open_disk: 
         for name in names:
             os.chmod(os.path.join(dirpath, name), 0o644)
     before = files(root)
-    import replaylog.delivery  # noqa: F401 - loaded before the child loses access to it
     import replaylog.gitmerge  # noqa: F401
+    import replaylog.index.delivery  # noqa: F401 - loaded before the child loses access to it
     import replaylog.reports  # noqa: F401
 
     def work() -> dict[str, Any]:

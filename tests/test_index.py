@@ -25,9 +25,9 @@ from alembic.script import ScriptDirectory
 from broken_index import BREAKAGES, newer_revision
 from sqlalchemy import create_engine
 
-from replaylog import schema
 from replaylog.errors import BadIndexError
-from replaylog.index import _TABLES, HEAD_REVISION, REVISIONS, Index, find_migrations
+from replaylog.index import HEAD_REVISION, REVISIONS, Index, find_migrations, schema
+from replaylog.index.ddl import TABLES as _TABLES
 from replaylog.store import EventStore
 
 REPO = Path(__file__).resolve().parent.parent

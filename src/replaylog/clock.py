@@ -9,7 +9,8 @@
   lines before it in its log (:func:`lamport_of`, :func:`derive_clocks`).
 
 The index keeps its own record of the clock too (its ``meta`` table), which the file
-always equals or exceeds; :meth:`replaylog.index.Index.reserve_clock` joins the two.
+always equals or exceeds: :func:`reserve`, :func:`observe` and :func:`current` join the
+two, and :class:`replaylog.index.Index` holds only the SQL of that record.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import mmap
 import os
 import stat
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .errors import BadIndexError, StoreError, os_error
 from .lines.canonical import MAX_CLOCK
 
-__all__ = ["ClockFile", "derive_clocks", "lamport_of"]
+__all__ = ["ClockFile", "current", "derive_clocks", "lamport_of", "observe", "reserve"]
 
 _CLOCK = struct.Struct("<qq")
 #: The clock file holds its value twice: as it is, and XORed with this. A file whose two
@@ -173,3 +175,32 @@ class ClockFile:
             self._map.close()
             os.close(self.fd)
             self.fd = -1
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def current(recorded: int, clock_file: ClockFile) -> int:
+    """The highest value issued or seen: the larger of the index's record and the file's.
+    The next append's values are above it."""
+    return max(recorded, clock_file.value())
+
+
+def observe(clock_file: ClockFile, value: int, record: Callable[[int], None]) -> None:
+    """Raise the clock to ``value`` (SPEC section 10: every value seen in a log): the
+    index's record first (``record``, in the caller's write transaction), then the file."""
+    record(value)
+    clock_file.raise_to(value)
+
+
+def reserve(clock_file: ClockFile, count: int, recorded: int, record: Callable[[int], None]) -> int:
+    """Issue ``count`` values above both the file's value and ``recorded``, the index's
+    record (a missing or unreadable file is started again from it); returns the first.
+    The index's record is then raised to the last value issued, as :func:`observe` does.
+
+    Lock order: the caller holds the SQLite write lock; the file's lock is taken here,
+    once for the reservation and once to raise it, never while waiting for anything."""
+    first = clock_file.reserve(count, floor=recorded)
+    assert first is not None  # with a floor, an unreadable file is started again
+    observe(clock_file, first + count - 1, record)
+    return first

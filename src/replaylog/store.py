@@ -37,10 +37,10 @@ from .errors import (
     TransientDeliveryError,
     UsageError,
     is_log_problem,
-    os_error,
     translate,
 )
-from .index import Index, _replay_lock_of
+from .index import Index
+from .index.locks import _LOCK_EX_NB, replay_lock
 from .lines.canonical import LineTemplate, new_line_object
 from .lines.envelope import Event, build_event, build_events
 from .lines.ids import local_node_id, utc_now
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .clock import ClockFile
-    from .delivery import Delivery
+    from .index.delivery import Delivery
     from .lines import Line, StatusEvent
     from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
@@ -73,67 +73,6 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
-
-
-def replay_lock_path(index_path: str) -> str:
-    """The lock a replay holds for its whole run, beside the index it records in."""
-    return _replay_lock_of(index_path)
-
-
-@contextlib.contextmanager
-def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
-    """Hold the replay lock of an index; yields False if ``timeout`` passed first.
-
-    A replay holds it while it records outcomes; ``rebuild-index`` holds it while it
-    carries those outcomes into the new index and renames it into place, so that no
-    outcome is recorded in an index that is about to be replaced. Nothing is written in
-    the file: whoever waits finds the holder's process id in ``/proc/locks``.
-    """
-    path = replay_lock_path(index_path)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        raise os_error(exc, path, "open the replay lock") from exc
-    try:
-        if timeout == 0.0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-            except BlockingIOError:
-                held = False
-        else:
-            holder = _flock_holder(fd)
-            who = f" (process {holder})" if holder is not None else ""
-            held = wait_for_lock(
-                fd,
-                fcntl.LOCK_EX,
-                f"the replay running on this index{who}: {path}",
-                timeout=timeout,
-            )
-        yield held
-    finally:
-        os.close(fd)
-
-
-def _flock_holder(fd: int) -> int | None:
-    """The process holding a ``flock`` on the file of ``fd``, as ``/proc/locks`` says
-    (Linux), or None when it cannot tell."""
-    try:
-        inode = os.fstat(fd).st_ino
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            for line in f:
-                # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131090 0 EOF"
-                fields = line.split()
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
-                    if fields[5].rsplit(":", 1)[-1] == str(inode):
-                        return int(fields[4])
-    except OSError:
-        pass
-    return None
-
-
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -308,7 +247,7 @@ class EventStore:
     @property
     def delivery(self) -> Delivery:
         if self._delivery is None:
-            from .delivery import Delivery
+            from .index.delivery import Delivery
 
             self._delivery = Delivery(self.index.conn)
         return self._delivery
@@ -912,7 +851,7 @@ class EventStore:
         one and the old index is kept, unless ``skip_bad``: then the index is built from
         the readable logs and the result's ``"skipped"`` lists the others.
         """
-        from .rebuild import REPLAY_WAIT_SECONDS, rebuild
+        from .index.rebuild import REPLAY_WAIT_SECONDS, rebuild
 
         if wait is not None and not (0 <= wait < float("inf")):
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
@@ -1155,14 +1094,12 @@ class EventStore:
 
     def _emitted_status(self, feature: str, event_id: str) -> tuple[str | None, str | None]:
         """An emitted event's delivery status and last error, (None, None) if unknown."""
+        from .index.delivery import emitted_status
+
         try:
-            row = self.index.conn.execute(
-                "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
-                (feature, event_id),
-            ).fetchone()
+            return emitted_status(self.index.conn, feature, event_id)
         except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
             return None, None
-        return (row[0], row[1]) if row else (None, None)
 
 
 # --------------------------------------------------------------------------- the board's files

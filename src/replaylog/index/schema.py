@@ -3,8 +3,8 @@
 ``queue.db`` is a cache of the logs. It holds, per event, where its line is and its
 delivery state; per log, how far it has been indexed; the Lamport clock; and the delivery
 state of events whose log is absent for now.
-Migrations in ``migrations/versions`` create exactly these tables; a test checks that
-both agree.
+Migrations in ``migrations/versions`` create exactly these tables, and
+:data:`replaylog.index.ddl.SCHEMA_SQL` holds them as plain DDL; tests check that all agree.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ events = Table(
     Column("aggregate_id", String, nullable=False),
     Column("node_id", String, nullable=False),
     Column("lamport", Integer, nullable=False),
-    # 'pending', 'delivered' or 'failed', written only by replaylog.delivery. (No CHECK
+    # 'pending', 'delivered' or 'failed', written only by replaylog.index.delivery. (No CHECK
     # constraint: it would double the cost of every insert, and so of rebuild-index.)
     Column("status", String, nullable=False, server_default=text("'pending'")),
     Column("retry_count", Integer, nullable=False, server_default=text("0")),

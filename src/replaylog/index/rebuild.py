@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import (
+from ..errors import (
     BadIndexError,
     DiskError,
     ReplaylogError,
@@ -17,16 +17,12 @@ from .errors import (
     is_log_problem,
     translate,
 )
-from .index import (
-    INDEX_NAMES,
-    INDEX_SQL,
-    DeliveryState,
-    Index,
-    delivery_states,
-    foreign_file,
-    remember_states,
-)
-from .posix import fsync_dir, fsync_file, refuse_links
+from ..posix import fsync_dir, fsync_file, refuse_links
+from .core import Index
+from .ddl import INDEX_NAMES, INDEX_SQL
+from .locks import replay_lock, replay_lock_path
+from .opening import foreign_file
+from .remembered import DeliveryState, delivery_states, remember_states
 
 __all__ = ["rebuild"]
 
@@ -160,8 +156,6 @@ def _rebuild(
     progress: Callable[[str, int], None] | None,
     wait: float,
 ) -> tuple[dict[str, Any], dict[str, StoreError]]:
-    from .store import replay_lock, replay_lock_path
-
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(temp + suffix):
             os.unlink(temp + suffix)

@@ -1,8 +1,10 @@
 """Delivery state in the index (SPEC sections 4 and 5), on SQLAlchemy Core.
 
 Counts for ``status``, the pending queue in ``(lamport_clock, event_id)`` order, the
-outcome of each replayed batch, and ``requeue``. The store calls these after the index
-has caught up with the logs; each function that writes runs in one transaction.
+outcome of each replayed batch, ``requeue``, and an emitted event's status. The store
+calls these after the index has caught up with the logs; each function that writes runs
+in one transaction. The state kept for events out of the index is in
+:mod:`replaylog.index.remembered`, which runs without SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sqlalchemy.pool import StaticPool
 
 from .schema import events
 
-__all__ = ["Delivery", "PendingRow"]
+__all__ = ["Delivery", "PendingRow", "emitted_status"]
 
 _STATUSES = ("pending", "delivered", "failed")
 
@@ -210,3 +212,20 @@ class Delivery:
         if event_id is not None:
             query = query.where(events.c.event_id == event_id)
         return int(self.conn.execute(query).rowcount)
+
+
+def emitted_status(
+    conn: sqlite3.Connection, feature: str, event_id: str
+) -> tuple[str | None, str | None]:
+    """An emitted event's delivery status and last error, (None, None) if unknown.
+
+    Raw ``sqlite3``: one look-up by the unique index, on the connection the replay of
+    the emit used, with no SQLAlchemy connection to open for it."""
+    row = conn.execute(
+        "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
+        (feature, event_id),
+    ).fetchone()
+    if row is None:
+        return None, None
+    status, last_error = row
+    return status, last_error
