@@ -1,4 +1,4 @@
-"""The event record of SPEC section 2: fields, validation, ULIDs and the canonical line."""
+"""SPEC section 2, the event line: fields, validation, ULIDs and the canonical line."""
 
 from __future__ import annotations
 

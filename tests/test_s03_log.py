@@ -1,4 +1,4 @@
-"""The JSONL log of SPEC sections 1 and 3: append, strict read, torn tails, repair."""
+"""SPEC section 3 (and the files of section 1), the JSONL log: append, read, torn tails, repair."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Security promises (SPEC sections 1, 5 and 6), through the real command line.
+"""SPEC section 1 (files) and the security promises of sections 5 and 6, through the CLI.
 
 - the index and everything beside it is private (0600) and ignored by git;
 - a log that is a symbolic link is refused, for reading and for writing;

@@ -1,5 +1,5 @@
-"""Bad input, corpus style (SPEC sections 3, 4 and 6): every broken log and index a user
-can meet, through the real command line.
+"""SPEC section 3 (with 4 and 6), bad input, corpus style: every broken log and index a
+user can meet, through the real command line.
 
 Each broken log of the corpus is put under a fresh root and ``python -m replaylog`` runs
 ``log``, ``verify``, ``status``, ``append`` and ``replay`` on it, each as its own process.

@@ -1,4 +1,4 @@
-"""SPEC sections 4, 6 and 7: EventStore over real files, the index as a cache, the clock.
+"""SPEC section 7 (with 4 and 6): EventStore over real files, the index as a cache, the clock.
 
 No network here: delivery state is set through the index itself (``store.delivery``
 inside ``store.index.write()``), as a replay run would. Other processes are real

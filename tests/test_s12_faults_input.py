@@ -1,4 +1,4 @@
-"""Machine faults (SPEC section 12) met through what a user gives replaylog.
+"""SPEC section 12, machine faults met through what a user gives replaylog.
 
 - files it did not make: an ``--index`` that is not a replaylog index is refused, named,
   and left as it was;
