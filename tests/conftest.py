@@ -1,4 +1,4 @@
-"""Shared test options.
+"""Shared test options, and the fixtures and helpers that several test files use.
 
 Long runs (the soak of many replays against a faulty server, many SIGKILLs, thousands
 of events per process) have a small default size so that the whole suite stays quick.
@@ -7,9 +7,15 @@ of events per process) have a small default size so that the whole suite stays q
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from replaylog.event import Event
+from replaylog.log import EVENTS_FILENAME
 
 #: The real spec-kitty logs (SPEC section 10): ``shared/`` is beside the repository
 #: (CI puts a copy next to its clone). Read-only: copy a feature before writing to it.
@@ -39,6 +45,60 @@ def spec_kitty_corpus() -> Path:
             f"no spec-kitty corpus at {SPEC_KITTY_CORPUS}: put shared/ beside the repository"
         )
     return SPEC_KITTY_CORPUS
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No REPLAYLOG_* setting of the caller's, and fsync off (for tests in this process)."""
+    for name in list(os.environ):
+        if name.startswith("REPLAYLOG_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REPLAYLOG_FSYNC", "0")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The project root: it exists (a --root that does not is refused, SPEC section 12)."""
+    path = tmp_path / "proj"
+    path.mkdir()
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child ``replaylog``: no REPLAYLOG_* of the caller's, fsync off."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
+    env["REPLAYLOG_FSYNC"] = "0"  # durability is not what these tests are about
+    env.update(extra)
+    return env
+
+
+def log_of(root: Path, feature: str = "feat") -> Path:
+    return root / "kitty-specs" / feature / EVENTS_FILENAME
+
+
+def clock_file(root: Path) -> Path:
+    return root / ".replaylog" / "queue.db-clock"
+
+
+def new_event(n: int, **payload: Any) -> Event:
+    """An event with Lamport value ``n`` (so lines can be written by hand)."""
+    return Event.new("WPStatusChanged", f"WP{n:02d}", {"n": n, **payload}, lamport_clock=n)
+
+
+def lines_of(*events: Event) -> list[bytes]:
+    return [e.to_line() for e in events]
+
+
+def write_log(feature: Path, *parts: bytes) -> Path:
+    feature.mkdir(parents=True, exist_ok=True)
+    path = feature / EVENTS_FILENAME
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def typed(value: Any) -> str:
+    """A text that tells 1 from 1.0 from true, which == does not."""
+    return json.dumps(value, sort_keys=True)
 
 
 # The receiver's fixtures (db_url over SQLite and PostgreSQL, tokens_file).

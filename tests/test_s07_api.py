@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import clock_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1060,10 +1061,6 @@ def test_a_forked_child_and_its_parent_append_at_once_without_sharing_locks(root
             mine = [o["payload"]["i"] for o in objs if o["aggregate_id"] == who and o["payload"]]
             assert mine == list(range(count)), who
         assert store.status()["totals"]["events"] == 1 + 2 * count
-
-
-def clock_file(root: Path) -> Path:
-    return root / ".replaylog" / "queue.db-clock"
 
 
 def test_a_lost_clock_file_is_started_again_above_every_value(root: Path) -> None:
