@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from replaylog.event import Event
 from replaylog.log import EVENTS_FILENAME
+from replaylog.store import EventStore
 
 #: The real spec-kitty logs (SPEC section 10): ``shared/`` is beside the repository
 #: (CI puts a copy next to its clone). Read-only: copy a feature before writing to it.
@@ -99,6 +102,100 @@ def write_log(feature: Path, *parts: bytes) -> Path:
 def typed(value: Any) -> str:
     """A text that tells 1 from 1.0 from true, which == does not."""
     return json.dumps(value, sort_keys=True)
+
+
+# The EventStore tests' (test_s04_index_store.py, test_s07_api.py): a store over the
+# module's ``root``, and what its index holds.
+
+NOW = "2024-01-01T00:00:00Z"
+
+
+@pytest.fixture
+def store(root: Path) -> Iterator[EventStore]:
+    with EventStore(root, fsync=False) as s:
+        yield s
+
+
+def log_file(root: Path, feature: str) -> Path:
+    return root / "kitty-specs" / feature / EVENTS_FILENAME
+
+
+def foreign_line(lamport: int, *, node_id: str = "remote-node", **payload: Any) -> bytes:
+    """A canonical line as another machine's replaylog would have written it."""
+    return Event.new("Remote", "agg", payload, node_id=node_id, lamport_clock=lamport).to_line()
+
+
+def write_by_hand(root: Path, feature: str, *lines: bytes) -> None:
+    path = log_file(root, feature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(b"".join(lines))
+
+
+EVENT_COLUMNS = (
+    'feature, line, "offset", length, event_id, event_type, aggregate_id, node_id, lamport,'
+    " status, retry_count, last_retry_at, last_error"
+)
+
+
+def event_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY feature, line").fetchall()
+
+
+def log_rows(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """How far each log is indexed (where the next catch-up resumes)."""
+    return conn.execute(
+        "SELECT feature, size, lines, max_lamport FROM logs ORDER BY feature"
+    ).fetchall()
+
+
+def snapshot(store: EventStore) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """What the index knows, after catching up: events, per-log progress, the clock."""
+    store.status()
+    conn = store.index.conn
+    return event_rows(conn), log_rows(conn), store.index.clock()
+
+
+def rebuilt_elsewhere(
+    root: Path, index_path: Path
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], int]:
+    """A fresh index of the logs under ``root``, built by rebuild-index at ``index_path``."""
+    with EventStore(root, index_path=index_path, fsync=False) as other:
+        other.rebuild_index()
+        conn = other.index.conn
+        return event_rows(conn), log_rows(conn), other.index.clock()
+
+
+def record(
+    store: EventStore,
+    *,
+    accepted: Sequence[str] = (),
+    rejected: dict[str, str] | None = None,
+    transient: tuple[list[str], str] | None = None,
+) -> None:
+    """Apply a replay answer the way replay does: one transaction in the index."""
+    store.status()
+    features_of: dict[str, list[str]] = {}
+    for feature, event_id in store.index.conn.execute("SELECT feature, event_id FROM events"):
+        features_of.setdefault(event_id, []).append(feature)
+    with store.index.write():
+        store.delivery.record(
+            accepted=accepted,
+            rejected=rejected or {},
+            transient=transient,
+            now=NOW,
+            features_of=features_of,
+        )
+
+
+def states(store: EventStore) -> dict[str, tuple[str, int, str | None]]:
+    store.status()
+    return {
+        eid: (status, retries, error)
+        for eid, status, retries, error in store.index.conn.execute(
+            "SELECT event_id, status, retry_count, last_error FROM events"
+        )
+    }
 
 
 # The receiver's fixtures (db_url over SQLite and PostgreSQL, tokens_file).
