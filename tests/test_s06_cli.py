@@ -26,8 +26,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import child_env
 
-from replaylog import EventStore
-from replaylog._version import __version__
+from replaylog import EventStore, __version__
 from replaylog.cli import cli, main
 from replaylog.store import find_root
 
