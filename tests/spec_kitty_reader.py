@@ -4,7 +4,7 @@ This follows spec-kitty's ``specify_cli/status/store.py`` (``read_event_stream``
 the ``from_dict`` decoders of its ``models.py``, rule by rule: which lines it skips,
 which it takes as transitions or annotations, and which stop its read. The lanes are
 then reduced with ``replaylog.board.snapshot`` (checked against spec-kitty's own
-``status.json`` files in ``test_board.py``). The one thing left out is spec-kitty's
+``status.json`` files in ``test_s10_spec_kitty_board.py``). The one thing left out is spec-kitty's
 lookup of a legacy line's ``mission_id`` in a sibling ``meta.json``, which never
 changes a lane.
 

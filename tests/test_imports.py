@@ -1,5 +1,6 @@
-"""Every module's ``__all__`` is accurate: ``from module import *`` works and names only
-what the module defines or re-exports; ``import replaylog`` names resolve lazily."""
+"""SPEC section 7, the names modules export: every module's ``__all__`` is accurate
+(``from module import *`` works and names only what the module defines or re-exports),
+and ``import replaylog`` names resolve lazily."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SPEC sections 1 and 4: opening ``queue.db``, its Alembic migrations and its defences.
+"""SPEC section 4 (and the index file of section 1): opening ``queue.db``, its Alembic migrations,
+its defences, and a new index's schema (``SCHEMA_SQL``) equal to what the migrations create.
 
 Every test works on real SQLite files under ``tmp_path``. Alembic is driven through its
 own API (``command.upgrade``/``stamp``) and once as the ``alembic`` command, so that the
@@ -26,7 +27,7 @@ from broken_index import BREAKAGES, newer_revision
 from sqlalchemy import create_engine
 
 from replaylog.errors import BadIndexError
-from replaylog.index import HEAD_REVISION, REVISIONS, Index, find_migrations, schema
+from replaylog.index import HEAD_REVISION, REVISIONS, Index, find_migrations, run_migrations, schema
 from replaylog.index.ddl import TABLES as _TABLES
 from replaylog.store import EventStore
 
@@ -366,3 +367,35 @@ def test_processes_creating_a_new_index_at_once_all_succeed(tmp_path: Path, atte
         assert_at_head_with_schema(index)
     finally:
         index.close()
+
+
+def master(conn: sqlite3.Connection) -> list[tuple[str, str, str, str | None]]:
+    return conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid"
+    ).fetchall()
+
+
+def test_new_index_schema_equals_what_the_migrations_create(tmp_path: Path) -> None:
+    index = Index(str(tmp_path / "fresh.db"))
+    migrated = sqlite3.connect(tmp_path / "migrated.db", isolation_level=None)
+    run_migrations(migrated, str(tmp_path / "migrated.db"))
+    assert master(index.conn) == master(migrated)
+    for conn in (index.conn, migrated):
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (HEAD_REVISION,)
+        ]
+    index.close()
+    migrated.close()
+
+
+def test_creating_an_index_imports_neither_alembic_nor_sqlalchemy(tmp_path: Path) -> None:
+    code = (
+        "import json, sys\n"
+        "from replaylog.index import Index\n"
+        f"Index({str(tmp_path / 'q.db')!r}).close()\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('alembic', 'sqlalchemy'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+    assert (tmp_path / "q.db").stat().st_size > 0

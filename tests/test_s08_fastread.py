@@ -1,4 +1,4 @@
-"""The fast read path (``replaylog.log.fastread``) gives what the plain path gives.
+"""SPEC section 8, the fast read path (``replaylog.fastread``): it gives what the plain path gives.
 
 The plain path is :func:`~replaylog.log.scan_log` line by line, each line built with
 :func:`~replaylog.lines.build_line`. The fast path must give the same records (same
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import lines_of, new_event, typed, write_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -379,3 +380,111 @@ def test_a_log_of_several_chunks_is_read_alike_whatever_its_later_chunk_holds(
     assert_paths_agree(tmp_path)
     if tail == "good":
         assert fastread.read_lines(log_path(tmp_path)) is not None
+
+
+# --------------------------------------------------------------------------- the log's readers
+
+
+def read_outcome(feature: Path) -> tuple[str, Any]:
+    """What the public read returns (its fast path when it can)."""
+    try:
+        return "ok", typed(read_events_raw(feature))
+    except StoreError as err:
+        return "error", err.line
+
+
+def scan_outcome(feature: Path) -> tuple[str, Any]:
+    """What the strict line-by-line scan returns."""
+    try:
+        return "ok", typed([line.obj for line in scan_log(log_path(feature))])
+    except StoreError as err:
+        return "error", err.line
+
+
+def unusual_files() -> dict[str, bytes]:
+    a, b, c = new_event(1), new_event(2), new_event(3)
+    clean = b"".join(lines_of(a, b, c))
+    d = a.to_dict()
+
+    def line(obj: Any) -> bytes:
+        return (json.dumps(obj) + "\n").encode()
+
+    return {
+        "clean": clean,
+        "crlf": clean.replace(b"\n", b"\r\n"),
+        "blank lines": b"\n" + clean.replace(b"\n", b"\n\n"),
+        "spaces around": b"".join(b"  " + x[:-1] + b" \t\n" for x in lines_of(a, b, c)),
+        "unsorted keys": line(dict(reversed(list(d.items())))),
+        "extra keys": line({**d, "zz": 1, "aa": [None]}),
+        "identical duplicate": clean + a.to_line(),
+        "conflicting duplicate": clean + line({**d, "payload": {"n": 2}}),
+        "wide integer": line({**d, "payload": {"v": 2**64}}),
+        "wide negative": line({**d, "payload": {"v": -(2**63) - 1}}),
+        "wide clock": line({**d, "lamport_clock": 2**64}),
+        "out of range float": a.to_line().replace(b'"n": 1', b'"n": 1e999'),
+        "id with newline": line({**d, "event_id": f"{b.event_id}\n{c.event_id}"}),
+        "stamp with newline": line({**d, "timestamp": f"{a.timestamp}\n{a.timestamp}"}),
+        "stamp digits": line({**d, "timestamp": "٢٠٢٦-11-20T22:00:00Z"}),
+        "stamp month 13": line({**d, "timestamp": "2026-13-20T22:00:00Z"}),
+        "bool clock": line({**d, "lamport_clock": True}),
+        "float clock": line({**d, "lamport_clock": 1.0}),
+        "negative clock": line({**d, "lamport_clock": -1}),
+        "long type": line({**d, "event_type": "t" * 201}),
+        "empty node": line({**d, "node_id": ""}),
+        "payload list": line({**d, "payload": []}),
+        "torn valid tail": clean + b.to_line()[:-1].replace(b.event_id.encode(), b"7" * 26),
+        "torn invalid tail": clean + b'{"event',
+        "bom": b"\xef\xbb\xbf" + clean,
+        "form feed line": clean + b"\x0c\n",
+        "nul line": clean + b"\x00\n",
+        "lone surrogate": line({**d, "payload": {"s": "\ud800"}}),
+        "null line": clean + b"null\n",
+    }
+
+
+@pytest.mark.parametrize("name", list(unusual_files()))
+def test_fast_and_slow_read_paths_agree(tmp_path: Path, name: str) -> None:
+    write_log(tmp_path, unusual_files()[name])
+    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
+
+
+def test_fast_read_path_takes_a_clean_log_as_the_scan_does(tmp_path: Path) -> None:
+    events = [Event.new("t", f"WP{i % 7}", {"i": i, "f": i / 3}) for i in range(2000)]
+    append_events(tmp_path, events, fsync=False)
+    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
+    assert read_outcome(tmp_path)[0] == "ok"
+
+
+MUTATION_BYTES = st.sampled_from(
+    [b"\n", b"\r", b" ", b'"', b"\\", b"0", b"9" * 20, b"-", b"}", b"{", b"[", b",", b":",
+     b"\x00", b"\xff", b"\x0c", b"e9", b".5", b"true", b"null", b"\\n", b"\\ud800", b"Z"]
+)  # fmt: skip
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    cuts=st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.integers(0, 3),
+            st.lists(MUTATION_BYTES, max_size=3).map(b"".join),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_fast_and_slow_read_paths_agree_on_mutated_logs(
+    tmp_path: Path, cuts: list[tuple[int, int, bytes]]
+) -> None:
+    base = b"".join(lines_of(new_event(1), new_event(2, big=2**40, f=-0.5, s="a\nb"), new_event(3)))
+    data = base
+    for pos, drop, insert in cuts:
+        pos %= len(data) + 1
+        data = data[:pos] + insert + data[pos + drop :]
+    feature = tmp_path / f"m{abs(hash(data)) % 10**12}"
+    write_log(feature, data)
+    assert read_outcome(feature) == scan_outcome(feature)

@@ -1,4 +1,4 @@
-"""The receiver end to end (SPEC section 11): ``replaylog serve`` as a real process on
+"""SPEC section 11, the receiver end to end: ``replaylog serve`` as a real process on
 127.0.0.1, on SQLite and PostgreSQL, under bad input, load and faults.
 
 - Bad bodies over real HTTP: each a clear answer, nothing stored from it, memory bounded

@@ -1,4 +1,4 @@
-"""The receiver's contract (SPEC section 11), in process, on SQLite and on PostgreSQL.
+"""SPEC section 11, the receiver's contract, in process, on SQLite and on PostgreSQL.
 
 One suite, every test run against both databases (``db_url``), the way eventsourcing
 tests its recorders; the app is called through ``httpx.ASGITransport``.

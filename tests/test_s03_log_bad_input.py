@@ -1,5 +1,5 @@
-"""Bad input, corpus style (SPEC sections 3, 4 and 6): every broken log and index a user
-can meet, through the real command line.
+"""SPEC section 3 (with 4 and 6), bad input, corpus style: every broken log and index a
+user can meet, through the real command line.
 
 Each broken log of the corpus is put under a fresh root and ``python -m replaylog`` runs
 ``log``, ``verify``, ``status``, ``append`` and ``replay`` on it, each as its own process.
@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 from broken_index import foreign_schema, newer_revision, random_bytes, truncated_to_half
 from cli_run import Run
+from conftest import child_env
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from receiver import Receiver
@@ -67,13 +68,6 @@ LINE_ERROR = re.compile(r"Line (\d+): invalid (JSON|event structure): ")
 
 
 # --------------------------------------------------------------------------- running the CLI
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
-    env["REPLAYLOG_FSYNC"] = "0"  # durability is not what these tests are about
-    env.update(extra)
-    return env
 
 
 LAUNCHER = """

@@ -1,4 +1,4 @@
-"""The event record of SPEC section 2: fields, validation, ULIDs and the canonical line."""
+"""SPEC section 2, the event line: fields, validation, ULIDs and the canonical line."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import typed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ulid import ULID
@@ -498,11 +499,6 @@ json_values = st.recursive(
     max_leaves=25,
 )
 payloads = st.dictionaries(st.text(), json_values, max_size=6)
-
-
-def typed(value: Any) -> str:
-    """A text that tells 1 from 1.0 from true, which == does not."""
-    return json.dumps(value, sort_keys=True)
 
 
 @settings(

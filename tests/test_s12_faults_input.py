@@ -1,4 +1,4 @@
-"""Machine faults (SPEC section 12) met through what a user gives replaylog.
+"""SPEC section 12, machine faults met through what a user gives replaylog.
 
 - files it did not make: an ``--index`` that is not a replaylog index is refused, named,
   and left as it was;
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 from cli_run import Run
+from conftest import clock_file, log_of
 
 from replaylog import Event, EventStore
 from replaylog.errors import UsageError
 from replaylog.lines.canonical import MAX_LINE_BYTES, MAX_NESTING
-from replaylog.log import EVENTS_FILENAME
 
 FEATURE = "feat"
 APPEND = ("append", FEATURE, "--type", "T", "--aggregate", "a")
@@ -54,17 +54,6 @@ def cli(root: Path | None, *args: str, stdin: str | None = None, timeout: float 
         timeout=timeout,
     )
     return Run(tuple(args), proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "proj"
-    path.mkdir()
-    return path
-
-
-def log_of(root: Path, feature: str = FEATURE) -> Path:
-    return root / "kitty-specs" / feature / EVENTS_FILENAME
 
 
 def digest(path: Path) -> str:
@@ -144,10 +133,6 @@ def test_an_index_elsewhere_that_replaylog_made_or_an_empty_file_is_rebuilt(
 
 
 # --------------------------------------------------------------------------- the clock file
-
-
-def clock_file(root: Path) -> Path:
-    return root / ".replaylog" / "queue.db-clock"
 
 
 def appended_clock(root: Path) -> int:

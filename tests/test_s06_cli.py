@@ -24,11 +24,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import child_env
 
-from replaylog import EventStore
-from replaylog._version import __version__
+from replaylog import EventStore, __version__
 from replaylog.cli import cli, main
 from replaylog.store import find_root
+
+#: No REPLAYLOG_* setting of the caller's reaches a test, and fsync is off.
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 ULID_RE = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 FIELDS = {
@@ -113,28 +116,6 @@ def log_file(root: Path, feature: str = "feat", logs_dir: str = "kitty-specs") -
 
 def line_objects(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
-    env["REPLAYLOG_FSYNC"] = "0"
-    env.update(extra)
-    return env
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("REPLAYLOG_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("REPLAYLOG_FSYNC", "0")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    path = tmp_path / "proj"
-    path.mkdir()
-    return path
 
 
 def corrupt_line_3(root: Path) -> Path:

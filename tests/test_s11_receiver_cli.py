@@ -1,4 +1,4 @@
-"""``replaylog serve`` as a command: its options, its errors, its logs, its start-up cost."""
+"""SPEC section 11: ``replaylog serve`` as a command: its options, errors, logs, start-up cost."""
 
 from __future__ import annotations
 

@@ -32,6 +32,9 @@ from replaylog.cli import main
 from replaylog.errors import LogsUnreadableError, ReplaylogWarning
 from replaylog.lines import StatusEvent
 
+#: No REPLAYLOG_* setting of the caller's reaches a test, and fsync is off.
+pytestmark = pytest.mark.usefixtures("clean_env")
+
 SNAPSHOT_FIELDS = ("event_count", "last_event_id", "materialized_at", "summary", "work_packages")
 MISSION_FIELDS = ("mission_slug", "mission_number", "mission_type")
 AT_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
@@ -70,14 +73,6 @@ def run(root: Path, *args: str, input: str | None = None, columns: int = 80) -> 
             sys.stdout.flush()
             sys.stderr.flush()
         return Run(code, out.getvalue().decode(), err.getvalue().decode())
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("REPLAYLOG_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("REPLAYLOG_FSYNC", "0")
 
 
 def copy_corpus(corpus: Path, root: Path, release: str = "head") -> None:

@@ -1,4 +1,4 @@
-"""The boards page (``GET /``, SPEC section 11) in a real headless Chromium.
+"""SPEC section 11, the boards page (``GET /``) in a real headless Chromium.
 
 Chromium loads the page from a live ``replaylog serve`` on 127.0.0.1 and is driven over
 the DevTools protocol on a pipe (``--remote-debugging-pipe``: commands on fd 3, answers on

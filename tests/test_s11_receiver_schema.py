@@ -1,4 +1,4 @@
-"""The receiver's schema (SPEC section 11): made and upgraded by its own Alembic migrations,
+"""SPEC section 11, the receiver's schema: made and upgraded by its own Alembic migrations,
 shipped in the package, equal to the tables its SQL uses, on SQLite and PostgreSQL."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The receiver under contention and database faults (SPEC section 11), in process.
+"""SPEC section 11: the receiver under contention and database faults, in process.
 
 - Paging never skips an event committed after a page was read, on both databases, also
   when two ingests overlap (PostgreSQL would commit them out of sequence order without

@@ -1,4 +1,4 @@
-"""The JSONL log of SPEC sections 1 and 3: append, strict read, torn tails, repair."""
+"""SPEC section 3 (and the files of section 1), the JSONL log: append, read, torn tails, repair."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import lines_of, new_event, typed, write_log
 
 from replaylog.errors import StoreError, UsageError
 from replaylog.lines.canonical import MAX_LINE_BYTES
@@ -29,37 +28,16 @@ from replaylog.log import (
     read_events_raw,
     repair_log,
     scan_log,
-    validate_feature_name,
     verify_log,
 )
 
 MiB = 1024 * 1024
 
 
-def new_event(n: int, **payload: Any) -> Event:
-    """An event with Lamport value ``n`` (so lines can be written by hand)."""
-    return Event.new("WPStatusChanged", f"WP{n:02d}", {"n": n, **payload}, lamport_clock=n)
-
-
-def lines_of(*events: Event) -> list[bytes]:
-    return [e.to_line() for e in events]
-
-
-def write_log(feature: Path, *parts: bytes) -> Path:
-    feature.mkdir(parents=True, exist_ok=True)
-    path = feature / EVENTS_FILENAME
-    path.write_bytes(b"".join(parts))
-    return path
-
-
 def read_error(feature: Path) -> StoreError:
     with pytest.raises(StoreError) as info:
         read_events(feature)
     return info.value
-
-
-def typed(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- appending
@@ -87,30 +65,6 @@ def test_empty_or_missing_log_reads_as_nothing(tmp_path: Path, state: str) -> No
     assert list(iter_events(feature)) == []
     assert verify_log(log_path(feature)) == []
     assert not (feature / EVENTS_FILENAME).exists() or state != "no file"
-
-
-def test_first_append_creates_missing_directories(tmp_path: Path) -> None:
-    feature = tmp_path / "root" / "kitty-specs" / "001-feature"
-    e = append_event(feature, Event.new("t", "a"), fsync=False)
-    assert (feature / EVENTS_FILENAME).is_file()
-    assert read_events(feature) == [e]
-
-
-def test_creating_files_and_directories_is_idempotent(tmp_path: Path) -> None:
-    feature = tmp_path / "a" / "b"
-    first = append_event(feature, Event.new("t", "a"))
-    second = append_event(feature, Event.new("t", "a"))
-    (feature / EVENTS_FILENAME).unlink()  # the folder exists, the file does not
-    third = append_event(feature, Event.new("t", "a"))
-    assert read_events(feature) == [third]
-    assert first.lamport_clock == 1 and second.lamport_clock == 2
-
-
-def test_log_file_is_created_readable_and_not_executable(tmp_path: Path) -> None:
-    append_event(tmp_path, Event.new("t", "a"), fsync=False)
-    mode = stat.S_IMODE((tmp_path / EVENTS_FILENAME).stat().st_mode)
-    assert mode & stat.S_IRUSR and mode & stat.S_IWUSR
-    assert not mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
 def test_append_under_a_path_that_is_a_file_gives_store_error(tmp_path: Path) -> None:
@@ -654,186 +608,6 @@ def test_log_path_that_is_a_directory_gives_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         append_event(tmp_path, Event.new("t", "a"), fsync=False)
     assert verify_log(log_path(tmp_path))
-
-
-# --------------------------------------------------------------------------- symlinks
-
-
-def test_symlinked_log_is_refused_for_reading_and_writing(tmp_path: Path) -> None:
-    target = tmp_path / "elsewhere.jsonl"
-    target.write_bytes(b"".join(lines_of(new_event(1), new_event(2))))
-    before = target.read_bytes()
-    feature = tmp_path / "feat"
-    feature.mkdir()
-    (feature / EVENTS_FILENAME).symlink_to(target)
-    for read in (read_events, read_events_raw, lambda f: list(iter_events(f))):
-        with pytest.raises(StoreError, match="symbolic link") as info:
-            read(feature)
-        assert info.value.path == log_path(feature)
-    with pytest.raises(StoreError, match="symbolic link"):
-        append_event(feature, Event.new("t", "a"), fsync=False)
-    with pytest.raises(StoreError, match="symbolic link"):
-        repair_log(feature)
-    [problem] = verify_log(log_path(feature))
-    assert "symbolic link" in problem.message
-    assert target.read_bytes() == before
-    assert (feature / EVENTS_FILENAME).is_symlink()
-
-
-def test_dangling_symlinked_log_is_refused_and_its_target_not_created(tmp_path: Path) -> None:
-    target = tmp_path / "nowhere.jsonl"
-    (tmp_path / EVENTS_FILENAME).symlink_to(target)
-    with pytest.raises(StoreError, match="symbolic link"):
-        append_event(tmp_path, Event.new("t", "a"), fsync=False)
-    with pytest.raises(StoreError, match="symbolic link"):
-        read_events(tmp_path)
-    assert not target.exists()
-
-
-# --------------------------------------------------------------------------- feature names
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["a", "001-my-feature", "Feature_2.v3", "A" * 128, "9", "x..y", "trailing.", "a-"],
-)
-def test_good_feature_names_are_accepted(name: str) -> None:
-    assert validate_feature_name(name) == name
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "..",
-        ".",
-        "../x",
-        "a/b",
-        "a\\b",
-        "",
-        "a" * 129,
-        "-rf",
-        ".hidden",
-        "_private",
-        "café",
-        "ｆｕｌｌ",
-        "name with space",
-        "name\n",
-        "a\x00b",
-        None,
-        42,
-    ],
-)
-def test_bad_feature_names_are_refused_with_a_usage_error(name: object) -> None:
-    with pytest.raises(UsageError, match="feature name"):
-        validate_feature_name(name)
-
-
-# --------------------------------------------------------------------------- fast vs slow
-
-
-def read_outcome(feature: Path) -> tuple[str, Any]:
-    """What the public read returns (its fast path when it can)."""
-    try:
-        return "ok", typed(read_events_raw(feature))
-    except StoreError as err:
-        return "error", err.line
-
-
-def scan_outcome(feature: Path) -> tuple[str, Any]:
-    """What the strict line-by-line scan returns."""
-    try:
-        return "ok", typed([line.obj for line in scan_log(log_path(feature))])
-    except StoreError as err:
-        return "error", err.line
-
-
-def unusual_files() -> dict[str, bytes]:
-    a, b, c = new_event(1), new_event(2), new_event(3)
-    clean = b"".join(lines_of(a, b, c))
-    d = a.to_dict()
-
-    def line(obj: Any) -> bytes:
-        return (json.dumps(obj) + "\n").encode()
-
-    return {
-        "clean": clean,
-        "crlf": clean.replace(b"\n", b"\r\n"),
-        "blank lines": b"\n" + clean.replace(b"\n", b"\n\n"),
-        "spaces around": b"".join(b"  " + x[:-1] + b" \t\n" for x in lines_of(a, b, c)),
-        "unsorted keys": line(dict(reversed(list(d.items())))),
-        "extra keys": line({**d, "zz": 1, "aa": [None]}),
-        "identical duplicate": clean + a.to_line(),
-        "conflicting duplicate": clean + line({**d, "payload": {"n": 2}}),
-        "wide integer": line({**d, "payload": {"v": 2**64}}),
-        "wide negative": line({**d, "payload": {"v": -(2**63) - 1}}),
-        "wide clock": line({**d, "lamport_clock": 2**64}),
-        "out of range float": a.to_line().replace(b'"n": 1', b'"n": 1e999'),
-        "id with newline": line({**d, "event_id": f"{b.event_id}\n{c.event_id}"}),
-        "stamp with newline": line({**d, "timestamp": f"{a.timestamp}\n{a.timestamp}"}),
-        "stamp digits": line({**d, "timestamp": "٢٠٢٦-11-20T22:00:00Z"}),
-        "stamp month 13": line({**d, "timestamp": "2026-13-20T22:00:00Z"}),
-        "bool clock": line({**d, "lamport_clock": True}),
-        "float clock": line({**d, "lamport_clock": 1.0}),
-        "negative clock": line({**d, "lamport_clock": -1}),
-        "long type": line({**d, "event_type": "t" * 201}),
-        "empty node": line({**d, "node_id": ""}),
-        "payload list": line({**d, "payload": []}),
-        "torn valid tail": clean + b.to_line()[:-1].replace(b.event_id.encode(), b"7" * 26),
-        "torn invalid tail": clean + b'{"event',
-        "bom": b"\xef\xbb\xbf" + clean,
-        "form feed line": clean + b"\x0c\n",
-        "nul line": clean + b"\x00\n",
-        "lone surrogate": line({**d, "payload": {"s": "\ud800"}}),
-        "null line": clean + b"null\n",
-    }
-
-
-@pytest.mark.parametrize("name", list(unusual_files()))
-def test_fast_and_slow_read_paths_agree(tmp_path: Path, name: str) -> None:
-    write_log(tmp_path, unusual_files()[name])
-    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
-
-
-def test_fast_read_path_takes_a_clean_log_as_the_scan_does(tmp_path: Path) -> None:
-    events = [Event.new("t", f"WP{i % 7}", {"i": i, "f": i / 3}) for i in range(2000)]
-    append_events(tmp_path, events, fsync=False)
-    assert read_outcome(tmp_path) == scan_outcome(tmp_path)
-    assert read_outcome(tmp_path)[0] == "ok"
-
-
-MUTATION_BYTES = st.sampled_from(
-    [b"\n", b"\r", b" ", b'"', b"\\", b"0", b"9" * 20, b"-", b"}", b"{", b"[", b",", b":",
-     b"\x00", b"\xff", b"\x0c", b"e9", b".5", b"true", b"null", b"\\n", b"\\ud800", b"Z"]
-)  # fmt: skip
-
-
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
-@given(
-    cuts=st.lists(
-        st.tuples(
-            st.integers(0, 10_000),
-            st.integers(0, 3),
-            st.lists(MUTATION_BYTES, max_size=3).map(b"".join),
-        ),
-        min_size=1,
-        max_size=3,
-    )
-)
-def test_fast_and_slow_read_paths_agree_on_mutated_logs(
-    tmp_path: Path, cuts: list[tuple[int, int, bytes]]
-) -> None:
-    base = b"".join(lines_of(new_event(1), new_event(2, big=2**40, f=-0.5, s="a\nb"), new_event(3)))
-    data = base
-    for pos, drop, insert in cuts:
-        pos %= len(data) + 1
-        data = data[:pos] + insert + data[pos + drop :]
-    feature = tmp_path / f"m{abs(hash(data)) % 10**12}"
-    write_log(feature, data)
-    assert read_outcome(feature) == scan_outcome(feature)
 
 
 def test_a_fifo_in_place_of_a_log_is_refused_at_once(tmp_path):

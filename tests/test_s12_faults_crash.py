@@ -1,4 +1,4 @@
-"""SPEC sections 3, 4 and 5 under SIGKILL: a crash at any moment loses nothing.
+"""SPEC section 12 (for sections 3, 4 and 5), SIGKILL: a crash at any moment loses nothing.
 
 Child processes are killed with SIGKILL at random moments, many times over, in every
 activity that writes: single appends (two writers at once, fsync on), batch appends,

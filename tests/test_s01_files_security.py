@@ -1,4 +1,4 @@
-"""Security promises (SPEC sections 1, 5 and 6), through the real command line.
+"""SPEC section 1 (files) and the security promises of sections 5 and 6, through the CLI.
 
 - the index and everything beside it is private (0600) and ignored by git;
 - a log that is a symbolic link is refused, for reading and for writing;
@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import pytest
 from cli_run import Run
+from conftest import log_of
 from receiver import Action, Receiver, RecordedRequest, unused_port_url
 
 from replaylog import (
@@ -104,18 +105,6 @@ def cwd(tmp_path: Path) -> Path:
     path = tmp_path / "cwd"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """The project root: it exists (a --root that does not is refused, SPEC section 12)."""
-    path = tmp_path / "proj"
-    path.mkdir()
-    return path
-
-
-def log_of(root: Path, feature: str = FEATURE) -> Path:
-    return root / "kitty-specs" / feature / EVENTS_FILENAME
 
 
 # --------------------------------------------------------------------------- the index is private

@@ -1,4 +1,4 @@
-"""The board of SPEC section 10: spec-kitty's reducer, its rendering, and the move rules.
+"""SPEC section 10, the board: spec-kitty's reducer, its rendering, and the move rules.
 
 The corpus tests read the real logs with plain ``json.loads`` per line, so they check
 the board alone, whatever the reader does.

@@ -1,4 +1,4 @@
-"""Reading a batch (SPEC sections 5 and 11): the fast path that keeps each line's text as
+"""SPEC section 11 (with 5), reading a batch: the fast path that keeps each line's text as
 the replay client sent it agrees with the plain path that parses the body whole."""
 
 from __future__ import annotations

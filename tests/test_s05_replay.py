@@ -1,4 +1,4 @@
-"""The HTTP transport of replay (SPEC.md section 5): unit tests with httpx.MockTransport,
+"""SPEC section 5, the HTTP transport of replay: unit tests with httpx.MockTransport,
 then the same promises against a real server on 127.0.0.1 (tests/receiver.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Replay through the store and the CLI, against a real server on 127.0.0.1 (SPEC section 5)."""
+"""SPEC section 5: replay through the store and the CLI, against a real server on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC sections 3, 4 and 5 under real concurrency: many processes, one project.
+"""SPEC section 4 (with 3 and 5) under real concurrency: many processes, one project, one clock.
 
 Eight writer processes append at once, through the API (``EventStore.append`` and
 ``append_many`` mixed) or through ``replaylog append`` commands, to one feature or

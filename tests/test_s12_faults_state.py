@@ -1,4 +1,4 @@
-"""Machine faults (SPEC section 12): maintenance beside replay, and state that must survive.
+"""SPEC section 12, machine faults: maintenance beside replay, and state that must survive.
 
 - a ``rebuild-index`` while a ``replay`` runs loses no outcome that the replay recorded;
 - delivery state is dropped only by ``rebuild-index --reset-delivery``: events absent

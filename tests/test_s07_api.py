@@ -1,0 +1,326 @@
+"""SPEC section 7 (with 6): EventStore over real files: append and read, status, pending,
+requeue, verify, repair and close. The index as a cache and the clock, through the same
+API, are in ``test_s04_index_store.py``.
+
+No network here: delivery state is set through the index itself (``store.delivery``
+inside ``store.index.write()``), as a replay run would. Other processes are real
+processes; "another machine" is a line with a foreign ``node_id`` written into the log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    foreign_line,
+    log_file,
+    rebuilt_elsewhere,
+    record,
+    snapshot,
+    states,
+    write_by_hand,
+)
+
+from replaylog.errors import StoreError, UsageError
+from replaylog.lines.envelope import Event
+from replaylog.log import EVENTS_FILENAME
+from replaylog.store import EventStore
+
+ZERO = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+# Not made beforehand (unlike conftest's ``root``): the store creates what it needs.
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "proj"
+
+
+# --------------------------------------------------------------------------- append and read
+
+
+def test_append_returns_the_event_exactly_as_written(store: EventStore, root: Path) -> None:
+    event = store.append(
+        "feat-1", "Created", "WP01", {"title": "x", "n": [1, 2.5, None]}, causation_id="c-1"
+    )
+    assert event.lamport_clock >= 1
+    assert event.node_id == store.node_id
+    assert event.causation_id == "c-1" and event.correlation_id is None
+    line = log_file(root, "feat-1").read_bytes()
+    assert line == event.to_line()
+    assert line == (json.dumps(json.loads(line), sort_keys=True) + "\n").encode()
+    assert store.read("feat-1") == [event]
+    assert list(store.iter_events("feat-1")) == [event]
+    assert store.read_raw("feat-1") == [json.loads(line)]
+
+
+def test_append_many_takes_events_and_mappings_in_order(store: EventStore) -> None:
+    mine = Event.new("Given", "WP09", {"k": "v"}, correlation_id="corr")
+    written = store.append_many(
+        "feat-1",
+        [
+            {"event_type": "A", "aggregate_id": "WP01"},
+            mine,
+            {"event_type": "B", "aggregate_id": "WP02", "payload": {"x": 1}, "causation_id": "z"},
+        ],
+    )
+    assert [e.event_type for e in written] == ["A", "Given", "B"]
+    assert written[1].event_id == mine.event_id and written[1].payload == {"k": "v"}
+    assert written[1].correlation_id == "corr" and written[2].causation_id == "z"
+    clocks = [e.lamport_clock for e in written]
+    assert clocks == list(range(clocks[0], clocks[0] + 3)) and clocks[0] >= 1
+    assert store.read("feat-1") == written
+    assert store.status()["features"]["feat-1"]["events"] == 3
+
+
+def test_append_many_of_nothing_touches_nothing(store: EventStore, root: Path) -> None:
+    assert store.append_many("feat-1", []) == []
+    assert not root.exists()
+
+
+BAD_NAMES = ["", ".", "..", "a/b", "../x", "-lead", ".hidden", "x" * 129, "sp ace", "ä", "a\nb"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_feature_name_is_refused_before_any_file_or_index_exists(root: Path, name: str) -> None:
+    with EventStore(root, fsync=False) as store:
+        with pytest.raises(UsageError, match="invalid feature name"):
+            store.append(name, "T", "A")
+        with pytest.raises(UsageError, match="invalid feature name"):
+            store.append_many(name, [{"event_type": "T", "aggregate_id": "A"}])
+        for call in (store.status, store.pending, store.requeue, store.read, store.repair):
+            with pytest.raises(UsageError, match="invalid feature name"):
+                call(name)
+    assert not root.exists()
+
+
+BAD_ITEMS: dict[str, Any] = {
+    "empty-type": {"event_type": "", "aggregate_id": "A"},
+    "long-aggregate": {"event_type": "T", "aggregate_id": "a" * 201},
+    "nan-payload": {"event_type": "T", "aggregate_id": "A", "payload": {"x": math.nan}},
+    "list-payload": {"event_type": "T", "aggregate_id": "A", "payload": [1]},
+    "unknown-key": {"event_type": "T", "aggregate_id": "A", "lamport_clock": 5},
+    "missing-aggregate": {"event_type": "T"},
+    "not-a-mapping": ("T", "A"),
+    "over-1-MiB": {"event_type": "T", "aggregate_id": "A", "payload": {"x": "y" * (1 << 20)}},
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_ITEMS))
+def test_append_many_is_all_or_nothing(store: EventStore, root: Path, bad: str) -> None:
+    store.append("feat-1", "First", "A")
+    before = (log_file(root, "feat-1").read_bytes(), store.status())
+    good = {"event_type": "T", "aggregate_id": "A"}
+    with pytest.raises(UsageError):
+        store.append_many("feat-1", [good, good, BAD_ITEMS[bad], good])
+    with pytest.raises(UsageError):
+        store.append_many("feat-new", [good, BAD_ITEMS[bad]])
+    assert (log_file(root, "feat-1").read_bytes(), store.status()) == before
+    assert not (root / "kitty-specs" / "feat-new").exists()
+
+
+def test_append_refuses_an_event_id_already_in_the_log(store: EventStore, root: Path) -> None:
+    """Appending an Event twice would put one id with two contents in the log: refused."""
+    first = store.append("feat-1", "T", "A")
+    again = Event.new("T", "A", event_id=first.event_id)
+    fresh = Event.new("T", "B")
+    before = log_file(root, "feat-1").read_bytes()
+    with pytest.raises(UsageError, match=first.event_id):
+        store.append_many("feat-1", [fresh, again])
+    with pytest.raises(UsageError, match=fresh.event_id):
+        store.append_many("feat-1", [fresh, fresh])
+    assert log_file(root, "feat-1").read_bytes() == before
+    assert store.read("feat-1") == [first]
+    # The same id in another feature's log is another event.
+    assert store.append_many("feat-2", [again])[0].event_id == first.event_id
+
+
+def test_extra_keys_of_a_line_survive_read_and_index(store: EventStore, root: Path) -> None:
+    obj = json.loads(foreign_line(7))
+    obj["schema_version"] = 3
+    obj["trace"] = {"span": "abc"}
+    write_by_hand(root, "feat-1", (json.dumps(obj, sort_keys=True) + "\n").encode())
+    assert store.read_raw("feat-1") == [obj]
+    [event] = store.read("feat-1")
+    assert event.extra == {"schema_version": 3, "trace": {"span": "abc"}}
+    assert event.to_dict() == obj
+    assert store.pending("feat-1") == [event]
+
+
+def test_features_lists_every_log_sorted(store: EventStore, root: Path) -> None:
+    assert store.features() == []
+    for name in ("zeta", "Alpha", "mid.1"):
+        store.append(name, "T", "A")
+    (root / "kitty-specs" / "no-log-here").mkdir()
+    (root / "kitty-specs" / "bad name").mkdir()
+    (root / "kitty-specs" / "bad name" / EVENTS_FILENAME).write_bytes(foreign_line(1))
+    assert store.features() == ["Alpha", "mid.1", "zeta"]
+
+
+def test_status_json_shape_is_exactly_the_spec(store: EventStore) -> None:
+    store.append_many("feat-1", [{"event_type": "T", "aggregate_id": "A"}] * 3)
+    store.append("feat-2", "T", "A")
+    status = store.status()
+    assert json.loads(json.dumps(status)) == status
+    assert set(status) == {"lamport_clock", "features", "totals"}
+    assert status["lamport_clock"] == 4
+    assert status["features"] == {
+        "feat-1": {"events": 3, "pending": 3, "delivered": 0, "failed": 0},
+        "feat-2": {"events": 1, "pending": 1, "delivered": 0, "failed": 0},
+    }
+    assert status["totals"] == {"events": 4, "pending": 4, "delivered": 0, "failed": 0}
+    one = store.status("feat-2")
+    assert one["features"] == {"feat-2": status["features"]["feat-2"]}
+    assert one["totals"] == status["features"]["feat-2"]
+    assert store.status("feat-none")["features"] == {"feat-none": ZERO}
+
+
+def test_status_counts_delivery_states(store: EventStore) -> None:
+    a, b, c, d = store.append_many("f", [{"event_type": "T", "aggregate_id": "A"}] * 4)
+    record(store, accepted=[a.event_id], rejected={b.event_id: "no"})
+    record(store, transient=([c.event_id], "timeout"))
+    status = store.status()
+    assert status["features"]["f"] == {"events": 4, "pending": 2, "delivered": 1, "failed": 1}
+    assert states(store)[c.event_id] == ("pending", 1, "timeout")
+
+
+def test_pending_is_in_lamport_then_event_id_order(store: EventStore, root: Path) -> None:
+    local = store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 3)
+    # Two foreign events share a Lamport value: the event id breaks the tie.
+    low, high = sorted(
+        [Event.new("R", "x", node_id="n2", lamport_clock=2) for _ in range(2)],
+        key=lambda e: e.event_id,
+    )
+    write_by_hand(root, "f2", high.to_line(), low.to_line())
+    later = store.append("f2", "T", "B")
+    pending = store.pending()
+    order = [(e.lamport_clock, e.event_id) for e in pending]
+    assert order == sorted(order)
+    assert [e.event_id for e in pending] == [
+        local[0].event_id,
+        local[1].event_id,
+        low.event_id,
+        high.event_id,
+        local[2].event_id,
+        later.event_id,
+    ]
+    assert store.pending("f2") == [low, high, later]
+    assert store.pending(limit=2) == pending[:2]
+    record(store, accepted=[low.event_id], rejected={local[0].event_id: "bad"})
+    assert [e.event_id for e in store.pending()] == [
+        local[1].event_id,
+        high.event_id,
+        local[2].event_id,
+        later.event_id,
+    ]
+
+
+def test_pending_query_uses_the_partial_index(store: EventStore) -> None:
+    from sqlalchemy import event as sa_event
+
+    store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 5)
+    store.append_many("f2", [{"event_type": "T", "aggregate_id": "A"}] * 5)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        seen.append((statement, params))
+
+    sa_event.listen(store.delivery.engine, "before_cursor_execute", capture)
+    # A small page, so that the keyset query of the second page is seen too.
+    assert len(list(store.delivery.pending(page=3))) == 10
+    assert len(list(store.delivery.pending(["f1"], page=3))) == 5
+    sa_event.remove(store.delivery.engine, "before_cursor_execute", capture)
+    assert len(seen) == 6
+    for statement, params in seen:
+        plan = store.index.conn.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
+        assert "ix_events_pending" in " ".join(str(step[-1]) for step in plan), plan
+
+
+def test_requeue_moves_failed_events_back_to_pending(store: EventStore) -> None:
+    a, b = store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 2)
+    c = store.append("f2", "T", "A")
+    record(store, accepted=[a.event_id], rejected={b.event_id: "bad", c.event_id: "worse"})
+    assert store.requeue("f2", event_id=b.event_id) == 0
+    assert store.requeue(event_id=b.event_id) == 1
+    assert states(store)[b.event_id] == ("pending", 1, "bad")
+    assert store.requeue("f2") == 1
+    assert store.requeue() == 0
+    assert states(store)[a.event_id][0] == "delivered"
+    assert store.status()["totals"] == {"events": 3, "pending": 2, "delivered": 1, "failed": 0}
+
+
+def test_verify_passes_a_clean_log_and_warns_on_identical_duplicates(
+    store: EventStore, root: Path
+) -> None:
+    store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 2)
+    assert store.verify().ok and store.verify().problems == []
+    first = log_file(root, "f1").read_bytes().splitlines(keepends=True)[0]
+    write_by_hand(root, "f1", first)  # what a merge=union leaves behind
+    report = store.verify(["f1"])
+    assert report.ok
+    assert [(p.line, p.level) for p in report.problems] == [(3, "warning")]
+    assert len(store.read("f1")) == 2
+    assert store.status()["features"]["f1"]["events"] == 2
+    assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
+
+
+def test_verify_fails_on_one_id_with_two_contents(store: EventStore, root: Path) -> None:
+    event = store.append("f1", "T", "A")
+    changed = json.loads(event.to_line())
+    changed["payload"] = {"changed": True}
+    write_by_hand(root, "f1", (json.dumps(changed, sort_keys=True) + "\n").encode())
+    report = store.verify()
+    assert not report.ok
+    assert report.to_dict()["problems"][0]["line"] == 2
+    with pytest.raises(StoreError, match="line 1"):
+        store.status()
+
+
+def test_repair_moves_an_invalid_torn_tail_aside(store: EventStore, root: Path) -> None:
+    store.append("f1", "T", "A")
+    write_by_hand(root, "f1", b'{"event_id": "01HZ')
+    with pytest.raises(StoreError, match="replaylog repair"):
+        store.append("f1", "T", "B")
+    assert not store.verify().ok
+    assert store.repair("f1") is True
+    assert store.repair("f1") is False
+    torn = [p for p in log_file(root, "f1").parent.iterdir() if ".torn-" in p.name]
+    assert len(torn) == 1 and torn[0].read_bytes() == b'{"event_id": "01HZ'
+    store.append("f1", "T", "B")
+    assert store.status()["features"]["f1"]["events"] == 2
+    assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
+
+
+def test_valid_torn_tail_is_indexed_and_completed_by_the_next_append(
+    store: EventStore, root: Path
+) -> None:
+    store.append("f1", "T", "A")
+    write_by_hand(root, "f1", foreign_line(50).rstrip(b"\n"))
+    assert store.status()["features"]["f1"]["events"] == 2
+    after = store.append("f1", "T", "B")
+    assert after.lamport_clock == 51
+    assert [e.lamport_clock for e in store.read("f1")] == [1, 50, 51]
+    assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
+    assert [e.event_id for e in store.pending()][-1] == after.event_id
+
+
+def test_close_and_context_manager_release_the_index(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append("f1", "T", "A")
+        conn = store.index.conn
+        assert os.path.exists(store.index_path + "-wal")
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    # The last connection gone, SQLite has folded its write-ahead log into the file.
+    assert not os.path.exists(store.index_path + "-wal")
+    store.close()  # twice is harmless
+    assert store.status()["totals"]["events"] == 1  # and the store opens it again
+    store.close()
