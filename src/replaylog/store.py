@@ -207,6 +207,19 @@ class EventStore:
         # The logs the appender keeps open: a feature in it may take the fast path.
         self._open_logs = self._appender.open_logs
 
+    @classmethod
+    def from_environment(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        logs_dir: str = DEFAULT_LOGS_DIR,
+        index_path: str | os.PathLike[str] | None = None,
+    ) -> EventStore:
+        """The store a ``replaylog`` command opens: ``fsync`` is on unless
+        ``REPLAYLOG_FSYNC`` is ``0``, ``false`` or ``no`` (SPEC section 3)."""
+        fsync = os.environ.get("REPLAYLOG_FSYNC", "1").strip().lower() not in ("0", "false", "no")
+        return cls(root, logs_dir=logs_dir, index_path=index_path, fsync=fsync)
+
     def __repr__(self) -> str:
         return f"EventStore(root={self.root!r}, index_path={self.index_path!r})"
 
@@ -439,6 +452,7 @@ class EventStore:
         """Stream a feature's lines in file order, in bounded memory."""
         return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
 
+    @_edge
     def log(
         self,
         feature: str,
@@ -448,18 +462,27 @@ class EventStore:
         limit: int | None = None,
     ) -> Iterator[Line]:
         """``replaylog log``: a feature's lines in file order, filtered as
-        :func:`replaylog.lines.matches` says, at most ``limit`` of them."""
+        :func:`replaylog.lines.matches` says, at most ``limit`` of them.
+
+        A feature that has no log is a :class:`StoreError` here, before any line is
+        given out, as in ``verify``.
+        """
         from .lines import matches
 
-        if limit == 0:
-            return
-        shown = 0
-        for line in self.iter_events(feature):
-            if matches(line, type=event_type, aggregate=aggregate_id):
-                yield line
-                shown += 1
-                if limit is not None and shown >= limit:
-                    return
+        self.require_log(feature)
+
+        def shown() -> Iterator[Line]:
+            if limit == 0:
+                return
+            count = 0
+            for line in self.iter_events(feature):
+                if matches(line, type=event_type, aggregate=aggregate_id):
+                    yield line
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+
+        return shown()
 
     @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
