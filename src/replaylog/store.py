@@ -42,14 +42,6 @@ from .event import (
     new_line_object,
     utc_now,
 )
-from .featurefiles import (
-    STATUS_FILENAME,
-    feature_meta,
-    mission_id_of,
-    status_json_stat,
-    transition_time,
-    write_status_json,
-)
 from .index import Index, _replay_lock_of
 from .posix import open_regular, refuse_links
 
@@ -518,6 +510,7 @@ class EventStore:
         Reads the log only: no index.
         """
         from .board import snapshot
+        from .featurefiles import feature_meta
 
         feature_dir = self.feature_dir(feature)
         if not os.path.isdir(feature_dir):
@@ -581,6 +574,14 @@ class EventStore:
         """
         from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
         from .event import generate_event_id
+        from .featurefiles import (
+            STATUS_FILENAME,
+            feature_meta,
+            mission_id_of,
+            status_json_stat,
+            transition_time,
+            write_status_json,
+        )
         from .lines import StatusEvent
 
         # Everything that can be refused is refused before a file is touched.
