@@ -54,13 +54,13 @@ class Appender:
     """The appends of one :class:`~replaylog.store.EventStore`, and the logs it keeps open.
 
     The store checks its arguments and builds the line objects; everything from the
-    log's lock to the index's record of the new lines happens here.
+    log's lock to the index's record of the new lines happens here. The store passes
+    itself to each call (it is not kept here: no reference cycle keeps it alive).
     """
 
-    __slots__ = ("store", "open_logs", "seen_all_logs")
+    __slots__ = ("open_logs", "seen_all_logs")
 
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
+    def __init__(self) -> None:
         #: The logs kept open for the next appends, by feature (names already checked).
         self.open_logs: dict[str, OpenLog] = {}
         # Whether this store has caught up with the other logs once (see append).
@@ -74,6 +74,7 @@ class Appender:
 
     def append(
         self,
+        store: EventStore,
         feature: str,
         feature_dir: str,
         templates: list[LineTemplate],
@@ -87,10 +88,9 @@ class Appender:
         them can take the fast path).
         """
         if not given_ids:
-            events = self.append_to_open_log(feature, templates, objs)
+            events = self.append_to_open_log(store, feature, templates, objs)
             if events is not None:
                 return events
-        store = self.store
         index = store.index
         if not self.seen_all_logs:
             # Once per store (so once per command): lines merged into other logs since
@@ -179,13 +179,17 @@ class Appender:
         return build_events(objs)  # the line objects are not used again: no copies
 
     def append_to_open_log(
-        self, feature: str, templates: list[LineTemplate], objs: list[dict[str, Any]]
+        self,
+        store: EventStore,
+        feature: str,
+        templates: list[LineTemplate],
+        objs: list[dict[str, Any]],
     ) -> list[Event] | None:
         """The fast path: append to a log the store left open, if nobody changed it
         since; None when the whole transaction must run (first append, another writer,
         a rewrite, a fork)."""
         open_log = self.open_logs.get(feature)
-        if open_log is None or self.store._index is None:
+        if open_log is None or store._index is None:
             return None
         clock = open_log.clock
         if open_log.pid != os.getpid() or clock is None or clock.fd < 0:
@@ -218,7 +222,7 @@ class Appender:
             else:
                 data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
             try:
-                write_durably(fd, data, open_log.size, self.store.fsync, open_log.path)
+                write_durably(fd, data, open_log.size, store.fsync, open_log.path)
             except BaseException:
                 self.open_logs.pop(feature).close()
                 raise

@@ -4,8 +4,9 @@ The log is the truth; the index follows it. Every method that reports or uses in
 state first catches up with the logs.
 
 The store checks what it is given and leaves the rest to the module that owns it: an
-append is :mod:`replaylog.append`'s transaction (lock, catch up, reserve clock values,
-write, record), the files beside a log are :mod:`replaylog.featurefiles`'.
+append is the transaction of :mod:`replaylog.append` (lock, catch up, reserve clock
+values, write, record); ``status.json`` and ``meta.json`` are read and written by
+:mod:`replaylog.featurefiles`.
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ class EventStore:
         self.fsync = fsync
         self._index: Index | None = None
         self._delivery: Delivery | None = None
-        self._appender = Appender(self)
+        self._appender = Appender()
         # The logs the appender keeps open: a feature in it may take the fast path.
         self._open_logs = self._appender.open_logs
 
@@ -356,7 +357,9 @@ class EventStore:
             event_type, aggregate_id, payload, causation_id, correlation_id, self.node_id
         )
         if feature in self._open_logs:  # a name checked when its log was first opened
-            events = self._appender.append_to_open_log(feature, [LineTemplate.of_new(obj)], [obj])
+            events = self._appender.append_to_open_log(
+                self, feature, [LineTemplate.of_new(obj)], [obj]
+            )
             if events is not None:
                 return events[0]
         return self._append(feature, [obj])[0]
@@ -430,7 +433,7 @@ class EventStore:
         if len(set(ids)) != len(ids):
             twice = next(i for i in ids if ids.count(i) > 1)
             raise UsageError(f"event {twice} is twice in one append; each event_id once")
-        return self._appender.append(feature, feature_dir, templates, objs, given_ids)
+        return self._appender.append(self, feature, feature_dir, templates, objs, given_ids)
 
     # ------------------------------------------------------------------ reading
 
