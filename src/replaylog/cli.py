@@ -160,8 +160,7 @@ class _Context:
         self.index = index
 
     def store(self) -> EventStore:
-        fsync = os.environ.get("REPLAYLOG_FSYNC", "1").strip().lower() not in ("0", "false", "no")
-        return EventStore(self.root, logs_dir=self.logs_dir, index_path=self.index, fsync=fsync)
+        return EventStore.from_environment(self.root, logs_dir=self.logs_dir, index_path=self.index)
 
 
 pass_ctx = click.make_pass_decorator(_Context)
@@ -385,9 +384,9 @@ def log_command(
     A FEATURE that has no log is an error (exit 1), as in `replaylog verify`.
     """
     with _errors(as_json):
-        store = ctx.store()
-        store.require_log(feature)
-        lines = store.log(feature, event_type=event_type, aggregate_id=aggregate_id, limit=limit)
+        lines = ctx.store().log(
+            feature, event_type=event_type, aggregate_id=aggregate_id, limit=limit
+        )
         if as_json:
             for line in lines:
                 _json_out(line.to_dict())

@@ -23,6 +23,7 @@ from contextlib import suppress
 from .errors import StoreError
 
 __all__ = [
+    "LOCK_EX_NB",
     "LOCK_NOTICE_SECONDS",
     "flock",
     "fsync_dir",
@@ -160,6 +161,9 @@ def replace_atomically(
 
 
 #: How long a lock is waited for in silence before stderr says what is waited for.
+#: An exclusive lock, taken only if nobody holds it (then the waiting path runs).
+LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
 LOCK_NOTICE_SECONDS = 1.0
 
 

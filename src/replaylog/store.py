@@ -3,31 +3,26 @@
 The log is the truth; the index follows it. Every method that reports or uses index
 state first catches up with the logs.
 
-An append locks the feature's log. The first append of a store to a log catches the
-index up with it, takes its Lamport values from the index, writes and fsyncs the log,
-and records the new lines in the index. The store then keeps the log open: a later
-append that finds the log exactly as the store left it (the same file, the same size) only
-takes its Lamport values from the clock file, writes and fsyncs. The index takes those
-lines in when it next catches up (SPEC section 4 lets its writes be deferred past an
-append, never skipped), in one batch.
+The store checks what it is given and leaves the rest to the module that owns it: an
+append is the transaction of :mod:`replaylog.append` (lock, catch up, reserve clock
+values, write, record); ``status.json`` and ``meta.json`` are read and written by
+:mod:`replaylog.featurefiles`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import functools
 import json
 import os
-import sqlite3
-import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import log as _log
+from .append import Appender
 from .errors import (
     DeliveryError,
     LogsUnreadableError,
@@ -40,16 +35,15 @@ from .errors import (
     translate,
 )
 from .index import Index
-from .index.locks import _LOCK_EX_NB, replay_lock
+from .index.locks import replay_lock
 from .lines.canonical import LineTemplate, new_line_object
-from .lines.envelope import Event, build_event, build_events
+from .lines.envelope import Event
 from .lines.ids import local_node_id, utc_now
-from .posix import open_regular, refuse_links, replace_atomically, temp_beside, wait_for_lock
+from .posix import open_regular, refuse_links
 
 if TYPE_CHECKING:
     import httpx
 
-    from .clock import ClockFile
     from .index.delivery import Delivery
     from .lines import Line, StatusEvent
     from .replay import ReplayConfig
@@ -113,26 +107,6 @@ def _edge_iter(store: EventStore, items: Iterator[Any]) -> Iterator[Any]:
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
 
-class _OpenLog:
-    """A log this store appended to, kept open, and how it looked after that append."""
-
-    __slots__ = ("fd", "path", "ino", "dev", "size", "pid", "clock")
-
-    def __init__(self, fd: int, path: str, st: os.stat_result, clock: ClockFile | None) -> None:
-        self.fd = fd
-        self.path = path
-        self.pid = os.getpid()
-        self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
-        # The index's clock file, open in this process, or None: the next appends take
-        # their values from it without going through the index.
-        self.clock = clock
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 class EventStore:
     """The event store of one project root. Use as a context manager, or call ``close``."""
 
@@ -155,9 +129,23 @@ class EventStore:
         self.node_id = node_id or local_node_id()
         self.fsync = fsync
         self._index: Index | None = None
-        self._seen_all_logs = False
         self._delivery: Delivery | None = None
-        self._open_logs: dict[str, _OpenLog] = {}
+        self._appender = Appender()
+        # The logs the appender keeps open: a feature in it may take the fast path.
+        self._open_logs = self._appender.open_logs
+
+    @classmethod
+    def from_environment(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        logs_dir: str = DEFAULT_LOGS_DIR,
+        index_path: str | os.PathLike[str] | None = None,
+    ) -> EventStore:
+        """The store a ``replaylog`` command opens: ``fsync`` is on unless
+        ``REPLAYLOG_FSYNC`` is ``0``, ``false`` or ``no`` (SPEC section 3)."""
+        fsync = os.environ.get("REPLAYLOG_FSYNC", "1").strip().lower() not in ("0", "false", "no")
+        return cls(root, logs_dir=logs_dir, index_path=index_path, fsync=fsync)
 
     def __repr__(self) -> str:
         return f"EventStore(root={self.root!r}, index_path={self.index_path!r})"
@@ -170,9 +158,7 @@ class EventStore:
 
     def close(self) -> None:
         """Close the index and the logs kept open (every append is complete on return)."""
-        for open_log in self._open_logs.values():
-            open_log.close()
-        self._open_logs.clear()
+        self._appender.close()
         if self._index is not None and self._index.pid != os.getpid():
             _inherited.append(self._index)  # a forked child's copy: its parent's to close
             self._delivery = self._index = None
@@ -305,7 +291,9 @@ class EventStore:
             event_type, aggregate_id, payload, causation_id, correlation_id, self.node_id
         )
         if feature in self._open_logs:  # a name checked when its log was first opened
-            events = self._append_to_open_log(feature, [LineTemplate.of_new(obj)], [obj])
+            events = self._appender.append_to_open_log(
+                self, feature, [LineTemplate.of_new(obj)], [obj]
+            )
             if events is not None:
                 return events[0]
         return self._append(feature, [obj])[0]
@@ -379,152 +367,7 @@ class EventStore:
         if len(set(ids)) != len(ids):
             twice = next(i for i in ids if ids.count(i) > 1)
             raise UsageError(f"event {twice} is twice in one append; each event_id once")
-        if not given_ids:
-            events = self._append_to_open_log(feature, templates, objs)
-            if events is not None:
-                return events
-        index = self.index
-        if not self._seen_all_logs:
-            # Once per store (so once per command): lines merged into other logs since
-            # the index last looked (a `git pull`) raise the clock before this append.
-            # Later appends of a long-lived store catch up with their own log only.
-            for name in self.features():
-                if name == feature:
-                    continue  # caught up below, under the log's own lock
-                try:
-                    self.catch_up([name])
-                except StoreError:
-                    # Another log's problem is reported by that log's own commands;
-                    # it must not stop an append to this one.
-                    continue
-            self._seen_all_logs = True
-        with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
-            with index.write():
-                index._catch_up_locked(feature, writer.path, lock_log=False)
-                known = index.known_event_ids(feature, given_ids) if given_ids else []
-                if known:
-                    # The same id again would be a second, different line of one event.
-                    raise UsageError(
-                        f"event {known[0]} is already in the log of {feature!r};"
-                        " a new event needs a new event_id"
-                    )
-                first = index.reserve_clock(len(objs))
-            progress = index.progress(feature)
-            size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
-            lines = [t.line(first + k) for k, t in enumerate(templates)]
-            offset = writer.write(lines)
-            # A torn (but valid) last line was completed by this write: it is a line too.
-            number = lines_before + (1 if size_before < offset else 0)
-            rows = []
-            for k, (line, obj) in enumerate(zip(lines, objs, strict=True)):
-                clock = obj["lamport_clock"] = first + k
-                number += 1
-                rows.append(
-                    (
-                        feature,
-                        number,
-                        offset,
-                        len(line) - 1,
-                        obj["event_id"],
-                        obj["event_type"],
-                        obj["aggregate_id"],
-                        obj["node_id"],
-                        clock,
-                    )
-                )
-                offset += len(line)
-            try:
-                index.add_appended(
-                    feature,
-                    writer.path,
-                    rows,
-                    size=writer.size,
-                    line_count=number,
-                    fd=writer.fd,
-                    last_line=lines[-1],
-                )
-            except (OSError, sqlite3.Error) as exc:
-                # The lines are durable in the log, so the append is done (SPEC section
-                # 12): reporting a failure would make a retry write them twice. The
-                # index takes them in when it next catches up (section 4).
-                self._warn_index_deferred(len(lines), exc)
-            self._keep_open(feature, writer)
-        return build_events(objs)  # the line objects are not used again: no copies
-
-    def _warn_index_deferred(self, count: int, exc: BaseException) -> None:
-        error = translate(exc, index=self.index_path)
-        warnings.warn(
-            ReplaylogWarning(
-                f"{count} event(s) saved in the log, but the index could not take them in"
-                f" yet ({error}); the next command that can write the index catches up"
-            ),
-            stacklevel=5,
-        )
-
-    def _keep_open(self, feature: str, writer: _log.LogWriter) -> None:
-        """Keep the log of ``writer`` open for the next appends; its lock is released."""
-        old = self._open_logs.pop(feature, None)
-        if old is not None:
-            old.close()
-        st = os.fstat(writer.fd)
-        clock = self._index.opened_clock() if self._index is not None else None
-        open_log = _OpenLog(writer.detach(), writer.path, st, clock)
-        fcntl.flock(open_log.fd, fcntl.LOCK_UN)
-        self._open_logs[feature] = open_log
-
-    def _append_to_open_log(
-        self, feature: str, templates: list[LineTemplate], objs: list[dict[str, Any]]
-    ) -> list[Event] | None:
-        """Append to a log this store left open, if nobody changed it since; None when
-        the full append must run (first append, another writer, a rewrite, a fork)."""
-        open_log = self._open_logs.get(feature)
-        if open_log is None or self._index is None:
-            return None
-        clock = open_log.clock
-        if open_log.pid != os.getpid() or clock is None or clock.fd < 0:
-            # A forked child: an inherited descriptor would share its parent's locks.
-            self._open_logs.pop(feature).close()
-            return None
-        fd = open_log.fd
-        flock = fcntl.flock
-        try:
-            flock(fd, _LOCK_EX_NB)
-        except BlockingIOError:
-            wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
-        try:
-            first = None
-            # Nothing new in the log since this store's last append (the _OpenLog checks,
-            # written out): every value in it is at most the clock's, so the clock alone
-            # gives the next ones.
-            if os.lseek(fd, 0, os.SEEK_END) == open_log.size:
-                try:
-                    here = os.lstat(open_log.path)
-                except OSError:
-                    here = None
-                if here is not None and here.st_ino == open_log.ino and here.st_dev == open_log.dev:
-                    first = clock.reserve(len(templates))
-            if first is None:
-                self._open_logs.pop(feature).close()  # closing releases the lock
-                return None
-            if len(templates) == 1:
-                data = templates[0].line(first)
-            else:
-                data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
-            try:
-                _log.write_durably(fd, data, open_log.size, self.fsync, open_log.path)
-            except BaseException:
-                self._open_logs.pop(feature).close()
-                raise
-            open_log.size += len(data)
-        finally:
-            if open_log.fd >= 0:
-                flock(fd, fcntl.LOCK_UN)
-        if len(objs) == 1:
-            objs[0]["lamport_clock"] = first
-            return [build_event(objs[0])]
-        for k, obj in enumerate(objs):
-            obj["lamport_clock"] = first + k
-        return build_events(objs)
+        return self._appender.append(self, feature, feature_dir, templates, objs, given_ids)
 
     # ------------------------------------------------------------------ reading
 
@@ -538,6 +381,7 @@ class EventStore:
         """Stream a feature's lines in file order, in bounded memory."""
         return _edge_iter(self, _log.iter_events(self.feature_dir(feature)))
 
+    @_edge
     def log(
         self,
         feature: str,
@@ -547,18 +391,27 @@ class EventStore:
         limit: int | None = None,
     ) -> Iterator[Line]:
         """``replaylog log``: a feature's lines in file order, filtered as
-        :func:`replaylog.lines.matches` says, at most ``limit`` of them."""
+        :func:`replaylog.lines.matches` says, at most ``limit`` of them.
+
+        A feature that has no log is a :class:`StoreError` here, before any line is
+        given out, as in ``verify``.
+        """
         from .lines import matches
 
-        if limit == 0:
-            return
-        shown = 0
-        for line in self.iter_events(feature):
-            if matches(line, type=event_type, aggregate=aggregate_id):
-                yield line
-                shown += 1
-                if limit is not None and shown >= limit:
-                    return
+        self.require_log(feature)
+
+        def shown() -> Iterator[Line]:
+            if limit == 0:
+                return
+            count = 0
+            for line in self.iter_events(feature):
+                if matches(line, type=event_type, aggregate=aggregate_id):
+                    yield line
+                    count += 1
+                    if limit is not None and count >= limit:
+                        return
+
+        return shown()
 
     @_edge
     def read_raw(self, feature: str) -> list[dict[str, Any]]:
@@ -594,11 +447,12 @@ class EventStore:
         Reads the log only: no index.
         """
         from .board import snapshot
+        from .featurefiles import feature_meta
 
         feature_dir = self.feature_dir(feature)
         if not os.path.isdir(feature_dir):
             self.require_log(feature)
-        meta = _feature_meta(feature_dir)
+        meta = feature_meta(feature_dir)
         lines = _log.read_events_raw(feature_dir)
         try:
             return snapshot(lines, meta=meta)
@@ -656,6 +510,14 @@ class EventStore:
         next command; ``replaylog board FEATURE --json`` gives the snapshot).
         """
         from .board import canonical_lane, check_move, current_lane, new_transition, snapshot
+        from .featurefiles import (
+            STATUS_FILENAME,
+            feature_meta,
+            mission_id_of,
+            status_json_stat,
+            transition_time,
+            write_status_json,
+        )
         from .lines import StatusEvent
         from .lines.ids import generate_event_id
 
@@ -673,15 +535,15 @@ class EventStore:
                     f"the {name} {value!r} holds a control character or surrounding space;"
                     " give it as plain text"
                 )
-        meta = _feature_meta(feature_dir)
-        mission_id = _mission_id(meta, feature_dir)
+        meta = feature_meta(feature_dir)
+        mission_id = mission_id_of(meta, feature_dir)
         status_path = os.path.join(feature_dir, STATUS_FILENAME)
-        status_stat = _status_json_stat(status_path)
+        status_stat = status_json_stat(status_path)
 
         def transition(from_lane: str) -> tuple[dict[str, Any], StatusEvent, bytes]:
             obj = new_transition(
                 event_id=generate_event_id(),
-                at=_transition_time(),
+                at=transition_time(),
                 wp_id=wp_id,
                 from_lane=from_lane,
                 to_lane=target,
@@ -748,7 +610,7 @@ class EventStore:
             # Everything below follows a durable line: the move has happened.
             if status_stat is not None:
                 try:
-                    _write_status_json(status_path, after, fsync=self.fsync)
+                    write_status_json(status_path, after, fsync=self.fsync)
                 except (ReplaylogError, OSError, ValueError) as exc:
                     warnings.warn(
                         f"{record.event_id} is in the log, but {status_path} could not be"
@@ -1100,146 +962,6 @@ class EventStore:
             return emitted_status(self.index.conn, feature, event_id)
         except Exception:  # noqa: BLE001 - only a warning depends on it; the event is safe
             return None, None
-
-
-# --------------------------------------------------------------------------- the board's files
-
-#: The snapshot spec-kitty keeps beside a log; ``move`` rewrites it when it is there.
-STATUS_FILENAME = "status.json"
-META_FILENAME = "meta.json"
-_MAX_SIDE_FILE = 64 << 20  # meta.json and status.json are small; a huge one is refused
-
-
-def _read_side_file(path: str, what: str) -> bytes | None:
-    """The bytes of a file beside a log (never through a symbolic link), None if absent."""
-    try:
-        fd = open_regular(path, os.O_RDONLY, refusal=f"the {what} must be one")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
-    try:
-        st = os.fstat(fd)
-        if st.st_size > _MAX_SIDE_FILE:
-            raise StoreError(f"{path}: the {what} is larger than 64 MiB", path=path)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read the {what}: {exc.strerror}", path=path) from exc
-    finally:
-        os.close(fd)
-
-
-def _feature_meta(feature_dir: str) -> dict[str, Any] | None:
-    """The feature's ``meta.json`` (spec-kitty's mission metadata), None when absent."""
-    path = os.path.join(feature_dir, META_FILENAME)
-    data = _read_side_file(path, "feature's meta.json")
-    if data is None:
-        return None
-    try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise StoreError(
-            f"{path}: the feature's meta.json is not valid JSON ({exc}); correct it or remove it",
-            path=path,
-        ) from exc
-    if not isinstance(meta, dict):
-        raise StoreError(
-            f"{path}: the feature's meta.json must hold a JSON object, not"
-            f" {type(meta).__name__}; correct it or remove it",
-            path=path,
-        )
-    return meta
-
-
-def _mission_id(meta: dict[str, Any] | None, feature_dir: str) -> str | None:
-    """``mission_id`` of ``meta.json`` for a transition line: a non-empty string, or none."""
-    value = meta.get("mission_id") if meta else None
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        path = os.path.join(feature_dir, META_FILENAME)
-        raise StoreError(
-            f"{path}: 'mission_id' must be a non-empty string, got {value!r}; correct it",
-            path=path,
-        )
-    return value
-
-
-def _status_json_stat(path: str) -> os.stat_result | None:
-    """The ``status.json`` a move will rewrite, None when absent; never a link or special file."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot look at status.json: {exc.strerror}", path=path) from exc
-    if stat.S_ISLNK(st.st_mode):
-        raise StoreError(
-            f"{path} is a symbolic link; replaylog never replaces it. Replace it with the"
-            " real file, or remove it. Nothing was written",
-            path=path,
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(
-            f"{path} is not a regular file; replaylog never replaces it. Nothing was written",
-            path=path,
-        )
-    return st
-
-
-def _transition_time() -> str:
-    """Now, as spec-kitty dates a transition: UTC, microseconds always, ``+00:00``."""
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-
-
-def _write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
-    """Replace ``status.json`` by ``snap`` atomically, written as spec-kitty writes it.
-
-    Keys of the old file that the board does not make (spec-kitty's ``retrospective``,
-    made from its retrospective events, which a move never adds) are kept as they were.
-    A temporary file in the same folder is written, fsynced and renamed over the old
-    one, then the folder is fsynced; on failure the old file stays and the temporary
-    one is removed.
-    """
-    old = _status_json_stat(path)
-    out = dict(snap)
-    if old is not None:
-        try:
-            previous = json.loads((_read_side_file(path, "status.json") or b"").decode("utf-8"))
-        except (StoreError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            previous = None  # spec-kitty overwrites a damaged snapshot too, but says so here
-            warnings.warn(
-                f"{path} was not a readable snapshot ({exc}); it was replaced by the board"
-                " of the log",
-                ReplaylogWarning,
-                stacklevel=2,
-            )
-        if isinstance(previous, dict):
-            for key, value in previous.items():
-                out.setdefault(key, value)
-    data = (json.dumps(out, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-    def write(fd: int) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-
-    fd, tmp = temp_beside(path, ".tmp")
-    # Still a plain file (or gone) just before the rename: never replace anything else.
-    replace_atomically(
-        fd,
-        tmp,
-        path,
-        write,
-        mode=stat.S_IMODE(old.st_mode) if old is not None else 0o644,
-        fsync=fsync,
-        check=lambda: _status_json_stat(path),
-    )
 
 
 def _unreadable(

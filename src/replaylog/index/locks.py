@@ -9,13 +9,12 @@ import os
 from collections.abc import Iterator
 
 from ..errors import os_error
-from ..posix import wait_for_lock
+from ..posix import LOCK_EX_NB, wait_for_lock
 
 __all__ = ["replay_lock", "replay_lock_path"]
 
 #: The flags of a lock or clock file: made 0600 if missing, never through a link.
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 
 
 def replay_lock_path(index_path: str) -> str:
@@ -48,7 +47,7 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
     try:
         if timeout == 0.0:
             try:
-                fcntl.flock(fd, _LOCK_EX_NB)
+                fcntl.flock(fd, LOCK_EX_NB)
                 held = True
             except BlockingIOError:
                 held = False
