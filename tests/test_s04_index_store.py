@@ -76,7 +76,7 @@ def bytes_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], int]:
 
 _EXTERNAL = """
 import sys
-from replaylog.event import Event
+from replaylog.lines.envelope import Event
 from replaylog.log import append_event
 for i in range(int(sys.argv[2])):
     append_event(sys.argv[1], Event.new("Ext", "WP", {"i": i}, node_id="other-box",

@@ -1,4 +1,5 @@
-"""SPEC section 8, the fast read path (``replaylog.fastread``): it gives what the plain path gives.
+"""SPEC section 8, the fast read path (``replaylog.log.fastread``): it gives what the plain
+path gives.
 
 The plain path is :func:`~replaylog.log.scan_log` line by line, each line built with
 :func:`~replaylog.lines.build_line`. The fast path must give the same records (same
