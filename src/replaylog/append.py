@@ -110,7 +110,7 @@ class Appender:
         #    refuse ids it already holds, and reserve the Lamport values.
         with LogWriter(feature_dir, fsync=store.fsync) as writer:
             with index.write():
-                index._catch_up_locked(feature, writer.path, lock_log=False)
+                index.catch_up_locked(feature, writer.path, lock_log=False)
                 known = index.known_event_ids(feature, given_ids) if given_ids else []
                 if known:
                     # The same id again would be a second, different line of one event.

@@ -1,4 +1,4 @@
-"""The Lamport clock (SPEC section 10): reserve values, observe others', derive the rest.
+"""The Lamport clock (SPEC sections 4 and 10): reserve values, observe others', derive the rest.
 
 - **reserve**: an append takes its values from :class:`ClockFile`, the small file
   ``<index>-clock`` beside the index, under that file's own ``flock``

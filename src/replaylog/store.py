@@ -599,7 +599,7 @@ class EventStore:
                 index = self.index
                 with index.write():
                     # A broken index stops the move here, before the line is written.
-                    index._catch_up_locked(feature, writer.path, lock_log=False)
+                    index.catch_up_locked(feature, writer.path, lock_log=False)
                 writer.write([data])  # cut back to where it was if it fails
             except BaseException:
                 if writer.created:
@@ -621,7 +621,7 @@ class EventStore:
                     )
             try:
                 with index.write():
-                    index._catch_up_locked(feature, writer.path, lock_log=False)
+                    index.catch_up_locked(feature, writer.path, lock_log=False)
             except Exception as exc:  # noqa: BLE001 - the line is durable: never a failure
                 warnings.warn(
                     f"{record.event_id} is in the log; the index could not take it in yet"

@@ -136,7 +136,7 @@ class Index:
         """
         catchup.catch_up(self, feature, path, locked=locked)
 
-    def _catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
+    def catch_up_locked(self, feature: str, path: str, *, lock_log: bool) -> None:
         """Catch up with one log; call inside :meth:`write`."""
         catchup.catch_up_locked(self, feature, path, lock_log=lock_log)
 
