@@ -28,7 +28,7 @@ from sqlalchemy import create_engine
 
 from replaylog.errors import BadIndexError
 from replaylog.index import HEAD_REVISION, REVISIONS, Index, find_migrations, run_migrations, schema
-from replaylog.index.ddl import TABLES as _TABLES
+from replaylog.index.sql import TABLES as _TABLES
 from replaylog.store import EventStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """The replay index, ``queue.db`` (SPEC section 4), by role: :mod:`.core` (the
 :class:`Index` front), :mod:`.opening`, :mod:`.catchup`, :mod:`.remembered`,
-:mod:`.delivery`, :mod:`.rebuild`, :mod:`.locks`, and the schema in :mod:`.ddl`
-(plain SQL) and :mod:`.schema` (SQLAlchemy).
+:mod:`.delivery`, :mod:`.rebuild`, :mod:`.locks`, and the schema in :mod:`.sql`
+(plain SQL, with every raw statement) and :mod:`.schema` (SQLAlchemy).
 
 The names of :mod:`.delivery` are imported on first use: it loads SQLAlchemy, which
 the append path never imports.

@@ -6,9 +6,9 @@ are still there (:mod:`replaylog.index.remembered`). The ``logs`` table records 
 each log is indexed and what its prefix looked like.
 
 Ingesting lines is the hot path of ``replaylog append`` and of ``rebuild-index``, so the
-SQL here runs on the standard ``sqlite3`` module: importing SQLAlchemy alone takes
-several times longer than a whole append. Lock order: the log's ``flock`` first, then
-the SQLite write lock (:mod:`replaylog.index.core`).
+SQL here (in :mod:`replaylog.index.sql`) runs on the standard ``sqlite3`` module:
+importing SQLAlchemy alone takes several times longer than a whole append. Lock order:
+the log's ``flock`` first, then the SQLite write lock (:mod:`replaylog.index.core`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,22 @@ from ..log.read import Unclean, line_object_at, scan_log
 from ..posix import open_regular
 from .opening import shared_lock
 from .remembered import remember, restore
+from .sql import (
+    DELETE_EVENTS,
+    DELETE_LOG,
+    FORGET_PROGRESS,
+    INSERT_EVENT,
+    KNOWN_FEATURES,
+    LOG_FILE_ID,
+    LOG_PROGRESS,
+    PROGRESS,
+    RELEASE_CLEAN_INGEST,
+    ROLLBACK_TO_CLEAN_INGEST,
+    SAVE_PROGRESS,
+    SAVEPOINT_CLEAN_INGEST,
+    known_ids_sql,
+    known_lines_sql,
+)
 
 if TYPE_CHECKING:
     from .core import Index
@@ -50,11 +66,7 @@ _HEAD_BYTES = 64 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
 
-_INSERT = (
-    'INSERT INTO events (feature, line, "offset", length, event_id, event_type,'
-    " aggregate_id, node_id, lamport) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Where a field sits in a row of _INSERT. The rows stay plain tuples: one is made for
+# Where a field sits in a row of INSERT_EVENT. The rows stay plain tuples: one is made for
 # every line taken in, and executemany takes them as they are.
 _LINE, _OFFSET, _EVENT_ID, _LAMPORT = 1, 2, 4, 8
 
@@ -72,23 +84,9 @@ class LogProgress(NamedTuple):
     prefix_crc: int | None  # CRC-32 of every byte indexed; None before revision 0002
 
 
-_LOG_PROGRESS = (
-    "SELECT size, lines, head_hash, tail_offset, tail_hash, max_lamport, file_id, prefix_crc"
-    " FROM logs WHERE feature = ?"
-)
-_SAVE_PROGRESS = (
-    "INSERT INTO logs (feature, size, lines, head_hash, tail_offset, tail_hash,"
-    " max_lamport, file_id, prefix_crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT(feature) DO UPDATE SET size = excluded.size, lines = excluded.lines,"
-    " head_hash = excluded.head_hash, tail_offset = excluded.tail_offset,"
-    " tail_hash = excluded.tail_hash, max_lamport = excluded.max_lamport,"
-    " file_id = excluded.file_id, prefix_crc = excluded.prefix_crc"
-)
-
-
 def log_progress(conn: sqlite3.Connection, feature: str) -> LogProgress | None:
     """The ``logs`` row of ``feature``, or None if its log was never indexed."""
-    row = conn.execute(_LOG_PROGRESS, (feature,)).fetchone()
+    row = conn.execute(LOG_PROGRESS, (feature,)).fetchone()
     return LogProgress._make(row) if row is not None else None
 
 
@@ -120,15 +118,13 @@ def _file_id(st: os.stat_result) -> str:
 
 def known_features(conn: sqlite3.Connection) -> list[str]:
     """The features whose log the index has taken in, by name."""
-    return [r[0] for r in conn.execute("SELECT feature FROM logs ORDER BY feature")]
+    return [r[0] for r in conn.execute(KNOWN_FEATURES)]
 
 
 def catch_up(index: Index, feature: str, path: str, *, locked: bool) -> None:
     """What :meth:`Index.catch_up` does: see there."""
     if not locked:
-        row = index.conn.execute(
-            "SELECT file_id FROM logs WHERE feature = ?", (feature,)
-        ).fetchone()
+        row = index.conn.execute(LOG_FILE_ID, (feature,)).fetchone()
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -160,8 +156,8 @@ def catch_up_locked(index: Index, feature: str, path: str, *, lock_log: bool) ->
         # The log is gone (a checkout to a branch without it, another --logs-dir): so
         # are its events, but not their delivery state, which comes back with them.
         remember(conn, feature)
-        conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
-        conn.execute("DELETE FROM logs WHERE feature = ?", (feature,))
+        conn.execute(DELETE_EVENTS, (feature,))
+        conn.execute(DELETE_LOG, (feature,))
         return
     if stat.S_ISLNK(st.st_mode):
         raise StoreError(
@@ -177,7 +173,7 @@ def catch_up_locked(index: Index, feature: str, path: str, *, lock_log: bool) ->
             start, start_line = row.size, row.lines
         else:
             remember(conn, feature)
-            conn.execute("DELETE FROM events WHERE feature = ?", (feature,))
+            conn.execute(DELETE_EVENTS, (feature,))
     index.ingest(feature, path, start=start, start_line=start_line, lock_log=lock_log, prior=row)
     restore(conn, feature)
 
@@ -229,22 +225,22 @@ def ingest(
     check_existing = start > 0 and not fresh
     # A clean log (the usual case) is read in large validated chunks; on anything
     # unusual, what the fast path inserted is undone and scan_log reads the log.
-    conn.execute("SAVEPOINT clean_ingest")
+    conn.execute(SAVEPOINT_CLEAN_INGEST)
     try:
         added = _ingest_clean(
             index, feature, path, start, start_line, lock_log, prior, check_existing
         )
     except Unclean:
-        conn.execute("ROLLBACK TO clean_ingest")
-        conn.execute("RELEASE clean_ingest")
+        conn.execute(ROLLBACK_TO_CLEAN_INGEST)
+        conn.execute(RELEASE_CLEAN_INGEST)
     except BaseException:
         if conn.in_transaction:  # not when SQLite rolled back by itself (disk full)
             with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK TO clean_ingest")
-                conn.execute("RELEASE clean_ingest")
+                conn.execute(ROLLBACK_TO_CLEAN_INGEST)
+                conn.execute(RELEASE_CLEAN_INGEST)
         raise
     else:
-        conn.execute("RELEASE clean_ingest")
+        conn.execute(RELEASE_CLEAN_INGEST)
         return added
     from ..lines import index_fields  # the slow path only: see scan_log
 
@@ -384,7 +380,7 @@ def _insert(
 ) -> int:
     if check_existing:
         rows = _drop_known(conn, feature, path, rows)
-    conn.executemany(_INSERT, rows)
+    conn.executemany(INSERT_EVENT, rows)
     return len(rows)
 
 
@@ -399,12 +395,7 @@ def _drop_known(
     ids = [r[_EVENT_ID] for r in rows]
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        for eid, line, offset in conn.execute(
-            f'SELECT event_id, line, "offset" FROM events WHERE feature = ?'
-            f" AND event_id IN ({marks})",
-            [feature, *chunk],
-        ):
+        for eid, line, offset in conn.execute(known_lines_sql(len(chunk)), [feature, *chunk]):
             known[eid] = (line, offset)
     if not known:
         return rows
@@ -470,7 +461,7 @@ def _record_progress(
     # again next time, so its file id is not recorded as seen.
     file_id = _file_id(st) if st.st_size == size else "-"
     conn.execute(
-        _SAVE_PROGRESS,
+        SAVE_PROGRESS,
         (feature, size, lines, head_hash, tail_offset, _sha(tail), max_lamport, file_id, crc),
     )
 
@@ -480,9 +471,7 @@ def forget_progress(index_path: str, feature: str) -> None:
     try:
         conn = sqlite3.connect(index_path, timeout=60.0, isolation_level=None)
         try:
-            conn.execute(
-                "UPDATE logs SET head_hash = '', file_id = '-' WHERE feature = ?", (feature,)
-            )
+            conn.execute(FORGET_PROGRESS, (feature,))
         finally:
             conn.close()
     except sqlite3.Error:
@@ -494,22 +483,13 @@ def known_event_ids(conn: sqlite3.Connection, feature: str, event_ids: Sequence[
     known: list[str] = []
     for i in range(0, len(event_ids), 500):
         chunk = event_ids[i : i + 500]
-        marks = ",".join("?" * len(chunk))
-        known.extend(
-            r[0]
-            for r in conn.execute(
-                f"SELECT event_id FROM events WHERE feature = ? AND event_id IN ({marks})",
-                [feature, *chunk],
-            )
-        )
+        known.extend(r[0] for r in conn.execute(known_ids_sql(len(chunk)), [feature, *chunk]))
     return known
 
 
 def progress(conn: sqlite3.Connection, feature: str) -> tuple[int, int, int] | None:
     """``(size, lines, max_lamport)`` indexed of a feature's log, or None."""
-    row = conn.execute(
-        "SELECT size, lines, max_lamport FROM logs WHERE feature = ?", (feature,)
-    ).fetchone()
+    row = conn.execute(PROGRESS, (feature,)).fetchone()
     if row is None:
         return None
     size, lines, max_lamport = row
@@ -529,7 +509,7 @@ def add_appended(
 ) -> None:
     """What :meth:`Index.add_appended` does, inside its write transaction: see there."""
     prior = log_progress(conn, feature)
-    conn.executemany(_INSERT, rows)
+    conn.executemany(INSERT_EVENT, rows)
     top = max(r[_LAMPORT] for r in rows)
     head_hash = None
     crc_from = (0, 0)

@@ -25,14 +25,9 @@ from ..clock import ClockFile
 from . import catchup, opening
 from .catchup import LogProgress
 from .remembered import restore
+from .sql import BEGIN_IMMEDIATE, COMMIT, RECORD_CLOCK, RECORDED_CLOCK, ROLLBACK
 
 __all__ = ["Index"]
-
-_RECORDED_CLOCK = "SELECT value FROM meta WHERE key = 'lamport'"
-_RECORD_CLOCK = (
-    "INSERT INTO meta (key, value) VALUES ('lamport', ?) ON CONFLICT(key)"
-    " DO UPDATE SET value = max(value, excluded.value)"
-)
 
 
 class Index:
@@ -65,7 +60,7 @@ class Index:
         if self._in_write:
             yield self.conn
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute(BEGIN_IMMEDIATE)
         self._in_write = True
         try:
             yield self.conn
@@ -75,10 +70,10 @@ class Index:
             # ROLLBACK would fail and hide the error that matters.
             if self.conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
+                    self.conn.execute(ROLLBACK)
             raise
         self._in_write = False
-        self.conn.execute("COMMIT")
+        self.conn.execute(COMMIT)
 
     # ------------------------------------------------------------------ clock
 
@@ -104,12 +99,12 @@ class Index:
 
     def _recorded_clock(self) -> int:
         """The index's own record of the clock (``meta``), 0 if it has none."""
-        row = self.conn.execute(_RECORDED_CLOCK).fetchone()
+        row = self.conn.execute(RECORDED_CLOCK).fetchone()
         return int(row[0]) if row else 0
 
     def _record_clock(self, value: int) -> None:
         """Raise the index's record of the clock to ``value`` (never lower it)."""
-        self.conn.execute(_RECORD_CLOCK, (value,))
+        self.conn.execute(RECORD_CLOCK, (value,))
 
     def clock(self) -> int:
         """The highest Lamport value issued or seen: the next append's is above it."""

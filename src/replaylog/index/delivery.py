@@ -28,6 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.pool import StaticPool
 
 from .schema import events
+from .sql import EMITTED_STATUS
 
 __all__ = ["Delivery", "PendingRow", "emitted_status"]
 
@@ -221,10 +222,7 @@ def emitted_status(
 
     Raw ``sqlite3``: one look-up by the unique index, on the connection the replay of
     the emit used, with no SQLAlchemy connection to open for it."""
-    row = conn.execute(
-        "SELECT status, last_error FROM events WHERE feature = ? AND event_id = ?",
-        (feature, event_id),
-    ).fetchone()
+    row = conn.execute(EMITTED_STATUS, (feature, event_id)).fetchone()
     if row is None:
         return None, None
     status, last_error = row

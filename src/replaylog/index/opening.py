@@ -22,8 +22,20 @@ from ..errors import (
     translate,
 )
 from ..posix import open_regular, wait_for_lock
-from .ddl import SCHEMA_SQL, TABLES
 from .locks import make_replay_lock
+from .sql import (
+    ALEMBIC_REVISION,
+    BEGIN_IMMEDIATE,
+    BUSY_TIMEOUT,
+    COMMIT,
+    JOURNAL_WAL,
+    LIST_TABLES,
+    ROLLBACK,
+    SCHEMA_SQL,
+    STAMP_REVISION,
+    SYNCHRONOUS_NORMAL,
+    TABLES,
+)
 
 __all__ = [
     "HEAD_REVISION",
@@ -83,9 +95,7 @@ def _tables(path: str) -> set[str] | None:
         try:
             conn = sqlite3.connect(uri + mode, uri=True)
             try:
-                return {
-                    r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                }
+                return {r[0] for r in conn.execute(LIST_TABLES)}
             finally:
                 conn.close()
         except sqlite3.Error:
@@ -167,14 +177,14 @@ def connect(path: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise _open_error(exc, path) from exc
     try:
-        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute(BUSY_TIMEOUT)
         # Refuse a foreign or newer database before anything changes it: switching
         # to WAL rewrites the file's header, and such a file must be left as it was.
         _check_schema(conn, path, migrate=False)
         _switch_to_wal(conn)
         # The index can always be rebuilt from the logs, so a commit need not wait
         # for the disk; WAL keeps it consistent after a crash all the same.
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(SYNCHRONOUS_NORMAL)
         _check_schema(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -201,10 +211,10 @@ def _forget_empty(path: str) -> None:
 
 def revision(conn: sqlite3.Connection) -> tuple[str | None, set[str]]:
     """The index's Alembic revision (None if it has none) and the names of its tables."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {r[0] for r in conn.execute(LIST_TABLES)}
     if "alembic_version" not in tables:
         return None, tables
-    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    row = conn.execute(ALEMBIC_REVISION).fetchone()
     return (row[0] if row else None), tables
 
 
@@ -239,17 +249,17 @@ def _check_schema(conn: sqlite3.Connection, path: str, *, migrate: bool = True) 
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the HEAD schema in an empty index, stamped as Alembic would stamp it."""
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(BEGIN_IMMEDIATE)
     try:
         # Looked at again under the write lock: another process may have just made it.
         if revision(conn) == (None, set()):
             for statement in SCHEMA_SQL:
                 conn.execute(statement)
-            conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (HEAD_REVISION,))
-        conn.execute("COMMIT")
+            conn.execute(STAMP_REVISION, (HEAD_REVISION,))
+        conn.execute(COMMIT)
     except BaseException:
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
+            conn.execute(ROLLBACK)
         raise
 
 
@@ -279,17 +289,17 @@ def run_migrations(conn: sqlite3.Connection, path: str) -> None:
         # One transaction around the whole upgrade, taken before looking at the revision
         # again: two processes opening a new index at once must not both create it. It
         # starts only now because SQLAlchemy's first connect ends any open transaction.
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(BEGIN_IMMEDIATE)
         try:
             if revision(conn)[0] != HEAD_REVISION:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
             if conn.in_transaction:
-                conn.execute("COMMIT")
+                conn.execute(COMMIT)
         except Exception as exc:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                    conn.execute(ROLLBACK)
             mapped = translate(exc, index=path, doing="upgrade the index")
             if isinstance(mapped, DiskError):
                 raise mapped from exc
@@ -307,7 +317,7 @@ def _switch_to_wal(conn: sqlite3.Connection) -> None:
     mode = None
     for attempt in range(200):
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = conn.execute(JOURNAL_WAL).fetchone()
             break
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or attempt == 199:

@@ -19,10 +19,21 @@ from ..errors import (
 )
 from ..posix import fsync_dir, fsync_file, refuse_links
 from .core import Index
-from .ddl import INDEX_NAMES, INDEX_SQL
 from .locks import replay_lock, replay_lock_path
 from .opening import foreign_file
 from .remembered import DeliveryState, delivery_states, remember_states
+from .sql import (
+    DROP_INDEX_SQL,
+    INDEX_SQL,
+    JOURNAL_DELETE,
+    JOURNAL_OFF,
+    RELEASE_ONE_LOG,
+    ROLLBACK_TO_ONE_LOG,
+    SAVEPOINT_ONE_LOG,
+    SYNCHRONOUS_FULL,
+    SYNCHRONOUS_OFF,
+    WAL_CHECKPOINT,
+)
 
 __all__ = ["rebuild"]
 
@@ -81,7 +92,7 @@ def _settle(index_path: str) -> None:
         try:
             conn = sqlite3.connect(index_path, timeout=60.0)
             try:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                conn.execute(WAL_CHECKPOINT)
             finally:
                 conn.close()
         except sqlite3.Error:
@@ -167,24 +178,24 @@ def _rebuild(
         # A temporary file that is thrown away on any failure: no journal, no syncing of
         # each page, and the indexes built once after the rows are in (much faster than
         # keeping them up to date row by row).
-        fresh.conn.execute("PRAGMA journal_mode = OFF")
-        fresh.conn.execute("PRAGMA synchronous = OFF")
-        for name in INDEX_NAMES:
-            fresh.conn.execute(f"DROP INDEX {name}")
+        fresh.conn.execute(JOURNAL_OFF)
+        fresh.conn.execute(SYNCHRONOUS_OFF)
+        for statement in DROP_INDEX_SQL:
+            fresh.conn.execute(statement)
         with fresh.write():
             for name, path in logs:
                 # Every log is read even after a bad one, so that all are listed (SPEC 10).
-                fresh.conn.execute("SAVEPOINT one_log")
+                fresh.conn.execute(SAVEPOINT_ONE_LOG)
                 try:
                     refuse_links(root, os.path.dirname(path))  # SPEC section 12
                     events += fresh.ingest(name, path, fresh=True)
                 except StoreError as exc:
                     if not is_log_problem(exc, path):
                         raise  # the new index's disk: no log can be indexed
-                    fresh.conn.execute("ROLLBACK TO one_log")
+                    fresh.conn.execute(ROLLBACK_TO_ONE_LOG)
                     exc.path = exc.path or path
                     bad[name] = exc
-                fresh.conn.execute("RELEASE one_log")
+                fresh.conn.execute(RELEASE_ONE_LOG)
                 if progress is not None:
                     progress(name, events)
             if bad and not skip_bad:
@@ -203,9 +214,9 @@ def _rebuild(
                     remember_states(fresh.conn, _old_states(index_path))
                     # Events of the logs take their state back; the others' is kept.
                     fresh._restore()
-            fresh.conn.execute("PRAGMA synchronous = FULL")
+            fresh.conn.execute(SYNCHRONOUS_FULL)
             # Leave a single self-contained file: no -wal to go astray in the rename.
-            fresh.conn.execute("PRAGMA journal_mode = DELETE")
+            fresh.conn.execute(JOURNAL_DELETE)
             fresh.close()
             fsync_file(temp)
             _settle(index_path)

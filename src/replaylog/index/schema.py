@@ -4,7 +4,7 @@
 delivery state; per log, how far it has been indexed; the Lamport clock; and the delivery
 state of events whose log is absent for now.
 Migrations in ``migrations/versions`` create exactly these tables, and
-:data:`replaylog.index.ddl.SCHEMA_SQL` holds them as plain DDL; tests check that all agree.
+:data:`replaylog.index.sql.SCHEMA_SQL` holds them as plain DDL; tests check that all agree.
 """
 
 from __future__ import annotations
