@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 
 from replaylog.errors import StoreError
 from replaylog.index import Index
-from replaylog.lines.envelope import Event, local_node_id
+from replaylog.lines.envelope import Event
+from replaylog.lines.ids import local_node_id
 from replaylog.log import append_event
 from replaylog.store import EventStore
 
