@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from replaylog.lines.envelope import Event
-from replaylog.log import EVENTS_FILENAME
-from replaylog.store import EventStore
+from replaylog import EVENTS_FILENAME, Event, EventStore
 
 #: The real spec-kitty logs (SPEC section 10): ``shared/`` is beside the repository
 #: (CI puts a copy next to its clone). Read-only: copy a feature before writing to it.

@@ -31,8 +31,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from replaylog.lines.envelope import Event
-from replaylog.lines.ids import generate_event_id
+from replaylog import Event, generate_event_id
 
 PG_URL = os.environ.get(
     "REPLAYLOG_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

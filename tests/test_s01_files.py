@@ -16,19 +16,17 @@ from pathlib import Path
 import pytest
 from conftest import lines_of, new_event
 
-from replaylog.errors import StoreError, UsageError
-from replaylog.lines.envelope import Event
-from replaylog.log import (
+from replaylog import (
     EVENTS_FILENAME,
+    Event,
+    StoreError,
+    UsageError,
     append_event,
     iter_events,
-    log_path,
     read_events,
     read_events_raw,
-    repair_log,
-    validate_feature_name,
-    verify_log,
 )
+from replaylog.log import log_path, repair_log, validate_feature_name, verify_log
 
 
 def test_first_append_creates_missing_directories(tmp_path: Path) -> None:

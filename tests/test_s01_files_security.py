@@ -40,13 +40,13 @@ from conftest import log_of
 from receiver import Action, Receiver, RecordedRequest, unused_port_url
 
 from replaylog import (
+    EVENTS_FILENAME,
     AuthenticationError,
     DeliveryError,
     EventStore,
     TransientDeliveryError,
+    UsageError,
 )
-from replaylog.errors import UsageError
-from replaylog.log import EVENTS_FILENAME
 from replaylog.replay import ReplayConfig, Replayer
 
 pytestmark = pytest.mark.reliability

@@ -24,12 +24,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from replaylog.errors import EventValidationError, UsageError
+from replaylog import (
+    EVENTS_FILENAME,
+    Event,
+    UsageError,
+    append_event,
+    generate_event_id,
+    read_events,
+    read_events_raw,
+    validate_ulid_format,
+)
+from replaylog.errors import EventValidationError
 from replaylog.lines import ids as event_module
 from replaylog.lines.canonical import MAX_LINE_BYTES, canonical_line
-from replaylog.lines.envelope import Event
-from replaylog.lines.ids import generate_event_id, local_node_id, validate_ulid_format
-from replaylog.log import EVENTS_FILENAME, append_event, read_events, read_events_raw
+from replaylog.lines.ids import local_node_id
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 A_ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"

@@ -15,21 +15,19 @@ from typing import Any
 import pytest
 from conftest import lines_of, new_event, typed, write_log
 
-from replaylog.errors import StoreError, UsageError
-from replaylog.lines.canonical import MAX_LINE_BYTES
-from replaylog.lines.envelope import Event
-from replaylog.log import (
+from replaylog import (
     EVENTS_FILENAME,
+    Event,
+    StoreError,
+    UsageError,
     append_event,
     append_events,
     iter_events,
-    log_path,
     read_events,
     read_events_raw,
-    repair_log,
-    scan_log,
-    verify_log,
 )
+from replaylog.lines.canonical import MAX_LINE_BYTES
+from replaylog.log import log_path, repair_log, scan_log, verify_log
 
 MiB = 1024 * 1024
 

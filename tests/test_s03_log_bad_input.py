@@ -41,17 +41,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from receiver import Receiver
 
-from replaylog import EventStore
-from replaylog.errors import StoreError
+from replaylog import EVENTS_FILENAME, Event, EventStore, StoreError, read_events, read_events_raw
 from replaylog.index import Index
-from replaylog.lines.envelope import EVENT_FIELDS, Event
-from replaylog.log import (
-    EVENTS_FILENAME,
-    read_events,
-    read_events_raw,
-    scan_log,
-    verify_log,
-)
+from replaylog.lines.envelope import EVENT_FIELDS
+from replaylog.log import scan_log, verify_log
 
 pytestmark = pytest.mark.reliability
 

@@ -17,17 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from replaylog.lines.envelope import Event
-from replaylog.log import (
+from replaylog import (
     EVENTS_FILENAME,
-    LogWriter,
+    Event,
     append_event,
     iter_events,
-    log_path,
     read_events,
     read_events_raw,
-    verify_log,
 )
+from replaylog.log import LogWriter, log_path, verify_log
 
 WRITER = r"""
 import os, sys, time

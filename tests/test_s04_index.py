@@ -26,10 +26,9 @@ from alembic.script import ScriptDirectory
 from broken_index import BREAKAGES, newer_revision
 from sqlalchemy import create_engine
 
-from replaylog.errors import BadIndexError
+from replaylog import BadIndexError, EventStore
 from replaylog.index import HEAD_REVISION, REVISIONS, Index, find_migrations, run_migrations, schema
 from replaylog.index.sql import TABLES as _TABLES
-from replaylog.store import EventStore
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

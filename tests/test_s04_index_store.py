@@ -38,12 +38,9 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replaylog.errors import StoreError
+from replaylog import Event, EventStore, StoreError, append_event
 from replaylog.index import Index
-from replaylog.lines.envelope import Event
 from replaylog.lines.ids import local_node_id
-from replaylog.log import append_event
-from replaylog.store import EventStore
 
 
 # Not made beforehand (unlike conftest's ``root``): the store creates what it needs.

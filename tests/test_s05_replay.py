@@ -19,7 +19,7 @@ import httpx
 import pytest
 from receiver import Action, Receiver, unused_port_url
 
-from replaylog.errors import (
+from replaylog import (
     AuthenticationError,
     DeliveryError,
     ReplaylogError,

@@ -14,9 +14,14 @@ from typing import Any
 import pytest
 from receiver import Action, Receiver, RecordedRequest, unused_port_url
 
-from replaylog import AuthenticationError, DeliveryError, EventStore, TransientDeliveryError
-from replaylog.errors import UsageError
-from replaylog.log import EVENTS_FILENAME
+from replaylog import (
+    EVENTS_FILENAME,
+    AuthenticationError,
+    DeliveryError,
+    EventStore,
+    TransientDeliveryError,
+    UsageError,
+)
 
 TOKEN = "s3cr3t-token-value-0123456789"
 

@@ -27,10 +27,7 @@ from conftest import (
     write_by_hand,
 )
 
-from replaylog.errors import StoreError, UsageError
-from replaylog.lines.envelope import Event
-from replaylog.log import EVENTS_FILENAME
-from replaylog.store import EventStore
+from replaylog import EVENTS_FILENAME, Event, EventStore, StoreError, UsageError
 
 ZERO = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
 

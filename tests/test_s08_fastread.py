@@ -22,19 +22,19 @@ from conftest import lines_of, new_event, typed, write_log
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from replaylog import Event, EventStore, StoreError
-from replaylog.clock import lamport_of
-from replaylog.lines import Line, build_line, index_fields
-from replaylog.log import (
+from replaylog import (
     EVENTS_FILENAME,
+    Event,
+    EventStore,
+    StoreError,
     append_events,
-    fastread,
     iter_events,
-    log_path,
     read_events,
     read_events_raw,
-    scan_log,
 )
+from replaylog.clock import lamport_of
+from replaylog.lines import Line, build_line, index_fields
+from replaylog.log import fastread, log_path, scan_log
 
 Outcome = tuple[Any, ...]
 

@@ -22,8 +22,16 @@ from typing import Any
 
 import pytest
 
-from replaylog import EventStore
-from replaylog.errors import StoreError, UsageError
+from replaylog import (
+    EVENTS_FILENAME,
+    Event,
+    EventStore,
+    StoreError,
+    UsageError,
+    append_event,
+    read_events,
+    read_events_raw,
+)
 from replaylog.gitmerge import (
     ATTRIBUTES_LINE,
     MergeConflict,
@@ -33,8 +41,6 @@ from replaylog.gitmerge import (
     merge_logs,
 )
 from replaylog.index import Index
-from replaylog.lines.envelope import Event
-from replaylog.log import EVENTS_FILENAME, append_event, read_events, read_events_raw
 
 # Ids are ULID-shaped; a letter at the end tells them apart and is *not* sorted below.
 ID_A = "01HZZZZZZZZZZZZZZZZZZZZZZA"

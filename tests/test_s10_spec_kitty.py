@@ -20,9 +20,19 @@ from typing import Any
 import pytest
 from receiver import Receiver
 
-from replaylog import Event, EventStore, StoreError, UsageError, read_events, read_events_raw
+from replaylog import (
+    Annotation,
+    Event,
+    EventStore,
+    Record,
+    StatusEvent,
+    StoreError,
+    UsageError,
+    read_events,
+    read_events_raw,
+)
 from replaylog.clock import derive_clocks, lamport_of
-from replaylog.lines import Annotation, Record, StatusEvent, check_line
+from replaylog.lines import check_line
 from replaylog.log import log_path
 
 KIND_TYPES = {

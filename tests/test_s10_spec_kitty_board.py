@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from spec_kitty_reader import SpecKittyReadError, read_event_stream, read_lanes
 
+from replaylog import StoreError, UsageError
 from replaylog.board import (
     ALLOWED_MOVES,
     LANES,
@@ -27,7 +28,6 @@ from replaylog.board import (
     render,
     snapshot,
 )
-from replaylog.errors import StoreError, UsageError
 
 SNAPSHOT_FIELDS = ("event_count", "last_event_id", "materialized_at", "summary", "work_packages")
 MISSION_FIELDS = ("mission_slug", "mission_number", "mission_type")

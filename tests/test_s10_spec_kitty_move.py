@@ -26,11 +26,17 @@ import pytest
 from click.testing import CliRunner
 from spec_kitty_reader import read_event_stream, read_lanes
 
-from replaylog import EventStore, StoreError, UsageError, read_events_raw
+from replaylog import (
+    EventStore,
+    LogsUnreadableError,
+    ReplaylogWarning,
+    StatusEvent,
+    StoreError,
+    UsageError,
+    read_events_raw,
+)
 from replaylog.board import ALLOWED_MOVES, LANES, new_transition, render, snapshot
 from replaylog.cli import main
-from replaylog.errors import LogsUnreadableError, ReplaylogWarning
-from replaylog.lines import StatusEvent
 
 #: No REPLAYLOG_* setting of the caller's reaches a test, and fsync is off.
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -33,8 +33,7 @@ from server_fixtures import (
     terminate_pg_connections,
 )
 
-from replaylog import EventStore
-from replaylog.errors import TransientDeliveryError
+from replaylog import EventStore, TransientDeliveryError
 
 pytestmark = pytest.mark.reliability
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from replaylog.errors import ReceiverError, UsageError
+from replaylog import UsageError
+from replaylog.errors import ReceiverError
 from replaylog.server import Storage
 from replaylog.server.storage import HEAD_REVISION, REVISIONS, VERSION_TABLE, find_migrations
 

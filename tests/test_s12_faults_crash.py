@@ -45,8 +45,7 @@ import httpx
 import pytest
 from receiver import Receiver, RecordedRequest
 
-from replaylog import BadIndexError, Event, EventStore
-from replaylog.log import EVENTS_FILENAME
+from replaylog import EVENTS_FILENAME, BadIndexError, Event, EventStore
 
 pytestmark = pytest.mark.reliability
 

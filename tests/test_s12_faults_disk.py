@@ -36,17 +36,19 @@ import pytest
 from cli_run import Run
 from receiver import Receiver
 
-from replaylog import EventStore, ReplaylogError
-from replaylog.errors import (
+from replaylog import (
+    EVENTS_FILENAME,
     AccessDeniedError,
     BadIndexError,
     DiskError,
     DiskFullError,
+    Event,
+    EventStore,
+    ReplaylogError,
     ReplaylogWarning,
-    translate,
+    append_event,
 )
-from replaylog.lines.envelope import Event
-from replaylog.log import EVENTS_FILENAME, append_event
+from replaylog.errors import translate
 
 pytestmark = pytest.mark.reliability
 

@@ -30,8 +30,7 @@ import pytest
 from cli_run import Run
 from conftest import clock_file, log_of
 
-from replaylog import Event, EventStore
-from replaylog.errors import UsageError
+from replaylog import Event, EventStore, UsageError
 from replaylog.lines.canonical import MAX_LINE_BYTES, MAX_NESTING
 
 FEATURE = "feat"

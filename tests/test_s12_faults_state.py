@@ -23,8 +23,7 @@ import pytest
 from cli_run import Run
 from receiver import Receiver, RecordedRequest
 
-from replaylog import Event, EventStore
-from replaylog.log import EVENTS_FILENAME
+from replaylog import EVENTS_FILENAME, Event, EventStore
 
 pytestmark = pytest.mark.reliability
 
