@@ -162,6 +162,32 @@ def test_features_lists_every_log_sorted(store: EventStore, root: Path) -> None:
     assert store.features() == ["Alpha", "mid.1", "zeta"]
 
 
+def test_log_of_a_feature_without_a_log_raises_before_any_line(
+    store: EventStore, root: Path
+) -> None:
+    store.append("real", "Created", "WP01")
+    with pytest.raises(StoreError, match="feature 'nosuch' has no log"):
+        store.log("nosuch")  # raised by the call itself, not when iterating
+    assert not (root / "kitty-specs" / "nosuch").exists()
+    assert [e.event_type for e in store.log("real", limit=1)] == ["Created"]
+
+
+@pytest.mark.parametrize(
+    ("value", "fsync"),
+    [(None, True), ("1", True), ("0", False), (" False ", False), ("no", False), ("yes", True)],
+)
+def test_from_environment_turns_fsync_off_only_when_replaylog_fsync_says_so(
+    root: Path, monkeypatch: pytest.MonkeyPatch, value: str | None, fsync: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("REPLAYLOG_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("REPLAYLOG_FSYNC", value)
+    with EventStore.from_environment(root, logs_dir="logs") as s:
+        assert s.fsync is fsync
+        assert s.logs_root == os.path.join(str(root), "logs")
+
+
 def test_status_json_shape_is_exactly_the_spec(store: EventStore) -> None:
     store.append_many("feat-1", [{"event_type": "T", "aggregate_id": "A"}] * 3)
     store.append("feat-2", "T", "A")
