@@ -35,9 +35,18 @@ from replaylog import (
     validate_ulid_format,
 )
 from replaylog.errors import EventValidationError
+from replaylog.lines import canonical
 from replaylog.lines import ids as event_module
-from replaylog.lines.canonical import MAX_LINE_BYTES, canonical_line
-from replaylog.lines.ids import local_node_id
+from replaylog.lines.canonical import (
+    ITEM_KEYS,
+    MAX_LINE_BYTES,
+    LineTemplate,
+    canonical_line,
+    lines_of,
+    new_line_object,
+    new_lines,
+)
+from replaylog.lines.ids import generate_event_ids, local_node_id
 
 CROCKFORD = set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 A_ULID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
@@ -193,6 +202,33 @@ def test_ulids_parse_with_python_ulid_and_carry_the_current_time() -> None:
         parsed = ULID.from_str(eid)
         assert str(parsed) == eid
         assert before <= parsed.milliseconds <= after
+
+
+@pytest.mark.parametrize("low", [0, 5, 1000, 1023])
+@pytest.mark.parametrize("count", [1, 2, 24, 1024, 3000])
+def test_ulids_made_as_a_batch_count_up_by_one_from_above_the_last(
+    monkeypatch: pytest.MonkeyPatch, low: int, count: int
+) -> None:
+    """generate_event_ids gives what many generate_event_id calls in one millisecond give:
+    strictly increasing ids, each the one before plus one, across the 1,024 boundaries of
+    the last two digits; and the next single id is above them all (python-ulid decodes)."""
+    ahead = ((time.time_ns() // 1_000_000 + 10_000) << 80) | (7 << 20) | low
+    monkeypatch.setattr(event_module, "_last_ulid", ahead)
+    ids = generate_event_ids(count)
+    values = [int(ULID.from_str(eid)) for eid in ids]
+    assert len(ids) == count and all(validate_ulid_format(eid) for eid in ids)
+    assert [str(ULID.from_int(v)) for v in values] == ids
+    assert values == list(range(ahead + 1, ahead + 1 + count))
+    assert int(ULID.from_str(generate_event_id())) > values[-1]
+
+
+def test_ulids_made_as_a_batch_carry_the_current_time() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = generate_event_ids(100)
+    after = time.time_ns() // 1_000_000
+    assert ids == sorted(ids) and len(set(ids)) == 100
+    assert all(before <= ULID.from_str(eid).milliseconds <= after for eid in ids)
+    assert generate_event_ids(0) == []
 
 
 def _child_ids(conn: Any) -> None:
@@ -525,3 +561,103 @@ def test_any_json_payload_survives_append_and_read(tmp_path: Path, payload: dict
     assert back == written
     assert typed(back.payload) == typed(payload)
     assert typed(read_events_raw(feature)[0]["payload"]) == typed(payload)
+
+
+# ------------------------------------------------------- new lines made as a batch
+
+# Mostly what append_many writes as it is, now and then what it must refuse or escape.
+good_names = ["T", "WPStatusChanged", "é", "\U0001f600", "a{b}c"]
+names = st.sampled_from(good_names * 6 + ["\ud800", "", "x" * 201])
+optional_ids = st.sampled_from([None] * 6 + ["c-1", "ü", "\udc00", 5])
+odd_payloads = [[1], "text", {1: "x"}, {"x": math.nan}, {"big": "y" * (1 << 20)}]
+batch_items = st.lists(
+    st.fixed_dictionaries(
+        {"event_type": names, "aggregate_id": names},
+        optional={
+            "payload": st.none() | payloads | payloads | payloads | st.sampled_from(odd_payloads),
+            "causation_id": optional_ids,
+            "correlation_id": optional_ids,
+        },
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _one_by_one(
+    monkeypatch: pytest.MonkeyPatch, items: list[dict[str, Any]], ids: list[str], now: str
+) -> tuple[list[dict[str, Any]], list[LineTemplate]]:
+    """What new_line_object and LineTemplate.of_new give item by item, with these ids."""
+    given = iter(ids)
+    monkeypatch.setattr(canonical, "generate_event_id", lambda: next(given))
+    objs = [
+        new_line_object(
+            i["event_type"],
+            i["aggregate_id"],
+            i.get("payload"),
+            i.get("causation_id"),
+            i.get("correlation_id"),
+            "node-1",
+            now,
+        )
+        for i in items
+    ]
+    return objs, [LineTemplate.of_new(obj) for obj in objs]
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(items=batch_items)
+def test_a_batch_of_new_lines_is_what_one_by_one_makes(
+    monkeypatch: pytest.MonkeyPatch, items: list[dict[str, Any]]
+) -> None:
+    """new_lines (append_many's column-by-column path) gives the very objects and lines
+    of the item-by-item path, or None for a batch that path must judge (it names the
+    problem); never a batch the item-by-item path would refuse."""
+    now = "2026-12-01T12:00:00.000000Z"
+    made_ids: list[str] = []
+    real_ids = canonical.generate_event_ids
+    with monkeypatch.context() as m:
+        m.setattr(
+            canonical, "generate_event_ids", lambda n: made_ids.extend(real_ids(n)) or made_ids
+        )
+        try:
+            made = new_lines(items, "node-1", now)
+        except EventValidationError as exc:  # a line that cannot be written, named
+            with pytest.raises(EventValidationError) as one_by_one:
+                _one_by_one(m, items, made_ids, now)
+            assert str(one_by_one.value) == str(exc)
+            return
+    if made is None:
+        return
+    objs, templates = made
+    assert not any(keys - ITEM_KEYS for keys in map(set, items))
+    with monkeypatch.context() as m:
+        expected_objs, expected_templates = _one_by_one(m, items, made_ids, now)
+    assert objs == expected_objs
+    assert list(map(type, templates)) == list(map(type, expected_templates))
+    assert templates == expected_templates
+    assert lines_of(templates, 7) == [t.line(7 + k) for k, t in enumerate(expected_templates)]
+
+
+def test_a_plain_batch_takes_the_column_path_and_a_doubtful_one_does_not() -> None:
+    plain = [
+        {"event_type": "T", "aggregate_id": f"A{i}", "payload": {"n": i, "s": "x"}}
+        for i in range(100)
+    ]
+    made = new_lines([*plain, {"event_type": "T", "aggregate_id": "B"}], "node-1", "now")
+    assert made is not None
+    objs, templates = made
+    assert [o["aggregate_id"] for o in objs[:3]] == ["A0", "A1", "A2"] and objs[-1]["payload"] == {}
+    assert json.loads(templates[0].line(1)) == {**objs[0], "lamport_clock": 1}
+    for doubtful in (
+        {"event_type": "T"},
+        {"event_type": "T", "aggregate_id": "A", "payload": {"x": math.nan}},
+        {"event_type": "T", "aggregate_id": "A", "payload": [1]},
+        {"event_type": "T", "aggregate_id": "A", "extra": 1},
+        {"event_type": 5, "aggregate_id": "A"},
+    ):
+        assert new_lines([*plain, doubtful], "node-1", "now") is None

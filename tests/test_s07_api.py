@@ -347,3 +347,20 @@ def test_close_and_context_manager_release_the_index(root: Path) -> None:
     store.close()  # twice is harmless
     assert store.status()["totals"]["events"] == 1  # and the store opens it again
     store.close()
+
+
+def test_a_large_batch_to_an_open_log_is_indexed_when_append_many_returns(
+    store: EventStore,
+) -> None:
+    """Single appends to a log the store keeps open leave the index behind (SPEC section
+    4 lets it catch up later); a batch of many events is taken in at once, with the lines
+    appended before it, so no later command reads the batch back."""
+    store.append("f1", "T", "A")
+    store.append("f1", "T", "A")  # to the open log: not indexed yet
+    store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 100)
+    with sqlite3.connect(store.index_path) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM events WHERE feature = 'f1'").fetchone()
+        clocks = [c for (c,) in conn.execute("SELECT lamport FROM events ORDER BY line")]
+    assert count == 102
+    assert clocks == list(range(clocks[0], clocks[0] + 102))
+    assert [e.lamport_clock for e in store.read("f1")] == clocks

@@ -15,10 +15,12 @@ import fcntl
 import os
 import sqlite3
 import warnings
+from itertools import accumulate, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from .errors import ReplaylogWarning, StoreError, UsageError, translate
-from .lines.canonical import LineTemplate
+from .lines.canonical import LineTemplate, lines_of
 from .lines.envelope import Event, build_event, build_events
 from .log import LogWriter, write_durably
 from .posix import LOCK_EX_NB, wait_for_lock
@@ -28,6 +30,11 @@ if TYPE_CHECKING:
     from .store import EventStore
 
 __all__ = ["Appender", "OpenLog"]
+
+#: A batch of at least this many lines runs the whole transaction even when the log is
+#: open: the index takes it in at once from the rows made here, which costs less than
+#: reading the batch back at the next catch-up, and a batch pays the lock once.
+_BATCH = 64
 
 
 class OpenLog:
@@ -87,7 +94,7 @@ class Appender:
         construction, so only those are looked up in the index, and only a batch without
         them can take the fast path).
         """
-        if not given_ids:
+        if not given_ids and len(objs) < _BATCH:
             events = self.append_to_open_log(store, feature, templates, objs)
             if events is not None:
                 return events
@@ -122,29 +129,30 @@ class Appender:
             progress = index.progress(feature)
             size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
             # 2. Write and fsync (cut back if it fails: all of the batch or nothing).
-            lines = [t.line(first + k) for k, t in enumerate(templates)]
+            lines = lines_of(templates, first)
             offset = writer.write(lines)
             # 3. Record the new lines in the index, without reading them back. A torn
             #    (but valid) last line was completed by this write: it is a line too.
             number = lines_before + (1 if size_before < offset else 0)
-            rows = []
-            for k, (line, obj) in enumerate(zip(lines, objs, strict=True)):
-                clock = obj["lamport_clock"] = first + k
-                number += 1
-                rows.append(
-                    (
-                        feature,
-                        number,
-                        offset,
-                        len(line) - 1,
-                        obj["event_id"],
-                        obj["event_type"],
-                        obj["aggregate_id"],
-                        obj["node_id"],
-                        clock,
-                    )
+            count = len(lines)
+            clocks = range(first, first + count)
+            list(map(dict.__setitem__, objs, repeat("lamport_clock"), clocks))
+            lengths = list(map(len, lines))
+            offsets = list(accumulate(lengths, initial=offset))
+            rows = list(
+                zip(
+                    repeat(feature),
+                    range(number + 1, number + 1 + count),
+                    offsets,
+                    map((-1).__add__, lengths),  # without the newline
+                    map(itemgetter("event_id"), objs),
+                    map(itemgetter("event_type"), objs),
+                    map(itemgetter("aggregate_id"), objs),
+                    map(itemgetter("node_id"), objs),
+                    clocks,
                 )
-                offset += len(line)
+            )
+            number += count
             try:
                 index.add_appended(
                     feature,
@@ -220,7 +228,7 @@ class Appender:
             if len(templates) == 1:
                 data = templates[0].line(first)
             else:
-                data = b"".join([t.line(first + k) for k, t in enumerate(templates)])
+                data = b"".join(lines_of(templates, first))
             try:
                 write_durably(fd, data, open_log.size, store.fsync, open_log.path)
             except BaseException:

@@ -36,7 +36,7 @@ from .errors import (
 )
 from .index import Index
 from .index.locks import replay_lock
-from .lines.canonical import LineTemplate, new_line_object
+from .lines.canonical import ITEM_KEYS, LineTemplate, new_line_object, new_lines
 from .lines.envelope import Event
 from .lines.ids import local_node_id, utc_now
 from .posix import open_regular, refuse_links
@@ -70,6 +70,7 @@ def find_root(start: str | None = None) -> str:
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_DICT_TYPE = frozenset({dict})
 
 
 def _edge(method: _F) -> _F:
@@ -312,9 +313,16 @@ class EventStore:
         optional ``causation_id`` and ``correlation_id``.
         """
         now = utc_now()
+        items = events if type(events) is list else list(events)
+        if items and set(map(type, items)) == _DICT_TYPE:
+            # New events from plain dicts, the usual batch: made column by column.
+            made = new_lines(cast("list[dict[str, Any]]", items), self.node_id, now)
+            if made is not None:
+                objs, templates = made
+                return self._append(feature, objs, templates=templates)
         objs = []
         given_ids = []
-        for item in events:
+        for item in items:
             if isinstance(item, Event):
                 if item.absent:
                     raise UsageError(
@@ -331,9 +339,7 @@ class EventStore:
                 )
         return self._append(feature, objs, given_ids)
 
-    _ITEM_KEYS = frozenset(
-        {"event_type", "aggregate_id", "payload", "causation_id", "correlation_id"}
-    )
+    _ITEM_KEYS = ITEM_KEYS
 
     def _new_line_object(self, item: Mapping[str, Any], now: str) -> dict[str, Any]:
         """The line object of a new event from a mapping, validated (no Event built)."""
@@ -354,19 +360,25 @@ class EventStore:
         )
 
     def _append(
-        self, feature: str, objs: list[dict[str, Any]], given_ids: list[str] | None = None
+        self,
+        feature: str,
+        objs: list[dict[str, Any]],
+        given_ids: list[str] | None = None,
+        templates: list[LineTemplate] | None = None,
     ) -> list[Event]:
         """Append line objects; ``given_ids``: ids that came from the caller's Events (ids
-        made here are new by construction, so only those are looked up in the index)."""
+        made here are new by construction, so only those are looked up in the index);
+        ``templates``: the objects' lines, when made with them (new ids, all distinct)."""
         feature_dir = self.feature_dir(feature)
         if not objs:
             return []
-        # Serializing checks everything that can be refused, before the log is touched.
-        templates = [LineTemplate.of(obj) for obj in objs]
-        ids = [obj["event_id"] for obj in objs]
-        if len(set(ids)) != len(ids):
-            twice = next(i for i in ids if ids.count(i) > 1)
-            raise UsageError(f"event {twice} is twice in one append; each event_id once")
+        if templates is None:
+            # Serializing checks everything that can be refused, before the log is touched.
+            templates = [LineTemplate.of(obj) for obj in objs]
+            ids = [obj["event_id"] for obj in objs]
+            if len(set(ids)) != len(ids):
+                twice = next(i for i in ids if ids.count(i) > 1)
+                raise UsageError(f"event {twice} is twice in one append; each event_id once")
         return self._appender.append(self, feature, feature_dir, templates, objs, given_ids)
 
     # ------------------------------------------------------------------ reading

@@ -21,6 +21,7 @@ import stat
 import zlib
 from collections.abc import Sequence
 from itertools import repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import derive_clocks
@@ -510,7 +511,7 @@ def add_appended(
     """What :meth:`Index.add_appended` does, inside its write transaction: see there."""
     prior = log_progress(conn, feature)
     conn.executemany(INSERT_EVENT, rows)
-    top = max(r[_LAMPORT] for r in rows)
+    top = max(map(itemgetter(_LAMPORT), rows))
     head_hash = None
     crc_from = (0, 0)
     if prior is not None:

@@ -77,6 +77,34 @@ def generate_event_id() -> str:
     return _encode_ulid(value)
 
 
+def generate_event_ids(count: int) -> list[str]:
+    """``count`` new ULIDs in increasing order, as ``count`` calls of
+    :func:`generate_event_id` would give them within one millisecond: a random first one,
+    then each the one before plus one. Made 1,024 at a time: the ids of one run of the
+    last two digits share the 24 before them, so each is that prefix plus a digit pair."""
+    global _last_ulid
+    if count <= 0:
+        return []
+    with _ulid_lock:
+        first = (time.time_ns() // 1_000_000) << 80 | _random_bits(80)
+        if first <= _last_ulid:
+            first = _last_ulid + 1
+        last = first + count - 1
+        if last >> 128:  # pragma: no cover - past the year 10889
+            raise OverflowError("no ULID is left above the last one made")
+        _last_ulid = last
+    pairs = _PAIRS
+    ids: list[str] = []
+    value = first
+    while value <= last:
+        low = value & 1023
+        stop = min(1024, low + last - value + 1)
+        prefix = _encode_ulid(value)[:24]
+        ids.extend(map(prefix.__add__, pairs[low:stop]))
+        value += stop - low
+    return ids
+
+
 def _forget_last_ulid() -> None:
     # A forked child must not count up from its parent's last id: both would make the
     # same ids within one millisecond. It starts afresh from the clock and new randomness.
