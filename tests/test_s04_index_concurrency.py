@@ -509,7 +509,14 @@ def test_cli_appends_racing_lose_nothing_and_keep_order_and_clock(
             except subprocess.TimeoutExpired:
                 errors.append(f"{name} seq {seq}: timed out")
                 return
-            if proc.returncode != 0 or proc.stderr:
+            # A wait of over a second for a lock is said on stderr (README, "The log"): on a
+            # loaded machine eight writers may cause one. Anything else there is a fault.
+            said = [
+                line
+                for line in proc.stderr.splitlines()
+                if not line.startswith("replaylog: waiting for ")
+            ]
+            if proc.returncode != 0 or said:
                 errors.append(f"{name} seq {seq}: exit {proc.returncode}: {proc.stderr[-500:]}")
                 return
             event = json.loads(proc.stdout)
