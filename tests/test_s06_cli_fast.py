@@ -10,6 +10,7 @@ in real processes on real files, compared output for output and file for file.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import inspect
 import json
@@ -32,6 +33,8 @@ from hypothesis import strategies as st
 
 import replaylog.cli
 from replaylog import fastcli
+from replaylog.index.catchup import _sha
+from replaylog.lines.ids import builtin_sha256
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -594,7 +597,9 @@ def test_a_full_standard_output_fails_both_paths_alike(tmp_path: Path) -> None:
 
 
 #: Modules the fast path must not import: click, and what only other paths need.
-NOT_ON_THE_FAST_PATH = ["click", "sqlalchemy", "alembic", "httpx"]
+NOT_ON_THE_FAST_PATH = ["click", "orjson", "urllib.parse", "sqlalchemy", "alembic", "httpx"]
+if importlib.util.find_spec("_sha2") or importlib.util.find_spec("_sha256"):
+    NOT_ON_THE_FAST_PATH.append("hashlib")  # OpenSSL: its own SHA-256 is used instead
 
 
 def test_the_fast_path_imports_no_click(tmp_path: Path) -> None:
@@ -641,3 +646,34 @@ def test_other_command_lines_still_run_click(tmp_path: Path, args: list[str]) ->
     assert fast == slow
     assert fast["code"] == 0, fast
     assert fast["out"], fast
+
+
+# --------------------------------------------------------------------------- SHA-256
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 70_000])
+def test_the_index_hashes_as_hashlib_does(size: int) -> None:
+    data = os.urandom(size)
+    assert _sha(data) == hashlib.sha256(data).hexdigest()
+    assert builtin_sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_the_node_id_is_the_sha256_of_machine_and_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    from replaylog.lines import ids
+
+    monkeypatch.delenv("REPLAYLOG_NODE_ID", raising=False)
+    monkeypatch.setattr(ids, "_node_id_cache", None)
+    node = ids.local_node_id()
+    machine = ""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            machine = Path(path).read_text(encoding="ascii").strip()
+            break
+        except OSError:
+            continue
+    if not machine:
+        import socket
+
+        machine = socket.gethostname()
+    seed = f"replaylog-node\0{machine}\0{os.getuid()}"
+    assert node == hashlib.sha256(seed.encode()).hexdigest()[:16]
