@@ -3,6 +3,9 @@
 Exit codes: 0 ok; 1 data or I/O error; 2 usage; 3 replay left events pending after
 transient failures; 4 authentication refused. An error is one ``Error: ...`` line on
 stderr, or with ``--json`` an ``{"error": {"type", "message"}}`` object on stdout.
+
+A plain ``append`` runs without click, through :mod:`replaylog.fastcli` (SPEC section
+8), which calls the same :func:`~replaylog.fastcli.append_command` as the command here.
 """
 
 from __future__ import annotations
@@ -687,7 +690,8 @@ def serve(host: str, port: int, db: str, tokens_file: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``replaylog`` and ``python -m replaylog``."""
+    """The click CLI: :func:`replaylog.fastcli.main`, the entry point of ``replaylog`` and
+    ``python -m replaylog``, calls it with every command line it does not run itself."""
     args = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=args, prog_name="replaylog", standalone_mode=False)
