@@ -144,8 +144,8 @@ def _click_call(args: list[str]) -> dict[str, Any] | None:
     try:
         with CliRunner().isolation():
             replaylog.cli.cli.main(args=args, prog_name="replaylog", standalone_mode=False)
-    except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
-        return None
+    except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit, SystemExit):
+        pass  # click refused the command line, or ran another command
     finally:
         replaylog.cli.append_command = original
     return seen or None
