@@ -3,32 +3,30 @@
 Exit codes: 0 ok; 1 data or I/O error; 2 usage; 3 replay left events pending after
 transient failures; 4 authentication refused. An error is one ``Error: ...`` line on
 stderr, or with ``--json`` an ``{"error": {"type", "message"}}`` object on stdout.
+
+A plain ``append`` runs without click, through :mod:`replaylog.fastcli` (SPEC section
+8), which calls the same :func:`~replaylog.fastcli.append_command` as the command here.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from ._version import __version__
-from .errors import (
-    LogsUnreadableError,
-    ReplaylogError,
-    ReplaylogWarning,
-    StoreError,
-    UsageError,
-    translate,
-)
-from .store import DEFAULT_LOGS_DIR, EventStore, find_root
+from .errors import LogsUnreadableError, UsageError
+from .fastcli import CliContext as _Context
+from .fastcli import append_command, exit_for, json_object, read_file_text
+from .fastcli import errors as _errors
+from .fastcli import fail as _fail
+from .fastcli import json_out as _json_out
+from .store import DEFAULT_LOGS_DIR
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,88 +37,6 @@ Exit codes:
   2  usage error (bad feature name, bad JSON payload, missing URL)
   3  replay left events pending after transient failures
   4  authentication refused by the server"""
-
-
-def _json_out(obj: Any) -> None:
-    click.echo(json.dumps(obj, sort_keys=True))
-
-
-def _fail(exc: BaseException, code: int, as_json: bool, message: str | None = None) -> NoReturn:
-    message = message or str(exc) or type(exc).__name__
-    if isinstance(exc, StoreError) and exc.path and exc.path not in message:
-        message = f"{exc.path}: {message}"
-    if isinstance(exc, StoreError) and exc.line and "replaylog repair" not in message:
-        # A bad line inside a log is never changed by replaylog: say what to do with it.
-        message += (
-            "; replaylog changes no line of a log: correct or remove this one by hand"
-            " (`replaylog verify` lists every problem)"
-        )
-    message = " ".join(message.split("\n"))
-    try:
-        if as_json:
-            _json_out({"error": {"type": type(exc).__name__, "message": message}})
-        else:
-            click.echo(f"Error: {message}", err=True)
-    except OSError as out:  # standard output itself cannot be written (a full disk)
-        _output_failed(out)
-    sys.exit(code)
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that Python's flush at exit does not fail again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, io.UnsupportedOperation):
-        pass
-
-
-def _output_failed(exc: OSError) -> NoReturn:
-    """The command's own output could not be written: one line on stderr, exit 1."""
-    _silence_stdout()
-    try:
-        click.echo(
-            f"Error: cannot write the output to standard output: {exc.strerror or exc};"
-            " nothing more was printed",
-            err=True,
-        )
-    except OSError:
-        pass
-    sys.exit(1)
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Turn every failure into one line (or JSON object) and its documented exit code,
-    and the library's warnings into ``Warning: ...`` lines on stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ReplaylogWarning)
-        try:
-            yield
-        except ReplaylogError as exc:
-            _fail(exc, exc.exit_code, as_json)
-        except (click.ClickException, BrokenPipeError):
-            raise  # main() handles these: a closed pipe is not worth an error message
-        except OSError as exc:
-            if exc.filename is None:
-                # The library names the file of every error it raises: an error without
-                # one is the command's own output failing (stdout on a full disk).
-                _output_failed(exc)
-            mapped = translate(exc)
-            _fail(mapped or exc, mapped.exit_code if mapped else 1, as_json)
-        except Exception as exc:
-            # The library maps its errors at its edge; this is the same mapping, for
-            # anything that did not go through it.
-            mapped = translate(exc)
-            if mapped is not None:
-                _fail(mapped, mapped.exit_code, as_json)
-            if isinstance(exc, ValueError):
-                _fail(exc, 1, as_json)
-            raise
-        finally:
-            for warning in caught:
-                if issubclass(warning.category, ReplaylogWarning):
-                    click.echo(f"Warning: {warning.message}", err=True)
 
 
 T = TypeVar("T")
@@ -151,16 +67,6 @@ def _fail_bad_logs(exc: LogsUnreadableError, as_json: bool, shown: dict[str, Any
         where = f"{_shown_path(path)}:{line}" if line else _shown_path(path)
         click.echo(f"{where}: {message}")
     _fail(exc, 1, False)
-
-
-class _Context:
-    def __init__(self, root: str | None, logs_dir: str, index: str | None) -> None:
-        self.root = os.path.abspath(root) if root else find_root()
-        self.logs_dir = logs_dir
-        self.index = index
-
-    def store(self) -> EventStore:
-        return EventStore.from_environment(self.root, logs_dir=self.logs_dir, index_path=self.index)
 
 
 pass_ctx = click.make_pass_decorator(_Context)
@@ -239,47 +145,6 @@ def server_options(f: F) -> F:
     )(f)
 
 
-def _read_file_text(path: str, what: str) -> tuple[str, str]:
-    """``(where, text)`` of a file named by an option, ``-`` for standard input."""
-    where = "standard input" if path == "-" else path
-    try:
-        if path == "-":
-            return where, sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return where, f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the {what} from {where}: {exc}") from exc
-
-
-def _json_object(text: str, what: str, where: str) -> dict[str, Any]:
-    """A JSON object given by the user (no NaN or Infinity), or a UsageError naming it."""
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed in the {what}")
-
-    try:
-        value = json.loads(text, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"the {what} from {where} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise UsageError(
-            f"the {what} from {where} must be a JSON object, not {type(value).__name__}"
-        )
-    return value
-
-
-def _read_payload(payload: str | None, payload_file: str | None) -> dict[str, Any] | None:
-    if payload is not None and payload_file is not None:
-        raise UsageError("give --payload or --payload-file, not both")
-    if payload_file is not None:
-        where, text = _read_file_text(payload_file, "payload")
-    elif payload is not None:
-        where, text = "--payload", payload
-    else:
-        return None
-    return _json_object(text, "payload", where)
-
-
 @cli.command(epilog=EXIT_CODES)
 @click.argument("feature")
 @click.option("--type", "event_type", required=True, help="The event type.")
@@ -320,41 +185,22 @@ def append(
     to the server; offline or failing, it stays pending, a warning is printed, and the
     command still succeeds.
     """
-    with _errors(as_json):
-        if sync and not url:
-            raise UsageError("--sync needs a server: give --url or set REPLAYLOG_URL")
-        body = _read_payload(payload, payload_file)
-        with ctx.store() as store:
-            if sync:
-                assert url is not None
-                result = store.emit(
-                    feature,
-                    event_type,
-                    aggregate_id,
-                    body,
-                    url=url,
-                    token=os.environ.get(token_env) or None,
-                    sync_timeout=sync_timeout,
-                    causation_id=causation_id,
-                    correlation_id=correlation_id,
-                    allow_insecure_http=allow_insecure_http,
-                )
-                event = result.event
-                if result.warning:
-                    click.echo(f"Warning: {result.warning}", err=True)
-            else:
-                event = store.append(
-                    feature,
-                    event_type,
-                    aggregate_id,
-                    body,
-                    causation_id=causation_id,
-                    correlation_id=correlation_id,
-                )
-        if as_json:
-            _json_out(event.to_dict())
-        else:
-            click.echo(event.event_id)
+    append_command(
+        ctx,
+        feature,
+        event_type,
+        aggregate_id,
+        payload,
+        payload_file,
+        causation_id,
+        correlation_id,
+        sync,
+        sync_timeout,
+        url,
+        token_env,
+        allow_insecure_http,
+        as_json,
+    )
 
 
 @cli.command("log", epilog=EXIT_CODES)
@@ -448,8 +294,8 @@ def _read_evidence(evidence_file: str | None) -> dict[str, Any] | None:
     """The evidence object of --evidence-file (a path, or - for stdin)."""
     if evidence_file is None:
         return None
-    where, text = _read_file_text(evidence_file, "evidence")
-    return _json_object(text, "evidence", where)
+    where, text = read_file_text(evidence_file, "evidence")
+    return json_object(text, "evidence", where)
 
 
 @cli.command(epilog=EXIT_CODES)
@@ -844,7 +690,8 @@ def serve(host: str, port: int, db: str, tokens_file: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``replaylog`` and ``python -m replaylog``."""
+    """The click CLI: :func:`replaylog.fastcli.main`, the entry point of ``replaylog`` and
+    ``python -m replaylog``, calls it with every command line it does not run itself."""
     args = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=args, prog_name="replaylog", standalone_mode=False)
@@ -859,20 +706,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("Error: interrupted", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        # The reader went away (`replaylog log F | head`): stop quietly, and keep Python
-        # from complaining again when it flushes stdout at exit.
-        _silence_stdout()
-        sys.exit(1)
-    except OSError as exc:
-        if exc.filename is None:
-            _output_failed(exc)
-        _fail(exc, 1, "--json" in args)
-    except Exception as exc:  # noqa: BLE001 - SPEC 6: an error is one line, never a traceback
-        kind = f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
-        _fail(exc, 1, "--json" in args, f"unexpected {kind}: {exc} (please report this)")
+    except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - SPEC 6: one line, no traceback
+        exit_for(exc, args)

@@ -14,7 +14,6 @@ the log's ``flock`` first, then the SQLite write lock (:mod:`replaylog.index.cor
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import stat
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..clock import derive_clocks
 from ..errors import StoreError
+from ..lines.ids import builtin_sha256
 from ..log.read import Unclean, line_object_at, scan_log
 from ..posix import open_regular
 from .opening import shared_lock
@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 _HEAD_BYTES = 64 * 1024
+_SMALL_HASH = 16 * 1024
 _CRC_BLOCK = 4 << 20
 _BATCH = 20_000
 
@@ -92,6 +93,10 @@ def log_progress(conn: sqlite3.Connection, feature: str) -> LogProgress | None:
 
 
 def _sha(data: bytes) -> str:
+    if len(data) <= _SMALL_HASH:  # the last line, the head of a short log: one append's
+        return builtin_sha256(data).hexdigest()
+    import hashlib  # OpenSSL's, several times faster on much data, but slow to import
+
     return hashlib.sha256(data).hexdigest()
 
 

@@ -9,7 +9,6 @@ import os
 import sqlite3
 import stat
 import time
-import urllib.parse
 from collections.abc import Iterator
 
 from ..errors import (
@@ -88,6 +87,8 @@ def _open_error(exc: BaseException, path: str) -> ReplaylogError:
 def _tables(path: str) -> set[str] | None:
     """The tables of the SQLite database at ``path``, read without changing anything, or
     None when SQLite cannot read them."""
+    import urllib.parse  # only to tell a foreign file: the open of an index stays light
+
     uri = f"file:{urllib.parse.quote(path)}"
     # Read-only first; then as an immutable file, which needs no shared-memory file
     # (none can be made on a full or read-only disk).

@@ -7,15 +7,28 @@ whose import alone costs more than a whole ``replaylog append``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashlib import sha256 as builtin_sha256
+else:
+    # SHA-256 without hashlib, whose import loads all of OpenSSL: more than an append costs.
+    try:
+        from _sha2 import sha256 as builtin_sha256  # Python 3.12 and later
+    except ImportError:
+        try:
+            from _sha256 import sha256 as builtin_sha256  # Python 3.11 and earlier
+        except ImportError:  # a Python built without them
+            from hashlib import sha256 as builtin_sha256
 
 __all__ = [
     "ULID_PATTERN",
+    "builtin_sha256",
     "generate_event_id",
     "local_node_id",
     "utc_now",
@@ -151,7 +164,7 @@ def local_node_id() -> str:
 
             machine = socket.gethostname()
         seed = f"replaylog-node\0{machine}\0{os.getuid() if hasattr(os, 'getuid') else 0}"
-        _node_id_cache = hashlib.sha256(seed.encode()).hexdigest()[:16]
+        _node_id_cache = builtin_sha256(seed.encode()).hexdigest()[:16]
     return _node_id_cache
 
 

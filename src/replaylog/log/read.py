@@ -27,10 +27,20 @@ if TYPE_CHECKING:
     from ..lines import Line
     from ..reports import Problem
 
-try:  # orjson parses several times faster; json is the fallback and the tie-breaker.
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - orjson is a dependency
-    _fast_loads = json.loads  # type: ignore[assignment]
+
+def _import_fast_loads(data: bytes) -> Any:
+    """Parse with orjson, imported on first use: its import costs about as much as a
+    whole ``replaylog append``, which parses no line of an up-to-date log."""
+    global _fast_loads
+    try:  # orjson parses several times faster; json is the fallback and the tie-breaker.
+        from orjson import loads
+    except ImportError:  # pragma: no cover - orjson is a dependency
+        loads = json.loads  # type: ignore[assignment]
+    _fast_loads = loads
+    return loads(data)
+
+
+_fast_loads: Callable[[bytes], Any] = _import_fast_loads
 
 __all__ = [
     "LogLine",
