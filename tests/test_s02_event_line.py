@@ -178,6 +178,18 @@ def test_ulids_made_in_one_millisecond_strictly_increase() -> None:
     assert same_ms > 1000
 
 
+def test_ulids_of_one_millisecond_count_up_by_one_from_a_random_first() -> None:
+    """Within a millisecond each id is the one before plus one (python-ulid decodes them),
+    across the 1,024 boundaries of the last two digits; a new millisecond starts anew."""
+    ids = [generate_event_id() for _ in range(20_000)]
+    values = [int(ULID.from_str(eid)) for eid in ids]
+    assert [str(ULID.from_int(v)) for v in values] == ids
+    steps = [b - a for a, b in pairwise(values)]
+    same_ms = [step for (a, b), step in zip(pairwise(ids), steps, strict=True) if a[:10] == b[:10]]
+    assert same_ms and set(same_ms) == {1}
+    assert any(b & 1023 == 0 for b in values[1:])  # a carry into the digits before was made
+
+
 def test_ulids_from_several_threads_are_unique_and_increase_per_thread() -> None:
     results: list[list[str]] = [[] for _ in range(4)]
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ReplaylogWarning, StoreError, UsageError, translate
 from .lines.canonical import LineTemplate, lines_of
-from .lines.envelope import Event, build_event, build_events
+from .lines.envelope import Event, build_events, build_new_event
 from .log import LogWriter, write_durably
 from .posix import LOCK_EX_NB, wait_for_lock
 
@@ -238,9 +238,9 @@ class Appender:
         finally:
             if open_log.fd >= 0:
                 flock(fd, fcntl.LOCK_UN)
-        if len(objs) == 1:
+        if len(objs) == 1:  # objects of new events only (given ids go the whole way)
             objs[0]["lamport_clock"] = first
-            return [build_event(objs[0])]
+            return [build_new_event(objs[0])]
         for k, obj in enumerate(objs):
             obj["lamport_clock"] = first + k
         return build_events(objs)

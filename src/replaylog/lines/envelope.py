@@ -33,6 +33,7 @@ __all__ = [
     "Event",
     "build_event",
     "build_events",
+    "build_new_event",
     "check_envelope",
 ]
 
@@ -277,6 +278,17 @@ def build_event(d: dict[str, Any]) -> Event:
             for k in missing:
                 d[k] = None
             d["absent"] = frozenset(missing)
+    event: Event = _new_object(Event)
+    _set_attr(event, "__dict__", d)
+    return event
+
+
+def build_new_event(d: dict[str, Any]) -> Event:
+    """:func:`build_event` for the object of a new event (section 2's nine fields, no
+    other key, as :func:`~replaylog.lines.new_line_object` makes it): consumed, no
+    key looked at."""
+    d["extra"] = {}
+    d["absent"] = _NOTHING
     event: Event = _new_object(Event)
     _set_attr(event, "__dict__", d)
     return event

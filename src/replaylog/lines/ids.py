@@ -78,16 +78,29 @@ def _encode_ulid(value: int) -> str:
     )
 
 
+_last_id: tuple[int, str] = (0, "")  # the last id generate_event_id made, and its text
+
+
 def generate_event_id() -> str:
-    """A new ULID. Ids made by one process strictly increase, even within one millisecond."""
-    global _last_ulid
+    """A new ULID. Ids made by one process strictly increase, even within one millisecond:
+    the first of a millisecond is random, each next one the one before plus one."""
+    global _last_ulid, _last_id
     with _ulid_lock:
-        value = (time.time_ns() // 1_000_000) << 80 | _random_bits(80)
-        if value <= _last_ulid:
-            # Same millisecond (or a clock step back): count up from the last id.
-            value = _last_ulid + 1
+        last = _last_ulid
+        ms = time.time_ns() // 1_000_000
+        if ms > last >> 80:
+            value = ms << 80 | _random_bits(80)
+            text = _encode_ulid(value)
+        else:
+            # Same millisecond (or a clock step back): count up from the last id. Its
+            # text, when this function made it, gives all but the last two digits.
+            value = last + 1
+            low = value & 1023
+            known, text = _last_id
+            text = text[:24] + _PAIRS[low] if known == last and low else _encode_ulid(value)
         _last_ulid = value
-    return _encode_ulid(value)
+        _last_id = (value, text)
+    return text
 
 
 def generate_event_ids(count: int) -> list[str]:
