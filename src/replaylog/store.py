@@ -822,12 +822,14 @@ class EventStore:
             accepted = rejected = batches = attempts = done = 0
             stopped: str | None = None
             with _LineReader(self) as reader, Replayer(config, transport=transport) as replayer:
-                features_of: dict[str, list[str]] = {}
+                # Tuples, not lists: the collector stops tracking them (Delivery.pending).
+                features_of: dict[str, tuple[str, ...]] = {}
 
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
-                        features_of.setdefault(row.event_id, []).append(row.feature)
-                        yield PendingEvent(row.event_id, reader.line(row), row.feature)
+                        event_id = row.event_id
+                        features_of[event_id] = features_of.get(event_id, ()) + (row.feature,)
+                        yield PendingEvent(event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
                     attempts += result.attempts
