@@ -690,3 +690,27 @@ def test_an_event_id_in_two_logs_is_delivered_in_both(store, receiver):
             ("01JDZZZZZZZZZZZZZZZZZZZZZZ",),
         ).fetchall()
         assert both == [("alpha", "delivered"), ("beta", "delivered")]
+
+
+def test_pending_count_agrees_with_status_and_reads_only_the_pending_index(store):
+    from conftest import record
+    from sqlalchemy import event as sa_event
+
+    ids = fill(store, 12, ("alpha", "beta", "gamma"))  # alpha gets ids 0, 3, 6, 9
+    record(store, accepted=ids[:3], rejected={ids[3]: "bad"}, transient=([ids[4]], "down"))
+    counts = store.delivery.counts()
+    assert {f: c["pending"] for f, c in counts.items()} == {"alpha": 2, "beta": 3, "gamma": 3}
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        seen.append((statement, params))
+
+    sa_event.listen(store.delivery.engine, "before_cursor_execute", capture)
+    assert store.delivery.pending_count() == 8
+    assert store.delivery.pending_count(["beta", "gamma"]) == 6
+    assert store.delivery.pending_count(["alpha"]) == 2
+    assert store.delivery.pending_count([]) == 0
+    sa_event.remove(store.delivery.engine, "before_cursor_execute", capture)
+    for statement, params in seen[:3]:
+        plan = store.index.conn.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
+        assert "ix_events_pending" in " ".join(str(step[-1]) for step in plan), plan

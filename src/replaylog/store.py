@@ -870,7 +870,7 @@ class EventStore:
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
-        return sum(c["pending"] for c in self.delivery.counts(names).values())
+        return self.delivery.pending_count(names)
 
     @contextlib.contextmanager
     def _replay_lock(self, wait: bool) -> Iterator[None]:

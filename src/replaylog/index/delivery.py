@@ -115,6 +115,15 @@ class Delivery:
             }
         return result
 
+    def pending_count(self, features: list[str] | None = None) -> int:
+        """How many events are pending (in ``features``), counted on the partial index
+        of pending rows: the cost does not grow with the number of delivered events."""
+        query = select(func.count()).select_from(events).where(events.c.status == "pending")
+        if features is not None:
+            # As in pending(): ``|| ''`` keeps SQLite on the partial index.
+            query = query.where(events.c.feature.concat("").in_(features))
+        return int(self.conn.execute(query).scalar_one())
+
     def pending(
         self, features: list[str] | None = None, *, page: int = 1000
     ) -> Iterator[PendingRow]:
