@@ -608,3 +608,109 @@ def test_two_replays_at_once_send_each_event_once(tmp_path, receiver):
     accepted = sum(json.loads(out)["accepted"] for out, _ in outs)
     assert accepted == 300
     assert len(receiver.events) == 300 and receiver.duplicates == 0
+
+
+# --------------------------------------------------------------------------- the pending queue
+
+
+def _line(event_id: str, lamport: int) -> bytes:
+    event = {
+        "event_id": event_id,
+        "event_type": "remote",
+        "aggregate_id": "X",
+        "payload": {},
+        "timestamp": "2026-11-20T22:00:00Z",
+        "node_id": "elsewhere",
+        "lamport_clock": lamport,
+        "causation_id": None,
+        "correlation_id": None,
+    }
+    return (json.dumps(event, sort_keys=True) + "\n").encode()
+
+
+def _tied_logs(store: EventStore) -> None:
+    """Two logs whose lines share Lamport values (merged from other nodes), and one event
+    id that is in both logs."""
+    for feature, ids in (("alpha", "ACEGJ"), ("beta", "BDFHK")):
+        os.makedirs(os.path.dirname(store.log_path(feature)), exist_ok=True)
+        with open(store.log_path(feature), "ab") as f:
+            for i, letter in enumerate(ids):
+                f.write(_line(f"01JD{letter * 22}", 5 + i // 2))
+            f.write(_line("01JDZZZZZZZZZZZZZZZZZZZZZZ", 9))
+
+
+def test_pending_pages_keep_lamport_then_event_id_order_for_any_page_size(store):
+    fill(store, 7, ("alpha", "beta"))
+    _tied_logs(store)
+    store.status()
+    expected = store.index.conn.execute(
+        'SELECT feature, event_id, lamport, "offset", length FROM events'
+        " WHERE status = 'pending' ORDER BY lamport, event_id"
+    ).fetchall()
+    assert len(expected) == 19 and len({row[2] for row in expected}) < 19, "ties exist"
+
+    def fields(rows: Any) -> list[tuple[str, str, int, int, int]]:
+        return [(r.feature, r.event_id, r.lamport, r.offset, r.length) for r in rows]
+
+    for page in (1, 2, 3, 5, 19, 1000):
+        assert fields(store.delivery.pending(page=page)) == expected, page
+        only_beta = fields(store.delivery.pending(["beta"], page=page))
+        assert only_beta == [row for row in expected if row[0] == "beta"], page
+    assert list(store.delivery.pending([])) == []
+
+
+def test_a_page_of_the_pending_queue_holds_nothing_the_collector_tracks(store):
+    """A page held as objects the cycle collector tracks (SQLAlchemy Rows) is promoted
+    to its oldest generation and sets off collections of the whole heap in long runs."""
+    import gc
+
+    from sqlalchemy.engine import Row
+
+    from replaylog.index import PendingRow
+
+    fill(store, 12)
+    store.status()
+    queue = store.delivery.pending(page=10)
+    first = next(queue)
+    gc.collect()
+    tracked = [o for o in gc.get_objects() if isinstance(o, (Row, PendingRow))]
+    assert tracked == [first], "only the row taken is alive"
+    assert len([first, *queue]) == 12
+
+
+def test_an_event_id_in_two_logs_is_delivered_in_both(store, receiver):
+    _tied_logs(store)
+    for batch_size in (1, 3):
+        store.rebuild_index(reset_delivery=True)
+        report = store.replay(receiver.url, batch_size=batch_size, backoff_base=0.01)
+        assert (report.rejected, report.pending) == (0, 0), batch_size
+        assert {s for s, _, _ in rows(store).values()} == {"delivered"}
+        both = store.index.conn.execute(
+            "SELECT feature, status FROM events WHERE event_id = ? ORDER BY feature",
+            ("01JDZZZZZZZZZZZZZZZZZZZZZZ",),
+        ).fetchall()
+        assert both == [("alpha", "delivered"), ("beta", "delivered")]
+
+
+def test_pending_count_agrees_with_status_and_reads_only_the_pending_index(store):
+    from conftest import record
+    from sqlalchemy import event as sa_event
+
+    ids = fill(store, 12, ("alpha", "beta", "gamma"))  # alpha gets ids 0, 3, 6, 9
+    record(store, accepted=ids[:3], rejected={ids[3]: "bad"}, transient=([ids[4]], "down"))
+    counts = store.delivery.counts()
+    assert {f: c["pending"] for f, c in counts.items()} == {"alpha": 2, "beta": 3, "gamma": 3}
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        seen.append((statement, params))
+
+    sa_event.listen(store.delivery.engine, "before_cursor_execute", capture)
+    assert store.delivery.pending_count() == 8
+    assert store.delivery.pending_count(["beta", "gamma"]) == 6
+    assert store.delivery.pending_count(["alpha"]) == 2
+    assert store.delivery.pending_count([]) == 0
+    sa_event.remove(store.delivery.engine, "before_cursor_execute", capture)
+    for statement, params in seen[:3]:
+        plan = store.index.conn.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
+        assert "ix_events_pending" in " ".join(str(step[-1]) for step in plan), plan

@@ -834,12 +834,14 @@ class EventStore:
             accepted = rejected = batches = attempts = done = 0
             stopped: str | None = None
             with _LineReader(self) as reader, Replayer(config, transport=transport) as replayer:
-                features_of: dict[str, list[str]] = {}
+                # Tuples, not lists: the collector stops tracking them (Delivery.pending).
+                features_of: dict[str, tuple[str, ...]] = {}
 
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
-                        features_of.setdefault(row.event_id, []).append(row.feature)
-                        yield PendingEvent(row.event_id, reader.line(row), row.feature)
+                        event_id = row.event_id
+                        features_of[event_id] = features_of.get(event_id, ()) + (row.feature,)
+                        yield PendingEvent(event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
                     attempts += result.attempts
@@ -880,7 +882,7 @@ class EventStore:
         return report
 
     def _count_pending(self, names: list[str] | None) -> int:
-        return sum(c["pending"] for c in self.delivery.counts(names).values())
+        return self.delivery.pending_count(names)
 
     @contextlib.contextmanager
     def _replay_lock(self, wait: bool) -> Iterator[None]:

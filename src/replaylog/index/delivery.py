@@ -10,9 +10,8 @@ in one transaction. The state kept for events out of the index is in
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -35,14 +34,19 @@ __all__ = ["Delivery", "PendingRow", "emitted_status"]
 _STATUSES = ("pending", "delivered", "failed")
 
 
-@dataclass(frozen=True)
-class PendingRow:
+class PendingRow(NamedTuple):
+    """One pending event of the queue, made from a row of a page as it is taken."""
+
     feature: str
     event_id: str
     lamport: int
     offset: int
     length: int
 
+
+_AFTER_LAMPORT = "after_lamport"  # where the next page of pending() starts
+_AFTER_EVENT_ID = "after_event_id"
+_AFTER_ID = "after_id"
 
 _BY_KEY = and_(
     events.c.feature == bindparam("f"),
@@ -111,6 +115,15 @@ class Delivery:
             }
         return result
 
+    def pending_count(self, features: list[str] | None = None) -> int:
+        """How many events are pending (in ``features``), counted on the partial index
+        of pending rows: the cost does not grow with the number of delivered events."""
+        query = select(func.count()).select_from(events).where(events.c.status == "pending")
+        if features is not None:
+            # As in pending(): ``|| ''`` keeps SQLite on the partial index.
+            query = query.where(events.c.feature.concat("").in_(features))
+        return int(self.conn.execute(query).scalar_one())
+
     def pending(
         self, features: list[str] | None = None, *, page: int = 1000
     ) -> Iterator[PendingRow]:
@@ -118,33 +131,49 @@ class Delivery:
 
         Each page is a range scan of the partial index on pending rows, so its cost
         does not grow with the number of delivered events.
+
+        A page is held as plain tuples of strings and integers, which CPython's cycle
+        collector stops tracking: objects it tracks that live as long as a page are
+        promoted to its oldest generation, and enough of them set off collections of the
+        whole heap (all the imported libraries) during a replay, more the longer it runs.
         """
-        after: tuple[int, str] | None = None
-        while True:
-            query = (
-                select(
-                    events.c.feature,
-                    events.c.event_id,
-                    events.c.lamport,
-                    events.c.offset,
-                    events.c.length,
-                )
-                .where(events.c.status == "pending")
-                .order_by(events.c.lamport, events.c.event_id)
-                .limit(page)
+        # The row id breaks ties: an event id can be in two logs with the same Lamport
+        # value, and a page that ends between them must not skip the second. Each entry
+        # of the partial index ends with the row id, so this order needs no sorting.
+        query = (
+            select(
+                events.c.feature,
+                events.c.event_id,
+                events.c.lamport,
+                events.c.offset,
+                events.c.length,
+                events.c.id,
             )
-            if features is not None:
-                # ``|| ''`` keeps SQLite off the index on feature, which would read every
-                # event of the feature (delivered ones too) and sort them for each page.
-                query = query.where(events.c.feature.concat("").in_(features))
-            if after is not None:
-                query = query.where(tuple_(events.c.lamport, events.c.event_id) > tuple_(*after))
-            rows = self.conn.execute(query).all()
-            for feature, event_id, lamport, offset, length in rows:
+            .where(events.c.status == "pending")
+            .order_by(events.c.lamport, events.c.event_id, events.c.id)
+            .limit(page)
+        )
+        if features is not None:
+            # ``|| ''`` keeps SQLite off the index on feature, which would read every
+            # event of the feature (delivered ones too) and sort them for each page.
+            query = query.where(events.c.feature.concat("").in_(features))
+        following = query.where(
+            tuple_(events.c.lamport, events.c.event_id, events.c.id)
+            > tuple_(bindparam(_AFTER_LAMPORT), bindparam(_AFTER_EVENT_ID), bindparam(_AFTER_ID))
+        )
+        result = self.conn.execute(query)
+        while True:
+            # The page is held as plain tuples, which the cycle collector stops tracking
+            # (SQLAlchemy's Rows and PendingRows it tracks); each PendingRow lives only
+            # until the caller has taken it.
+            rows = [tuple(row) for row in result]
+            for feature, event_id, lamport, offset, length, _ in rows:
                 yield PendingRow(feature, event_id, lamport, offset, length)
             if len(rows) < page:
                 return
-            after = (rows[-1].lamport, rows[-1].event_id)
+            _, event_id, lamport, _, _, row_id = rows[-1]
+            after = {_AFTER_LAMPORT: lamport, _AFTER_EVENT_ID: event_id, _AFTER_ID: row_id}
+            result = self.conn.execute(following, after)
 
     def record(
         self,
@@ -153,7 +182,7 @@ class Delivery:
         rejected: dict[str, str],
         transient: tuple[Iterable[str], str] | None,
         now: str,
-        features_of: Mapping[str, list[str]],
+        features_of: Mapping[str, Sequence[str]],
         retried: Mapping[str, str] | None = None,
     ) -> None:
         """Apply one batch's answer. Call inside ``Index.write`` (one transaction).
