@@ -23,6 +23,7 @@ import fcntl
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from io import BytesIO
 from itertools import accumulate, chain, compress, repeat
 from operator import itemgetter, setitem
 from types import GetSetDescriptorType
@@ -441,7 +442,7 @@ def mixed_chunks(
     nothing. With ``records`` (for :func:`build_records` and :func:`index_columns`), the
     store's own lines are parsed into dicts in the order of their fields; without, each
     object holds the line's keys in the line's order. Without ``places``, the chunks'
-    ``offsets`` are left empty (a reader that needs only the lines).
+    ``offsets`` and ``lengths`` are left empty (for a reader that needs only the lines).
     """
     try:
         fd = open_regular(path, os.O_RDONLY)
@@ -470,13 +471,15 @@ def mixed_chunks(
                 break
             pos += len(chunk)
             data = carry + chunk if carry else chunk
-            parts = data.split(b"\n")
-            carry = parts.pop()
+            # Each line with its newline; BytesIO finds them with memchr, several times
+            # faster than bytes.split, and shares data's buffer.
+            parts = BytesIO(data).readlines()
+            carry = b"" if parts[-1].endswith(b"\n") else parts.pop()
             _need(len(carry) < MAX_LINE_BYTES)
             if not parts:
                 continue
-            lengths = list(map(len, parts))
-            _need(max(lengths) < MAX_LINE_BYTES)
+            sizes = list(map(len, parts))
+            _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
             objs, eids, groups = _parse(parts, records)
             count = len(parts)
             del parts
@@ -485,11 +488,14 @@ def mixed_chunks(
             seen.update(eids)
             if len(seen) != known + len(eids):
                 raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            offsets: list[int] = []
+            lengths: list[int] = []
             if places:
-                offsets = list(accumulate(map((1).__add__, lengths), initial=base))
+                offsets = list(accumulate(sizes, initial=base))
                 end = offsets.pop()
+                lengths = list(map((-1).__add__, sizes))  # without the newline
             else:
-                offsets, end = [], base + sum(lengths) + count
+                end = base + sum(sizes)
             yield MixedChunk(line + 1, offsets, lengths, objs, eids, groups, end)
             line += count
             base = end
