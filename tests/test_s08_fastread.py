@@ -489,3 +489,46 @@ def test_fast_and_slow_read_paths_agree_on_mutated_logs(
     feature = tmp_path / f"m{abs(hash(data)) % 10**12}"
     write_log(feature, data)
     assert read_outcome(feature) == scan_outcome(feature)
+
+
+@pytest.mark.parametrize("room", [-1, 0, 1])
+def test_a_line_at_the_length_limit_is_judged_alike_on_both_paths(
+    tmp_path: Path, room: int
+) -> None:
+    from replaylog.lines.canonical import MAX_LINE_BYTES
+
+    base = Event.new("Moved", "WP01", {"text": ""}).to_line()
+    pad = MAX_LINE_BYTES - len(base) + room  # the line with its newline: the limit + room
+    big_event = Event.new("Moved", "WP01", {"text": "x" * pad})
+    big = (json.dumps(big_event.to_dict(), sort_keys=True) + "\n").encode()  # as to_line would
+    assert len(big) == MAX_LINE_BYTES + room
+    lines = [
+        Event.new("Moved", "WP02", {}).to_line(),
+        big,
+        Event.new("Moved", "WP03", {}).to_line(),
+    ]
+    (tmp_path / EVENTS_FILENAME).write_bytes(b"".join(lines))
+    assert_paths_agree(tmp_path)
+    if room <= 0:  # a line shorter than the limit without its newline: read fast
+        assert fastread.read_lines(log_path(tmp_path)) is not None
+    else:
+        assert plain(tmp_path)[0] == "error"
+
+
+def test_the_fast_path_gives_the_index_each_line_s_place_with_or_without_a_newline_at_the_end(
+    tmp_path: Path,
+) -> None:
+    lines = [Event.new("Moved", f"WP{i}", {"i": i}).to_line() for i in range(5)]
+    lines[2] = lines[2].replace(b"\n", b"\r\n")
+    data = b"".join(lines)
+    (tmp_path / EVENTS_FILENAME).write_bytes(data)
+    chunks = list(fastread.mixed_chunks(log_path(tmp_path)))
+    assert len(chunks) == 1
+    expected = [(line.offset, line.end - line.offset - 1) for line in scan_log(log_path(tmp_path))]
+    assert list(zip(chunks[0].offsets, chunks[0].lengths, strict=True)) == expected
+    assert chunks[0].end == len(data)
+    bare = list(fastread.mixed_chunks(log_path(tmp_path), places=False))
+    assert (bare[0].offsets, bare[0].lengths, bare[0].end) == ([], [], len(data))
+    with pytest.raises(fastread.Unclean):
+        (tmp_path / EVENTS_FILENAME).write_bytes(data + b'{"torn')
+        list(fastread.mixed_chunks(log_path(tmp_path)))

@@ -22,9 +22,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from io import BytesIO
 from itertools import accumulate, chain, compress, repeat
-from operator import itemgetter
+from operator import itemgetter, setitem
+from types import GetSetDescriptorType
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
@@ -56,7 +58,8 @@ __all__ = [
 
 # msgspec parses as fast as orjson, and reads an integer wider than 64 bits exactly, as
 # the plain path's parser does (orjson would make it a float): no scan for them needed.
-_decode = msgspec.json.Decoder().decode
+_decoder = msgspec.json.Decoder()
+_decode = _decoder.decode
 _READ_CHUNK = 4 << 20
 
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
@@ -70,7 +73,7 @@ class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
     aggregate_id: _Name
     causation_id: str | None
     correlation_id: str | None
-    event_id: str
+    event_id: Annotated[str, msgspec.Meta(min_length=26, max_length=26)]  # a ULID's length
     event_type: _Name
     lamport_clock: Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK)]
     node_id: Annotated[str, msgspec.Meta(min_length=1)]
@@ -78,12 +81,13 @@ class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
     timestamp: str
 
 
-_decode_store_line = msgspec.json.Decoder(_StoreLine).decode
+_store_decoder = msgspec.json.Decoder(_StoreLine)
+_decode_store_line = _store_decoder.decode
 _as_dict = msgspec.structs.asdict
 
 _new_object = object.__new__
-_set_attr = object.__setattr__
 _NOTHING: frozenset[str] = frozenset()
+_EMPTY: dict[str, Any] = {}  # never changed: copied for each record's empty ``extra``
 
 _TYPE_STR = frozenset({str})
 _TYPE_INT = frozenset({int})
@@ -119,6 +123,20 @@ _KNOWN: dict[str, frozenset[str]] = {
     _ANNOTATION: Annotation._KNOWN,
     _RECORD: Record._KNOWN,
 }
+
+
+def _dict_setter(cls: type[Any]) -> Callable[[Any, dict[str, Any]], None]:
+    """What ``object.__setattr__(record, "__dict__", d)`` calls for a record of ``cls``
+    (the ``__set__`` of the class's ``__dict__`` descriptor), without looking it up for
+    each record."""
+    for klass in cls.__mro__:
+        descriptor = vars(klass).get("__dict__")
+        if isinstance(descriptor, GetSetDescriptorType):
+            return descriptor.__set__
+    raise ImportError(f"{cls.__name__} has no instance dict")  # pragma: no cover
+
+
+_SET_DICT = {cls: _dict_setter(cls) for cls in _CLASSES.values()}
 _OPTIONAL: dict[str, tuple[str, ...]] = {
     _ENVELOPE: OPTIONAL_FIELDS,
     _TRANSITION: StatusEvent.OPTIONAL,
@@ -138,6 +156,7 @@ class Plan(NamedTuple):
     absent: frozenset[str]
     additions: dict[str, Any]  # what each line's instance dict gets: the missing, absent
     cls: type[Any]
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a line's checked fields, in order
 
 
 class Group(NamedTuple):
@@ -246,6 +265,7 @@ def _plan(shape: tuple[str, ...]) -> Plan:
         absent,
         {**dict.fromkeys(missing), "absent": absent},
         _CLASSES[kind],
+        itemgetter(*(name for name, _ in checked)),  # every kind checks two fields or more
     )
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
@@ -253,21 +273,23 @@ def _plan(shape: tuple[str, ...]) -> Plan:
     return plan
 
 
-def _all_match(pattern: re.Pattern[str], texts: list[Any]) -> bool:
-    """True if every text is a string that matches: one regex over them joined."""
+def _all_match(pattern: re.Pattern[str], texts: Iterable[Any], count: int) -> bool:
+    """True if every one of the ``count`` texts is a string that matches: one regex over
+    them joined."""
     try:
         joined = "\n".join(texts) + "\n"
     except TypeError:
         return False
     # A text holding a newline could pass as two texts: the count rules that out.
-    return joined.count("\n") == len(texts) and pattern.fullmatch(joined) is not None
+    return joined.count("\n") == count and pattern.fullmatch(joined) is not None
 
 
-def _all_ulids(eids: list[str]) -> bool:
+def _all_ulids(eids: list[str], *, sized: bool = False) -> bool:
     """True if every id matches ULID_PATTERN: 26 characters of its alphabet, the first at
-    most 7; checked on the ids joined, in C, several times faster than a regex."""
+    most 7; checked on the ids joined, in C, several times faster than a regex. ``sized``:
+    every id is known to be a string of 26 characters already."""
     try:
-        if set(map(len, eids)) != {26}:
+        if not sized and set(map(len, eids)) != {26}:
             return False
         joined = "".join(eids).encode("ascii")
     except (TypeError, UnicodeEncodeError):  # not a string, or not ASCII
@@ -286,7 +308,7 @@ def _column(objs: list[dict[str, Any]], name: str) -> list[Any]:
     return list(map(itemgetter(name), objs))
 
 
-def _check_actors(actors: list[Any]) -> None:
+def _check_actors(actors: Sequence[Any]) -> None:
     """A string, or an object of exactly role, profile, tool and model (str or null)."""
     kinds = set(map(type, actors))
     _need(kinds <= _TYPE_ACTOR)
@@ -297,26 +319,28 @@ def _check_actors(actors: list[Any]) -> None:
         _need(set(map(type, values)) <= _TYPE_OPT_STR)
 
 
-def _check_kind(groups: list[Group]) -> tuple[list[Any], list[Any]]:
+def _check_kind(groups: list[Group]) -> None:
     """Every rule :func:`~replaylog.lines.check_line` applies, over all the lines of one
-    kind in a chunk, column by column; returns the timestamps and the transition times,
-    for the caller to match once per chunk (the join for that refuses what is no string)."""
-    columns: dict[int, list[Any]] = {}
-    for group in groups:  # a handful: the lines' columns, gathered by rule
-        for name, rule in group.plan.checked:
-            column = _column(group.objs, name)
-            if rule in columns:
-                columns[rule] += column
+    kind in a chunk, column by column: each group's checked fields taken in one pass over
+    its lines, and a string field's distinct values checked, not each value."""
+    columns: dict[tuple[str, int], tuple[Any, ...]] = {}
+    for group in groups:  # a handful: the lines' columns, gathered by field
+        for field, column in zip(
+            group.plan.checked, zip(*map(group.plan.values, group.objs), strict=True), strict=True
+        ):
+            if field in columns:
+                columns[field] += column
             else:
-                columns[rule] = column
+                columns[field] = column
     try:
-        for rule, values in columns.items():
-            if rule <= _NAME200:  # _STR, _NAME, _NAME200: the join refuses any non-string
-                "".join(values)
+        for (_, rule), values in columns.items():
+            if rule <= _NAME200:  # _STR, _NAME, _NAME200: a set refuses a list or a dict
+                distinct = set(values)
+                _need(set(map(type, distinct)) == _TYPE_STR)
                 if rule != _STR:
-                    _need("" not in values)
+                    _need("" not in distinct)
                     if rule == _NAME200:
-                        _need(max(map(len, values)) <= MAX_NAME_CHARS)
+                        _need(max(map(len, distinct)) <= MAX_NAME_CHARS)
             elif rule == _LANE:  # only strings are in the set
                 _need(LANE_SET.issuperset(values))
             elif rule == _KIND:
@@ -332,9 +356,12 @@ def _check_kind(groups: list[Group]) -> tuple[list[Any], list[Any]]:
                 _need(min(values) >= 0 and max(values) <= MAX_CLOCK)
             elif rule == _ACTOR:
                 _check_actors(values)
+            elif rule == _STAMP:
+                _need(_all_match(_STAMPS, values, len(values)))
+            else:  # _TIME
+                _need(_all_match(_ISO_TIMES, values, len(values)))
     except TypeError:  # a value of another type where a string or a lane must be
         raise Unclean from None
-    return columns.get(_STAMP, []), columns.get(_TIME, [])
 
 
 def _groups(objs: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], range | list[int]]]:
@@ -364,11 +391,7 @@ def check_objects(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
     eids = _column(objs, "event_id")
     _need(_all_ulids(eids))
     for same_kind in kinds.values():
-        stamps, times = _check_kind(same_kind)
-        if stamps:
-            _need(_all_match(_STAMPS, stamps))
-        if times:
-            _need(_all_match(_ISO_TIMES, times))
+        _check_kind(same_kind)
     return eids, groups
 
 
@@ -376,14 +399,41 @@ _STORE_SHAPE = tuple(_StoreLine.__struct_fields__)
 
 
 def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
-    """What msgspec left to check of the store's own lines: the ids and the timestamps."""
+    """What msgspec left to check of the store's own lines: the ids' alphabet (their length
+    is checked) and the timestamps."""
     eids = _column(objs, "event_id")
-    _need(_all_ulids(eids) and _all_match(_STAMPS, _column(objs, "timestamp")))
+    stamps = map(itemgetter("timestamp"), objs)
+    _need(_all_ulids(eids, sized=True) and _all_match(_STAMPS, stamps, len(objs)))
     return eids, [Group(_plan(_STORE_SHAPE), range(len(objs)), objs)]
 
 
+def _parse(parts: list[bytes], records: bool) -> tuple[list[Any], list[str], list[Group]]:
+    """The validated objects of a chunk's lines, their ids and groups."""
+    # The store's own lines are parsed and checked at once; any other line (spec-kitty's
+    # kinds, extra keys) sends the chunk to the general parse.
+    if records and parts[0].startswith(b'{"aggregate_id": '):  # sorted keys
+        try:
+            objs = list(map(_as_dict, map(_decode_store_line, parts)))
+            eids, groups = _check_store_lines(objs)
+            return objs, eids, groups
+        except (ValueError, RecursionError, Unclean):
+            pass
+    try:
+        objs = list(map(_decode, parts))
+    except (ValueError, RecursionError):
+        raise Unclean from None
+    eids, groups = check_objects(objs)
+    return objs, eids, groups
+
+
 def mixed_chunks(
-    path: str, *, start: int = 0, start_line: int = 0, lock: bool = True, records: bool = True
+    path: str,
+    *,
+    start: int = 0,
+    start_line: int = 0,
+    lock: bool = True,
+    records: bool = True,
+    places: bool = True,
 ) -> Iterator[MixedChunk]:
     """Read a log of any line kinds from byte ``start`` in validated chunks.
 
@@ -391,7 +441,8 @@ def mixed_chunks(
     docstring); duplicate ids are looked for from ``start`` on. A missing file yields
     nothing. With ``records`` (for :func:`build_records` and :func:`index_columns`), the
     store's own lines are parsed into dicts in the order of their fields; without, each
-    object holds the line's keys in the line's order.
+    object holds the line's keys in the line's order. Without ``places``, the chunks'
+    ``offsets`` and ``lengths`` are left empty (for a reader that needs only the lines).
     """
     try:
         fd = open_regular(path, os.O_RDONLY)
@@ -420,32 +471,33 @@ def mixed_chunks(
                 break
             pos += len(chunk)
             data = carry + chunk if carry else chunk
-            parts = data.split(b"\n")
-            carry = parts.pop()
+            # Each line with its newline; BytesIO finds them with memchr, several times
+            # faster than bytes.split, and shares data's buffer.
+            parts = BytesIO(data).readlines()
+            carry = b"" if parts[-1].endswith(b"\n") else parts.pop()
+            _need(len(carry) < MAX_LINE_BYTES)
             if not parts:
-                _need(len(carry) < MAX_LINE_BYTES)
                 continue
-            lengths = list(map(len, parts))
-            _need(len(carry) < MAX_LINE_BYTES and max(lengths) < MAX_LINE_BYTES)
-            try:
-                # The store's own lines are parsed and checked at once; any other line
-                # (spec-kitty's kinds, extra keys) sends the chunk to the general parse.
-                _need(records and parts[0].startswith(b'{"aggregate_id": '))  # sorted keys
-                objs = list(map(_as_dict, map(_decode_store_line, parts)))
-                eids, groups = _check_store_lines(objs)
-            except (ValueError, RecursionError, Unclean):
-                try:
-                    objs = list(map(_decode, parts))
-                except (ValueError, RecursionError):
-                    raise Unclean from None
-                eids, groups = check_objects(objs)
-            if len(set(eids)) != len(eids) or not seen.isdisjoint(eids):
-                raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            sizes = list(map(len, parts))
+            _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
+            objs, eids, groups = _parse(parts, records)
+            count = len(parts)
+            del parts
+            # One pass over the ids finds a duplicate within the chunk or with an earlier one.
+            known = len(seen)
             seen.update(eids)
-            offsets = list(accumulate(map((1).__add__, lengths), initial=base))
-            end = offsets.pop()
+            if len(seen) != known + len(eids):
+                raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            offsets: list[int] = []
+            lengths: list[int] = []
+            if places:
+                offsets = list(accumulate(sizes, initial=base))
+                end = offsets.pop()
+                lengths = list(map((-1).__add__, sizes))  # without the newline
+            else:
+                end = base + sum(sizes)
             yield MixedChunk(line + 1, offsets, lengths, objs, eids, groups, end)
-            line += len(parts)
+            line += count
             base = end
             if pos == limit:
                 break  # all there is: no read to learn it
@@ -466,26 +518,31 @@ def _prepare(group: Group) -> type[Any]:
         values = [list(map(dict.pop, objs, repeat(k))) for k in extra_keys]
         extras: Any = map(dict, map(zip, repeat(extra_keys), zip(*values, strict=True)))
     else:
-        extras = iter(dict, None)  # a new empty dict for each line
+        extras = map(dict.copy, repeat(_EMPTY, len(objs)))  # a new empty dict for each line
     # The keys build_line adds (in another order, which no record shows): extra, the
-    # missing fields as None, absent.
-    list(map(dict.__setitem__, objs, repeat("extra"), extras))
-    list(map(dict.update, objs, repeat(plan.additions)))
+    # missing fields as None, absent. (operator.setitem is a plain C call; the
+    # dict.__setitem__ slot wrapper costs twice as much per line.)
+    list(map(setitem, objs, repeat("extra"), extras))
+    if plan.missing:
+        list(map(dict.update, objs, repeat(plan.additions)))
+    else:
+        list(map(setitem, objs, repeat("absent"), repeat(plan.absent)))
     return plan.cls
 
 
 def build_records(chunk: MixedChunk) -> list[Line]:
     """The records of a chunk's lines, in file order; the line objects are consumed."""
-    count = len(chunk.objs)
     if len(chunk.groups) == 1:
-        classes: Any = repeat(_prepare(chunk.groups[0]), count)
-    else:
-        classes = [None] * count
-        for group in chunk.groups:
-            cls = _prepare(group)
-            list(map(classes.__setitem__, group.positions, repeat(cls)))
-    records: list[Line] = list(map(_new_object, classes))
-    list(map(_set_attr, records, repeat("__dict__"), chunk.objs))
+        cls = _prepare(chunk.groups[0])
+        records: list[Any] = list(map(_new_object, repeat(cls, len(chunk.objs))))
+        list(map(_SET_DICT[cls], records, chunk.objs))
+        return records
+    records = [None] * len(chunk.objs)
+    for group in chunk.groups:
+        cls = _prepare(group)
+        made = list(map(_new_object, repeat(cls, len(group.objs))))
+        list(map(_SET_DICT[cls], made, group.objs))
+        list(map(setitem, repeat(records), group.positions, made))
     return records
 
 
@@ -502,7 +559,7 @@ def index_columns(
     columns: tuple[list[Any], ...] = tuple([None] * count for _ in range(4))
     for group, values in zip(chunk.groups, parts, strict=True):
         for column, part in zip(columns, values, strict=True):
-            list(map(column.__setitem__, group.positions, part))
+            list(map(setitem, repeat(column), group.positions, part))
     return columns  # type: ignore[return-value]
 
 
@@ -528,7 +585,7 @@ def read_objects(path: str) -> list[dict[str, Any]] | None:
     """Every line object of a log (any kinds), or None when ``scan_log`` must read it."""
     objs: list[dict[str, Any]] = []
     try:
-        for chunk in mixed_chunks(path, records=False):
+        for chunk in mixed_chunks(path, records=False, places=False):
             objs.extend(chunk.objs)
     except Unclean:
         return None
@@ -539,7 +596,7 @@ def read_lines(path: str) -> list[Line] | None:
     """Every line of a log as its kind's record, or None when ``scan_log`` must read it."""
     chunks: list[MixedChunk] = []
     try:
-        chunks.extend(mixed_chunks(path))
+        chunks.extend(mixed_chunks(path, places=False))
     except Unclean:
         return None
     # Built only once every chunk is known good: building consumes the line objects.
