@@ -18,6 +18,7 @@ from ..errors import EventValidationError
 from .ids import generate_event_id, generate_event_ids, utc_now
 
 __all__ = [
+    "EVENT_FIELDS",
     "MAX_CLOCK",
     "MAX_LINE_BYTES",
     "MAX_NAME_CHARS",
@@ -107,7 +108,9 @@ def new_line_object(
     }
 
 
-_NEW_KEYS = (
+#: Section 2's fields, in the order of :class:`~replaylog.Event`'s fields (and of the
+#: objects :func:`new_line_object` and :func:`new_lines` make).
+EVENT_FIELDS = (
     "event_id",
     "event_type",
     "aggregate_id",
@@ -204,7 +207,7 @@ def new_lines(
             dict,
             map(
                 zip,
-                repeat(_NEW_KEYS),
+                repeat(EVENT_FIELDS),
                 zip(
                     ids,
                     types,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import EventValidationError
 from .canonical import (
+    EVENT_FIELDS,
     MAX_CLOCK,
     canonical_line,
     check_name,
@@ -37,17 +38,6 @@ __all__ = [
     "check_envelope",
 ]
 
-EVENT_FIELDS = (
-    "event_id",
-    "event_type",
-    "aggregate_id",
-    "payload",
-    "timestamp",
-    "node_id",
-    "lamport_clock",
-    "causation_id",
-    "correlation_id",
-)
 FIELD_SET = frozenset(EVENT_FIELDS)
 #: ISO-8601 UTC. ASCII digits only (``\d`` would take any script's digits) and each
 #: part within its range, so that what passes can be parsed as a date and time.
