@@ -364,3 +364,38 @@ def test_a_large_batch_to_an_open_log_is_indexed_when_append_many_returns(
     assert count == 102
     assert clocks == list(range(clocks[0], clocks[0] + 102))
     assert [e.lamport_clock for e in store.read("f1")] == clocks
+
+
+@pytest.mark.parametrize("count", [10, 100])  # to the open log; through the index (>= 64)
+def test_a_batch_takes_one_lock_and_one_fsync_of_the_log(
+    root: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """SPEC section 3: appending a batch takes one lock and one fsync, whichever way the
+    store writes it."""
+    import fcntl
+
+    with EventStore(root, fsync=True) as store:
+        store.append("f1", "T", "A")
+        log_inode = log_file(root, "f1").stat().st_ino
+        fsyncs: list[int] = []
+        locks: list[int] = []
+        real_fsync, real_flock = os.fsync, fcntl.flock
+
+        def fsync(fd: int) -> None:
+            real_fsync(fd)
+            if os.fstat(fd).st_ino == log_inode:
+                fsyncs.append(fd)
+
+        def flock(fd: int, operation: int) -> None:
+            real_flock(fd, operation)  # a refused try raises: only locks taken count
+            if operation & fcntl.LOCK_EX and os.fstat(fd).st_ino == log_inode:
+                locks.append(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(fcntl, "flock", flock)
+        store.append_many(
+            "f1", [{"event_type": "T", "aggregate_id": f"A{i}"} for i in range(count)]
+        )
+        monkeypatch.undo()
+        assert (len(fsyncs), len(locks)) == (1, 1)
+        assert store.status()["features"]["f1"]["events"] == count + 1
