@@ -11,7 +11,10 @@ The index built through it holds what the plain path gives too.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import pickle
 import shutil
 import sqlite3
 from pathlib import Path
@@ -33,17 +36,19 @@ from replaylog import (
     read_events_raw,
 )
 from replaylog.clock import lamport_of
-from replaylog.lines import Line, build_line, index_fields
+from replaylog.lines import Line, StatusEvent, build_line, index_fields
 from replaylog.log import fastread, log_path, scan_log
 
 Outcome = tuple[Any, ...]
 
 
 def described(records: list[Line]) -> list[tuple[str, str]]:
-    """Each record as its type and its instance dict in JSON (``true`` is not ``1``)."""
+    """Each record as its type and every field in JSON (``true`` is not ``1``)."""
     out = []
     for record in records:
-        d = dict(record.__dict__)
+        names = [f.name for f in dataclasses.fields(record)]
+        assert set(vars(record)) <= set(names)  # nothing but fields in the instance
+        d = {name: getattr(record, name) for name in names}
         d["absent"] = sorted(d["absent"])
         out.append((type(record).__name__, json.dumps(d, sort_keys=True)))
     return out
@@ -454,6 +459,34 @@ def test_fast_read_path_takes_a_clean_log_as_the_scan_does(tmp_path: Path) -> No
     append_events(tmp_path, events, fsync=False)
     assert read_outcome(tmp_path) == scan_outcome(tmp_path)
     assert read_outcome(tmp_path)[0] == "ok"
+
+
+def test_a_record_read_with_nothing_absent_behaves_as_one_made_by_hand(tmp_path: Path) -> None:
+    # Records read from a log share the class's empty ``absent`` instead of holding one
+    # each (less memory per record); to the caller they are records like any other.
+    made = [new_event(i) for i in range(1, 4)]
+    transition = {"event_id": ulid(9), "wp_id": "WP01", "from_lane": "planned",
+                  "to_lane": "claimed", "at": "2026-02-09T10:31:07Z", "actor": "a",
+                  "force": False, "execution_mode": "worktree", "mission_slug": "m",
+                  "feature_slug": "f", "mission_id": "i", "reason": None, "review_ref": None,
+                  "evidence": None, "review_result": None, "policy_metadata": None}  # fmt: skip
+    path = write_log(tmp_path, *lines_of(*made), json.dumps(transition).encode() + b"\n")
+    fast_records = read_events(tmp_path)
+    plain_records = [build_line(line.obj) for line in scan_log(str(path))]
+    assert fastread.read_lines(str(path)) is not None  # the fast path took it
+    expected: list[Line] = [*made, StatusEvent.from_dict(transition)]
+    for records in (fast_records, plain_records):
+        assert records == expected
+        for record, other in zip(records, expected, strict=True):
+            assert record.absent == frozenset() and type(record.absent) is frozenset
+            assert record.to_dict() == other.to_dict()
+            assert pickle.loads(pickle.dumps(record)) == record
+            assert copy.deepcopy(record) == record
+            assert dataclasses.replace(record, extra={"k": 1}).extra == {"k": 1}
+            assert dataclasses.replace(record).absent == frozenset()
+            assert dataclasses.asdict(record)["absent"] == frozenset()
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                record.absent = frozenset({"reason"})  # type: ignore[misc]
 
 
 MUTATION_BYTES = st.sampled_from(

@@ -53,16 +53,13 @@ class LineRecord:
     def build(cls: type[T], obj: dict[str, Any]) -> T:
         """The record of a checked line object; ``obj`` is consumed, not copied."""
         known = cls._KNOWN  # type: ignore[attr-defined]
-        extra = {k: obj.pop(k) for k in [k for k in obj if k not in known]}
-        absent = _NOTHING
+        obj["extra"] = {k: obj.pop(k) for k in [k for k in obj if k not in known]}
         if cls.OPTIONAL:
             missing = [k for k in cls.OPTIONAL if k not in obj]
             if missing:
-                absent = frozenset(missing)
                 for k in missing:
                     obj[k] = None
-        obj["extra"] = extra
-        obj["absent"] = absent
+                obj["absent"] = frozenset(missing)
         record: T = _new_object(cls)
         _set_attr(record, "__dict__", obj)
         return record

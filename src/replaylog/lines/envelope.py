@@ -258,12 +258,9 @@ def build_event(d: dict[str, Any]) -> Event:
     """
     if len(d) == 9 and d.keys() == FIELD_SET:
         d["extra"] = {}
-        d["absent"] = _NOTHING
     else:
         d["extra"] = {k: d.pop(k) for k in [k for k in d if k not in FIELD_SET]}
-        if len(d) == 10:
-            d["absent"] = _NOTHING
-        else:
+        if len(d) != 10:
             missing = [k for k in OPTIONAL_FIELDS if k not in d]
             for k in missing:
                 d[k] = None
@@ -278,7 +275,6 @@ def build_new_event(d: dict[str, Any]) -> Event:
     other key, as :func:`~replaylog.lines.new_line_object` makes it): consumed, no
     key looked at."""
     d["extra"] = {}
-    d["absent"] = _NOTHING
     event: Event = _new_object(Event)
     _set_attr(event, "__dict__", d)
     return event
@@ -291,7 +287,6 @@ def build_events(objs: list[dict[str, Any]]) -> list[Event]:
     if set(map(len, objs)) - {9}:
         return [build_event(d) for d in objs]
     list(map(dict.__setitem__, objs, repeat("extra"), iter(dict, None)))
-    list(map(dict.__setitem__, objs, repeat("absent"), repeat(_NOTHING)))
     events: list[Event] = list(map(_new_object, repeat(Event, len(objs))))
     list(map(_set_attr, events, repeat("__dict__"), objs))
     return events

@@ -525,8 +525,6 @@ def _prepare(group: Group) -> type[Any]:
     list(map(setitem, objs, repeat("extra"), extras))
     if plan.missing:
         list(map(dict.update, objs, repeat(plan.additions)))
-    else:
-        list(map(setitem, objs, repeat("absent"), repeat(plan.absent)))
     return plan.cls
 
 
