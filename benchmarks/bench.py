@@ -747,13 +747,54 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", action="store_true", help="the sizes of SPEC section 8")
     parser.add_argument("--only", help=f"comma-separated figure names: {FIGURES}")
+    # What each figure's process is started with (see figures_apart): not for people.
+    parser.add_argument("--figure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     full = args.full
     only = set(args.only.split(",")) if args.only else None
-    unknown = (only or set()) - set(FIGURES.split(","))
+    unknown = ((only or set()) | {args.figure} - {None}) - set(FIGURES.split(","))
     if unknown:
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}; choose from {FIGURES}")
+    if args.figure is None:
+        return figures_apart(full, only)
+    return run_figures(full, {args.figure})
 
+
+def figures_apart(full: bool, only: set[str] | None) -> int:
+    """Print the table, each figure measured in a process of its own.
+
+    A figure measured after others would inherit their leftovers: the modules they
+    imported (SQLAlchemy, the receiver's), their caches, a larger heap. The floors run
+    with Python's garbage collector on, and it walks every object the process holds, so
+    a floor would run slower, and its ratio look better, the more figures ran before it.
+    Apart, each figure and its floor run as they would alone, in any selection.
+    """
+    in_venv = sys.prefix != sys.base_prefix
+    print(
+        f"replaylog benchmark ({'full' if full else 'quick'}), python {sys.version.split()[0]}"
+        f" ({sys.executable}{'' if in_venv else ', not a venv'}), {os.cpu_count()} cores,"
+        f" floors: {FLOORS_DIR or 'not found: no floor measured'}",
+        flush=True,
+    )
+    print(f"{'figure':<52} {'replaylog':>16} {'floor':>16} {'ratio':>6}  target", flush=True)
+    started = time.monotonic()
+    failed = []
+    for name in FIGURES.split(","):
+        if only and name not in only:
+            continue
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--figure", name]
+        done = subprocess.run([*cmd, "--full"] if full else cmd, check=False)
+        if done.returncode != 0:
+            failed.append(name)
+    print(f"({time.monotonic() - started:.0f} s)")
+    if failed:
+        print(f"figure(s) that failed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_figures(full: bool, only: set[str]) -> int:
+    """Measure the figures named ``only`` in this process and print their rows."""
     tmp = Path(tempfile.mkdtemp(prefix="replaylog-bench-"))
     rebuild_sizes = [(200_000, 100), (1_000_000, 100)] if full else [(20_000, 100), (200_000, 100)]
     plan: list[tuple[str, Callable[[], Row | list[Row]]]] = [
@@ -776,25 +817,15 @@ def main(argv: list[str] | None = None) -> int:
             lambda: bench_serve(tmp, "PostgreSQL", 5000 if full else 1000, 2 if full else 1),
         ),
     ]
-    in_venv = sys.prefix != sys.base_prefix
-    print(
-        f"replaylog benchmark ({'full' if full else 'quick'}), python {sys.version.split()[0]}"
-        f" ({sys.executable}{'' if in_venv else ', not a venv'}), {os.cpu_count()} cores,"
-        f" floors: {FLOORS_DIR or 'not found: no floor measured'}",
-        flush=True,
-    )
-    print(f"{'figure':<52} {'replaylog':>16} {'floor':>16} {'ratio':>6}  target", flush=True)
-    started = time.monotonic()
     try:
         for name, run in plan:
-            if only and name not in only:
+            if name not in only:
                 continue
             result = run()
             for row in result if isinstance(result, list) else [result]:
                 print(show(row), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"({time.monotonic() - started:.0f} s)")
     return 0
 
 
