@@ -17,6 +17,7 @@ import json
 import pickle
 import shutil
 import sqlite3
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -565,3 +566,35 @@ def test_the_fast_path_gives_the_index_each_line_s_place_with_or_without_a_newli
     with pytest.raises(fastread.Unclean):
         (tmp_path / EVENTS_FILENAME).write_bytes(data + b'{"torn')
         list(fastread.mixed_chunks(log_path(tmp_path)))
+
+
+@pytest.mark.parametrize("chunk", [700, 1024, 1531, 4096])
+@pytest.mark.parametrize("tail", ["clean", "no newline at the end", "torn", "long line"])
+def test_chunks_that_end_inside_a_line_give_every_line_and_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, tail: str
+) -> None:
+    # Small chunks, so that many end inside a line: the line is read again, whole, by
+    # the next read. The records, the errors and each line's place are the plain path's.
+    monkeypatch.setattr(fastread, "_READ_CHUNK", chunk)
+    events = [Event.new("Moved", f"WP{i}", {"text": "x" * (i * 37 % 400)}) for i in range(60)]
+    data = b"".join(e.to_line() for e in events)
+    if tail == "no newline at the end":
+        data = data[:-1]
+    elif tail == "torn":
+        data += b'{"event_id": "01J'
+    elif tail == "long line":  # longer than a chunk: the plain path judges it
+        data += Event.new("Moved", "WP1", {"text": "y" * chunk}).to_line()
+    path = write_log(tmp_path, data)
+    assert_paths_agree(tmp_path)
+    taken = fastread.read_lines(str(path)) is not None
+    assert taken == (tail == "clean")  # a last line with no newline: the plain path judges it
+    if taken:
+        chunks = list(fastread.mixed_chunks(str(path)))
+        assert len(chunks) > 5
+        places = [p for c in chunks for p in zip(c.offsets, c.lengths, strict=True)]
+        expected = [(line.offset, line.end - line.offset - 1) for line in scan_log(str(path))]
+        assert places == expected
+        assert chunks[-1].end == len(data)
+        assert [c.first_line for c in chunks] == list(
+            accumulate([1] + [len(c.objs) for c in chunks[:-1]])
+        )

@@ -460,26 +460,28 @@ def mixed_chunks(
             limit = os.fstat(fd).st_size
             fcntl.flock(fd, fcntl.LOCK_UN)
         seen: set[str] = set()
-        carry = b""
-        pos = start  # where the next pread starts
-        base = start  # offset of carry's first byte
+        pos = start  # where the next pread starts: always where a line starts
         line = start_line
         while True:
             want = _READ_CHUNK if limit is None else min(_READ_CHUNK, limit - pos)
             chunk = os.pread(fd, want, pos) if want > 0 else b""
             if not chunk:
                 break
-            pos += len(chunk)
-            data = carry + chunk if carry else chunk
             # Each line with its newline; BytesIO finds them with memchr, several times
-            # faster than bytes.split, and shares data's buffer.
-            parts = BytesIO(data).readlines()
-            carry = b"" if parts[-1].endswith(b"\n") else parts.pop()
-            _need(len(carry) < MAX_LINE_BYTES)
-            if not parts:
-                continue
-            sizes = list(map(len, parts))
-            _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
+            # faster than bytes.split, and shares the chunk's buffer.
+            parts = BytesIO(chunk).readlines()
+            consumed = len(chunk)
+            if not parts[-1].endswith(b"\n"):
+                # The line the chunk ends in is read again, whole, by the next pread
+                # (cheaper than joining the chunks). A chunk that holds no whole line ends
+                # in a torn tail or holds part of a line over the limit.
+                consumed -= len(parts.pop())
+                _need(bool(parts))
+            if places:
+                sizes = list(map(len, parts))
+                _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
+            else:
+                _need(max(map(len, parts)) <= MAX_LINE_BYTES)
             objs, eids, groups = _parse(parts, records)
             count = len(parts)
             del parts
@@ -488,21 +490,18 @@ def mixed_chunks(
             seen.update(eids)
             if len(seen) != known + len(eids):
                 raise Unclean  # scan_log reads identical duplicates once, or names the conflict
+            end = pos + consumed
             offsets: list[int] = []
             lengths: list[int] = []
             if places:
-                offsets = list(accumulate(sizes, initial=base))
-                end = offsets.pop()
+                offsets = list(accumulate(sizes, initial=pos))
+                offsets.pop()  # the end
                 lengths = list(map((-1).__add__, sizes))  # without the newline
-            else:
-                end = base + sum(sizes)
             yield MixedChunk(line + 1, offsets, lengths, objs, eids, groups, end)
             line += count
-            base = end
+            pos = end
             if pos == limit:
                 break  # all there is: no read to learn it
-        if carry:
-            raise Unclean  # a torn tail
     finally:
         os.close(fd)
 
