@@ -598,3 +598,144 @@ def test_chunks_that_end_inside_a_line_give_every_line_and_its_place(
         assert [c.first_line for c in chunks] == list(
             accumulate([1] + [len(c.objs) for c in chunks[:-1]])
         )
+
+
+# --------------------------------------------------------------------------- times
+
+
+def times() -> st.SearchStrategy[str]:
+    """Times in many layouts, most of them good, with values at and beyond every bound of
+    both patterns."""
+    same = [lambda t: t] * 6
+    return st.builds(
+        lambda year, month, day, sep, hour, minute, second, fraction, zone, oddity: oddity(
+            f"{year}-{month}-{day}{sep}{hour}:{minute}:{second}{fraction}{zone}"
+        ),
+        st.sampled_from(["2026", "0000", "9999"]),
+        st.sampled_from(["01", "02", "09", "10", "12", "00", "13", "19"]),
+        st.sampled_from(["01", "09", "10", "28", "31", "00", "32", "39"]),
+        st.sampled_from(["T", "T", "T", " ", "t"]),
+        st.sampled_from(["00", "09", "19", "23", "24", "29"]),
+        st.sampled_from(["00", "09", "59", "60", "61"]),
+        st.sampled_from(["00", "09", "59", "60", "61"]),
+        st.sampled_from(["", ".1", ".123456", ",123456", ".123456789", ".1234567890", "."]),
+        st.sampled_from(
+            [
+                "Z",
+                "+00:00",
+                "Z",
+                "+00:00",
+                "-00:00",
+                "+0000",
+                "+05:30",
+                "-23:59",
+                "+24:00",
+                "+05:60",
+                "",
+                "z",
+                "+05",
+                "+00:00Z",
+            ]
+        ),  # fmt: skip
+        st.sampled_from(
+            [
+                *same,
+                lambda t: t[:-1],
+                lambda t: t + "0",
+                lambda t: t.replace("2", "\u0662", 1),  # an Arabic-Indic digit
+                lambda t: t.replace(":", "\n", 1),
+                lambda t: t[:16],  # no seconds
+            ]
+        ),
+    )
+
+
+_FIELD_EDGES = {
+    "month": ["01", "12", "06", "00", "13", "19"],
+    "day": ["01", "31", "15", "00", "32", "39"],
+    "hour": ["00", "23", "12", "24", "29"],
+    "minute": ["00", "59", "30", "60", "69"],
+    "second": ["00", "59", "60", "61", "69"],
+    "zone_hours": ["00", "23", "05", "24", "29"],
+    "zone_minutes": ["00", "59", "30", "60", "69"],
+}
+
+
+@st.composite
+def one_layout(draw: st.DrawFn, rule: str) -> list[str]:
+    """A column of times of one layout that ``rule``'s pattern takes in its first time,
+    mostly good, with every field at and beyond its bounds here and there: the column
+    that the check by layout takes or refuses."""
+    stamp = rule == "stamp"
+    sep = "T" if stamp else draw(st.sampled_from(["T", " "]))
+    fractions = ["", ".1", ".123456", ".123456789"] + ([] if stamp else [",123456"])
+    fraction = draw(st.sampled_from(fractions))
+    zone = draw(
+        st.sampled_from(["Z", "+hh:mm"] if stamp else ["Z", "", "+hh:mm", "-hh:mm", "+hhmm"])
+    )
+
+    def one(edgy: bool) -> str:
+        f = {name: edges[0 if stamp and name.startswith("zone") else draw(st.integers(0, 2))]
+             for name, edges in _FIELD_EDGES.items()}  # fmt: skip
+        if edgy:
+            name = draw(st.sampled_from(sorted(_FIELD_EDGES)))
+            f[name] = draw(st.sampled_from(_FIELD_EDGES[name]))
+        z = zone.replace("hh", f["zone_hours"]).replace("mm", f["zone_minutes"])
+        text = f"2026-{f['month']}-{f['day']}{sep}{f['hour']}:{f['minute']}:{f['second']}"
+        return text + fraction + z
+
+    return [one(False)] + [one(draw(st.booleans())) for _ in range(draw(st.integers(0, 12)))]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(column=st.lists(times(), min_size=1, max_size=30), rule=st.sampled_from(["stamp", "iso"]))
+def test_a_column_of_times_of_any_layouts_is_judged_as_each_time_by_the_pattern(
+    column: list[str], rule: str
+) -> None:
+    times_rule = fastread._STAMP_TIMES if rule == "stamp" else fastread._ISO_TIMES_RULE
+    expected = all(times_rule.one.fullmatch(t) is not None for t in column)
+    assert fastread._all_times(times_rule, column, len(column)) is expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.data(), rule=st.sampled_from(["stamp", "iso"]))
+def test_a_column_of_times_of_one_layout_is_judged_as_each_time_by_the_pattern(
+    data: st.DataObject, rule: str
+) -> None:
+    column = data.draw(one_layout(rule))
+    times_rule = fastread._STAMP_TIMES if rule == "stamp" else fastread._ISO_TIMES_RULE
+    expected = all(times_rule.one.fullmatch(t) is not None for t in column)
+    assert fastread._all_times(times_rule, column, len(column)) is expected
+    if expected:  # the check by layout took it by itself
+        assert fastread._same_layout(times_rule, "\n".join(column) + "\n", len(column))
+
+
+@pytest.mark.parametrize(
+    ("rule", "first", "changed", "good"),
+    [
+        ("stamp", "2026-12-01T15:33:54.920617Z", "2026-12-31T23:59:60.000000Z", True),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-01-01T00:00:00+00:00", True),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-20T22:00:00+00:01", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-13-20T22:00:00+00:00", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-00T22:00:00+00:00", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-32T22:00:00+00:00", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-20T24:00:00+00:00", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-20T22:60:00+00:00", False),
+        ("stamp", "2026-11-20T22:00:00+00:00", "2026-11-20T22:00:61+00:00", False),
+        ("iso", "2026-08-10T00:17:38.165395+00:00", "2026-08-10T00:17:38.165395+23:59", True),
+        ("iso", "2026-08-10T00:17:38.165395+00:00", "2026-08-10T00:17:38.165395+24:00", False),
+        ("iso", "2026-08-10T00:17:38.165395+00:00", "2026-08-10T00:17:38.165395+00:60", False),
+        ("iso", "2026-08-10 00:17:38+0530", "2026-08-10 23:59:59+2359", True),
+        ("iso", "2026-08-10T00:17:38Z", "2026-08-10T00:17:38z", False),
+    ],
+)
+def test_a_column_of_one_layout_is_checked_without_the_regex(
+    rule: str, first: str, changed: str, good: bool
+) -> None:
+    times_rule = fastread._STAMP_TIMES if rule == "stamp" else fastread._ISO_TIMES_RULE
+    column = [first] * 500 + [changed] + [first] * 20
+    joined = "\n".join(column) + "\n"
+    # The check by layout takes a good column by itself, and never takes a bad one.
+    assert fastread._same_layout(times_rule, joined, len(column)) is good
+    assert fastread._all_times(times_rule, column, len(column)) is good
+    assert fastread._same_layout(times_rule, "\n".join([first] * 3) + "\n", 3)

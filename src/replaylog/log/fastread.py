@@ -273,15 +273,87 @@ def _plan(shape: tuple[str, ...]) -> Plan:
     return plan
 
 
-def _all_match(pattern: re.Pattern[str], texts: Iterable[Any], count: int) -> bool:
-    """True if every one of the ``count`` texts is a string that matches: one regex over
-    them joined."""
+class _Times(NamedTuple):
+    """A rule for a column of times: the pattern of one time, the same for a column of
+    them joined by newlines, and whether the zone may only be UTC (``+00:00``)."""
+
+    one: re.Pattern[str]
+    column: re.Pattern[str]
+    utc_only: bool
+
+
+_STAMP_TIMES = _Times(re.compile(TIMESTAMP_PATTERN), _STAMPS, True)
+_ISO_TIMES_RULE = _Times(ISO_8601, _ISO_TIMES, False)
+
+_AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
+_ZERO = bytes(1)
+# The two-digit fields of YYYY-MM-DD?HH:MM:SS (where both patterns bound them), by offset,
+# with the values each may take.
+_DATE_TIME = (
+    (5, bytes(range(1, 13))),
+    (8, bytes(range(1, 32))),
+    (11, bytes(range(24))),
+    (14, bytes(range(60))),
+    (17, bytes(range(61))),  # a leap second
+)
+_HOURS, _MINUTES = _DATE_TIME[2][1], _DATE_TIME[3][1]
+
+
+def _all_times(rule: _Times, texts: Iterable[Any], count: int) -> bool:
+    """True if every one of the ``count`` texts is a string that ``rule.one`` matches:
+    checked by :func:`_same_layout` when they all have the layout of the first (the
+    usual), else by one regex over them joined (four times slower for a column of
+    20,000 times)."""
     try:
         joined = "\n".join(texts) + "\n"
     except TypeError:
         return False
     # A text holding a newline could pass as two texts: the count rules that out.
-    return joined.count("\n") == count and pattern.fullmatch(joined) is not None
+    if joined.count("\n") != count:
+        return False
+    return _same_layout(rule, joined, count) or rule.column.fullmatch(joined) is not None
+
+
+def _same_layout(rule: _Times, joined: str, count: int) -> bool:
+    """True if the ``count`` times joined (each with its newline) are, all of them, times
+    that ``rule.one`` matches and of the first one's layout: a date and a time with
+    seconds, the same fraction digits and zone form, digits at the same places and the
+    same other characters. With the first matched by the pattern, each other one matches
+    it too if its two-digit fields are in bounds: the month, day, hour, minute, second and
+    the zone's hours and minutes, each checked for all the times at once in C (the
+    field's digits, one byte each, read as two big integers). False means only "not
+    shown here": the regex judges."""
+    first = joined[: joined.index("\n")]
+    if len(first) < 19 or first[16] != ":" or not first.isascii() or not rule.one.fullmatch(first):
+        return False
+    end = 19  # past the seconds, and the fraction if any
+    if first[19:20] in (".", ","):
+        end = 20
+        while first[end : end + 1].isdigit():
+            end += 1
+    fields = list(_DATE_TIME)
+    zone = first[end:]
+    if zone not in ("", "Z"):  # [+-]hh:mm or [+-]hhmm, as the pattern matched it
+        minutes = end + (4 if ":" in zone else 3)
+        fields.append((end + 1, _ZERO if rule.utc_only else _HOURS))
+        fields.append((minutes, _ZERO if rule.utc_only else _MINUTES))
+    template = first.encode("ascii").translate(_AS_D) + b"\n"
+    stride = len(template)
+    if len(joined) != stride * count or not joined.isascii():
+        return False
+    data = joined.encode("ascii")
+    if data.translate(_AS_D) != template * count:
+        return False  # some time of another layout
+    ones = int.from_bytes(b"\x01" * count, "big")
+    for offset, allowed in fields:
+        # Digits are bytes 48 to 57: 10 * tens + units - 528 is each field's value (0 to
+        # 99, one byte each, so no carry crosses from one time to the next).
+        tens = int.from_bytes(data[offset::stride], "big")
+        units = int.from_bytes(data[offset + 1 :: stride], "big")
+        values = (10 * tens + units - 528 * ones).to_bytes(count, "big")
+        if values.translate(None, allowed):
+            return False
+    return True
 
 
 def _all_ulids(eids: list[str], *, sized: bool = False) -> bool:
@@ -357,9 +429,9 @@ def _check_kind(groups: list[Group]) -> None:
             elif rule == _ACTOR:
                 _check_actors(values)
             elif rule == _STAMP:
-                _need(_all_match(_STAMPS, values, len(values)))
+                _need(_all_times(_STAMP_TIMES, values, len(values)))
             else:  # _TIME
-                _need(_all_match(_ISO_TIMES, values, len(values)))
+                _need(_all_times(_ISO_TIMES_RULE, values, len(values)))
     except TypeError:  # a value of another type where a string or a lane must be
         raise Unclean from None
 
@@ -403,7 +475,7 @@ def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Grou
     is checked) and the timestamps."""
     eids = _column(objs, "event_id")
     stamps = map(itemgetter("timestamp"), objs)
-    _need(_all_ulids(eids, sized=True) and _all_match(_STAMPS, stamps, len(objs)))
+    _need(_all_ulids(eids, sized=True) and _all_times(_STAMP_TIMES, stamps, len(objs)))
     return eids, [Group(_plan(_STORE_SHAPE), range(len(objs)), objs)]
 
 
