@@ -14,7 +14,6 @@ T = TypeVar("T", bound="LineRecord")
 
 _new_object = object.__new__
 _set_attr = object.__setattr__
-_NOTHING: frozenset[str] = frozenset()
 
 
 class LineRecord:

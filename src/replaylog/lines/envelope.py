@@ -62,7 +62,6 @@ OPTIONAL_FIELDS = (
     "correlation_id",
 )
 _OPTIONAL_SET = frozenset(OPTIONAL_FIELDS)
-_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, eq=True)

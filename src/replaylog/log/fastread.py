@@ -61,6 +61,8 @@ __all__ = [
 _decoder = msgspec.json.Decoder()
 _decode = _decoder.decode
 _READ_CHUNK = 4 << 20
+if _READ_CHUNK <= MAX_LINE_BYTES:  # pragma: no cover
+    raise ImportError("fastread's chunks must hold the longest line a log may have")
 
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
 
