@@ -135,9 +135,10 @@ def _click_call(args: list[str]) -> dict[str, Any] | None:
     call it (an error, help, another command)."""
     seen: dict[str, Any] = {}
 
-    def capture(ctx: fastcli.CliContext, *values: Any) -> None:
+    def capture(ctx: fastcli.CliContext, /, **values: Any) -> None:
         names = list(inspect.signature(fastcli.append_command).parameters)[1:]
-        seen.update(vars(ctx), **dict(zip(names, values, strict=True)))
+        assert sorted(values) == sorted(names)  # every parameter, by its name
+        seen.update(vars(ctx), **values)
 
     original = replaylog.cli.append_command
     replaylog.cli.append_command = capture

@@ -163,44 +163,16 @@ def server_options(f: F) -> F:
 @server_options
 @json_option
 @pass_ctx
-def append(
-    ctx: _Context,
-    feature: str,
-    event_type: str,
-    aggregate_id: str,
-    payload: str | None,
-    payload_file: str | None,
-    causation_id: str | None,
-    correlation_id: str | None,
-    sync: bool,
-    sync_timeout: float,
-    url: str | None,
-    token_env: str,
-    allow_insecure_http: bool,
-    as_json: bool,
-) -> None:
+def append(ctx: _Context, /, **params: Any) -> None:
     """Append one event to FEATURE's log and print its id.
 
     The event is on disk (fsync) when the command returns. With --sync it is then sent
     to the server; offline or failing, it stays pending, a warning is printed, and the
     command still succeeds.
     """
-    append_command(
-        ctx,
-        feature,
-        event_type,
-        aggregate_id,
-        payload,
-        payload_file,
-        causation_id,
-        correlation_id,
-        sync,
-        sync_timeout,
-        url,
-        token_env,
-        allow_insecure_http,
-        as_json,
-    )
+    # The parameters are append_command's, by name (tests/test_s06_cli_fast.py checks
+    # that both take the same ones): the fast path calls it without click.
+    append_command(ctx, **params)
 
 
 @cli.command("log", epilog=EXIT_CODES)
