@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import pickle
 import shutil
 import sqlite3
+from io import BytesIO
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -355,16 +357,21 @@ def test_every_field_of_every_kind_given_every_odd_value_is_judged_alike_on_both
             for variant in variants:
                 # Beside a good line of another kind, so that the log mixes kinds; and
                 # beside one of the same kind (the store's own lines have a path of theirs).
-                for other in ("transition", kind):
+                # Its keys as given, and sorted as spec-kitty writes them (the typed
+                # decoders' lines).
+                for other, sort in itertools.product(("transition", kind), (False, True)):
                     feature = tmp_path / f"f{taken}"
                     feature.mkdir()
                     neighbour = {**good[other], "event_id": ulid(2)}
                     (feature / EVENTS_FILENAME).write_text(
-                        json.dumps(neighbour, sort_keys=True) + "\n" + json.dumps(variant) + "\n"
+                        json.dumps(neighbour, sort_keys=True)
+                        + "\n"
+                        + json.dumps(variant, sort_keys=sort)
+                        + "\n"
                     )
                     assert fast(feature) == plain(feature), (kind, name, variant.get(name))
                     taken += 1
-    assert taken > 2000
+    assert taken > 4000
 
 
 @pytest.mark.parametrize("tail", ["good", "identical duplicate", "conflicting duplicate", "bad"])
@@ -488,6 +495,84 @@ def test_a_record_read_with_nothing_absent_behaves_as_one_made_by_hand(tmp_path:
             assert dataclasses.asdict(record)["absent"] == frozenset()
             with pytest.raises(dataclasses.FrozenInstanceError):
                 record.absent = frozenset({"reason"})  # type: ignore[misc]
+
+
+def spec_kitty_transition(i: int, **more: Any) -> dict[str, Any]:
+    return {"event_id": ulid(i), "wp_id": f"WP{i % 3:02d}", "from_lane": "planned",
+            "to_lane": "claimed", "at": f"2026-02-09T10:31:{i % 60:02d}Z", "actor": "a",
+            "force": False, "execution_mode": "worktree", "mission_slug": "m",
+            "mission_id": "01KN2371WNZX28ME4MN97B67PJ", "reason": None, "review_ref": None,
+            "evidence": None, "policy_metadata": None, **more}  # fmt: skip
+
+
+def spec_kitty_annotation(i: int) -> dict[str, Any]:
+    return {"event_id": ulid(i), "kind": "annotation", "wp_id": "WP01", "at": "x",
+            "actor": {"role": "r", "profile": None, "tool": "t", "model": None},
+            "delta": {"note": i}}  # fmt: skip
+
+
+def test_spec_kitty_s_transitions_and_annotations_are_read_by_typed_decoders(
+    tmp_path: Path,
+) -> None:
+    # As spec-kitty writes them: sorted keys, transitions of two key sets (one without
+    # review_result, as older versions wrote them), annotations between them.
+    objs: list[dict[str, Any]] = []
+    for i in range(60):
+        more = {"review_result": {"verdict": "ok"}} if i >= 25 else {}
+        objs.append(spec_kitty_transition(i, **more))
+        if i % 4 == 1:
+            objs.append(spec_kitty_annotation(1000 + i))
+    data = b"".join(json.dumps(obj, sort_keys=True).encode() + b"\n" for obj in objs)
+    (tmp_path / EVENTS_FILENAME).write_bytes(data)
+    typed = fastread._parse_typed(BytesIO(data).readlines())
+    assert typed is not None
+    read, groups = typed
+    kinds = sorted(group.plan.kind for group in groups)
+    assert kinds == ["annotation", "transition", "transition"]  # a group per key set
+    assert sum(map(len, (group.objs for group in groups))) == len(objs)
+    assert read == objs  # every line, in file order
+    assert_paths_agree(tmp_path)
+    # A line its typed decoder refuses (force is not a boolean) is judged by the plain
+    # path, as every other odd value (test above).
+    objs[0]["force"] = 1  # a transition
+    (tmp_path / EVENTS_FILENAME).write_bytes(
+        b"".join(json.dumps(obj, sort_keys=True).encode() + b"\n" for obj in objs)
+    )
+    assert fast(tmp_path) == plain(tmp_path)
+    assert fast(tmp_path)[0] == "error"
+
+
+def test_a_spec_kitty_record_read_holds_only_its_line_yet_behaves_as_one_made_by_hand(
+    tmp_path: Path,
+) -> None:
+    # The fast path stores only what a line held: the optional fields it lacks are the
+    # class's None, its empty ``extra`` is made when asked for, and ``absent`` is told by
+    # the fields it lacks. To a caller such a record is the plain path's.
+    lines = [spec_kitty_transition(1), spec_kitty_annotation(2), spec_kitty_transition(3)]
+    path = write_log(tmp_path, *(json.dumps(o, sort_keys=True).encode() + b"\n" for o in lines))
+    assert fastread.read_lines(str(path)) is not None  # the fast path took it
+    fast_records = read_events(tmp_path)
+    plain_records = [build_line(line.obj) for line in scan_log(str(path))]
+    assert "absent" in vars(plain_records[0]) and "extra" in vars(plain_records[0])
+    for record, other in zip(fast_records, plain_records, strict=True):
+        assert "extra" not in vars(record) and "absent" not in vars(record)
+        assert record == other and hash(record) == hash(other) and repr(record) == repr(other)
+        assert record.absent == other.absent and type(record.absent) is frozenset
+        assert record.extra == {} and type(record.extra) is dict
+        assert record.extra is record.extra  # made once, then kept
+        assert record.to_dict() == other.to_dict() and record.to_line() == other.to_line()
+        assert pickle.loads(pickle.dumps(record)) == other
+        assert copy.deepcopy(record) == other and copy.copy(record) == other
+        assert dataclasses.asdict(record) == dataclasses.asdict(other)
+        assert dataclasses.replace(record) == other
+        assert dataclasses.replace(record, extra={"k": 1}).extra == {"k": 1}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.absent = frozenset()  # type: ignore[misc]
+        with pytest.raises(AttributeError, match="object has no attribute 'nope'"):
+            record.nope  # type: ignore[attr-defined]  # noqa: B018
+        assert not hasattr(record, "nope")
+    assert fast_records[0].absent == {"feature_slug", "review_result"}
+    assert fast_records[0].feature_slug is None and "feature_slug" not in vars(fast_records[0])
 
 
 MUTATION_BYTES = st.sampled_from(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ..errors import EventValidationError
 from .canonical import canonical_line, normalize_payload, show_value
@@ -47,6 +47,22 @@ class LineRecord:
             raise EventValidationError(
                 f"the line is a {kind}, not a {self.KIND}"  # type: ignore[attr-defined]
             )
+
+    if not TYPE_CHECKING:  # (to a type checker, a record has its fields and no others)
+
+        def __getattr__(self, name: str) -> Any:
+            # Only for a name the instance and its class lack. A record the fast read path
+            # built holds only what its line held (SPEC section 8): its empty ``extra`` is
+            # made when first asked for, ``absent`` is told by the optional fields it lacks,
+            # and those are the class's None.
+            if name == "extra":
+                return self.__dict__.setdefault("extra", {})
+            if name == "absent":
+                held = self.__dict__
+                return held.setdefault(
+                    "absent", frozenset(k for k in self.OPTIONAL if k not in held)
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @classmethod
     def build(cls: type[T], obj: dict[str, Any]) -> T:

@@ -41,7 +41,7 @@ class Annotation(LineRecord):
     actor: str | dict[str, str | None]
     delta: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
-    absent: frozenset[str] = frozenset()
+    absent: frozenset[str] = field(default_factory=frozenset)
 
     check = staticmethod(check_annotation)
 

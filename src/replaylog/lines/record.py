@@ -29,7 +29,7 @@ class Record(LineRecord):
     type: str
     at: str
     extra: dict[str, Any] = field(default_factory=dict)
-    absent: frozenset[str] = frozenset()
+    absent: frozenset[str] = field(default_factory=frozenset)
 
     check = staticmethod(check_record)
 

@@ -110,7 +110,7 @@ class StatusEvent(LineRecord):
     review_result: Any = None
     policy_metadata: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-    absent: frozenset[str] = frozenset()
+    absent: frozenset[str] = field(default_factory=frozenset)
 
     check = staticmethod(check_transition)
 

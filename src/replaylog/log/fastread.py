@@ -22,12 +22,12 @@ from __future__ import annotations
 import fcntl
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
-from itertools import accumulate, chain, compress, repeat
-from operator import itemgetter, setitem
+from itertools import accumulate, chain, compress, islice, repeat
+from operator import itemgetter, not_, setitem
 from types import GetSetDescriptorType
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -37,7 +37,7 @@ from ..lines.canonical import MAX_CLOCK, MAX_LINE_BYTES, MAX_NAME_CHARS
 from ..lines.envelope import FIELD_SET, OPTIONAL_FIELDS, TIMESTAMP_PATTERN, Event
 from ..lines.ids import ULID_PATTERN
 from ..lines.record import Record
-from ..lines.transition import ISO_8601, LANE_SET, StatusEvent
+from ..lines.transition import ISO_8601, LANES, StatusEvent
 from ..posix import flock, open_regular
 from .read import Unclean
 
@@ -86,17 +86,14 @@ class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
 _store_decoder = msgspec.json.Decoder(_StoreLine)
 _decode_store_line = _store_decoder.decode
 _as_dict = msgspec.structs.asdict
+_convert = msgspec.convert
 
 _new_object = object.__new__
 _NOTHING: frozenset[str] = frozenset()
 _EMPTY: dict[str, Any] = {}  # never changed: copied for each record's empty ``extra``
 
 _TYPE_STR = frozenset({str})
-_TYPE_INT = frozenset({int})
-_TYPE_BOOL = frozenset({bool})
 _TYPE_DICT = frozenset({dict})
-_TYPE_OPT_STR = frozenset({str, type(None)})
-_TYPE_ACTOR = frozenset({str, dict})
 
 # ULID_PATTERN's characters: the first digit at most 7, Crockford's base32 for the rest.
 _ULID_FIRST = b"01234567"
@@ -158,7 +155,9 @@ class Plan(NamedTuple):
     absent: frozenset[str]
     additions: dict[str, Any]  # what each line's instance dict gets: the missing, absent
     cls: type[Any]
-    values: Callable[[dict[str, Any]], tuple[Any, ...]]  # a line's checked fields, in order
+    spec: Any  # ``list[Struct]`` of the checked fields, for msgspec.convert to check
+    times: tuple[str, int] | None  # the field checked as a time, and its rule
+    objects: tuple[str, ...]  # the fields that must hold JSON objects
 
 
 class Group(NamedTuple):
@@ -240,6 +239,45 @@ def _kind_of(keys: frozenset[str]) -> str:
     raise Unclean
 
 
+class _ActorObject(msgspec.Struct, forbid_unknown_fields=True):
+    """An actor given as an object: exactly these four keys, each a string or null."""
+
+    role: str | None
+    profile: str | None
+    tool: str | None
+    model: str | None
+
+
+if frozenset(_ActorObject.__struct_fields__) != ACTOR_KEYS:  # pragma: no cover
+    raise ImportError("fastread's actor object differs from ACTOR_KEYS")
+
+# What msgspec.convert is to check of each rule (a time is matched, and an object's
+# type checked, column by column after: a ``dict`` here would copy each one).
+_RULE_TYPES: dict[int, Any] = {
+    _STR: str,
+    _NAME: Annotated[str, msgspec.Meta(min_length=1)],
+    _NAME200: _Name,
+    _LANE: Literal[LANES],
+    _DICT: Any,
+    _BOOL: bool,
+    _CLOCK: Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK)],
+    _OPT: str | None,
+    _ACTOR: str | _ActorObject,
+    _KIND: Literal["annotation"],
+    _STAMP: str,
+    _TIME: str,
+}
+
+
+def _spec(checked: list[tuple[str, int]]) -> Any:
+    """The type that msgspec.convert checks a group's lines against: a list of a
+    ``Struct`` of the checked fields (any other key of a line is passed over)."""
+    struct: Any = msgspec.defstruct(
+        "_Checked", [(name, _RULE_TYPES[rule]) for name, rule in checked]
+    )
+    return list[struct]
+
+
 def _plan(shape: tuple[str, ...]) -> Plan:
     """The plan of a key set (in line order); raise :class:`Unclean` if its lines cannot
     be of any kind (no id, a required field missing)."""
@@ -267,7 +305,9 @@ def _plan(shape: tuple[str, ...]) -> Plan:
         absent,
         {**dict.fromkeys(missing), "absent": absent},
         _CLASSES[kind],
-        itemgetter(*(name for name, _ in checked)),  # every kind checks two fields or more
+        _spec(checked),
+        next(((name, rule) for name, rule in checked if rule in (_STAMP, _TIME)), None),
+        tuple(name for name, rule in checked if rule == _DICT),
     )
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
@@ -299,13 +339,17 @@ _DATE_TIME = (
     (17, bytes(range(61))),  # a leap second
 )
 _HOURS, _MINUTES = _DATE_TIME[2][1], _DATE_TIME[3][1]
+_FEW_TIMES = 24  # below this many, the regex costs less than the checks by layout
+_MAX_LAYOUTS = 4  # a column of more layouts is left to the regex
 
 
-def _all_times(rule: _Times, texts: Iterable[Any], count: int) -> bool:
-    """True if every one of the ``count`` texts is a string that ``rule.one`` matches:
-    checked by :func:`_same_layout` when they all have the layout of the first (the
-    usual), else by one regex over them joined (four times slower for a column of
-    20,000 times)."""
+def _all_times(rule: _Times, texts: Sequence[Any], count: int) -> bool:
+    """True if every one of the ``count`` texts is a string that ``rule.one`` matches.
+
+    A column of one layout (the usual) is checked by :func:`_same_layout`; one of a few
+    layouts, each of its own length, layout by layout; anything else by one regex over
+    the texts joined (four times slower for a column of 20,000 times, and cheaper for a
+    column of a few)."""
     try:
         joined = "\n".join(texts) + "\n"
     except TypeError:
@@ -313,7 +357,19 @@ def _all_times(rule: _Times, texts: Iterable[Any], count: int) -> bool:
     # A text holding a newline could pass as two texts: the count rules that out.
     if joined.count("\n") != count:
         return False
-    return _same_layout(rule, joined, count) or rule.column.fullmatch(joined) is not None
+    if count >= _FEW_TIMES:
+        if _same_layout(rule, joined, count):
+            return True
+        lengths = list(map(len, texts))
+        layouts = set(lengths)
+        if 1 < len(layouts) <= _MAX_LAYOUTS:
+            for length in layouts:
+                some = list(compress(texts, map(length.__eq__, lengths)))
+                if not _same_layout(rule, "\n".join(some) + "\n", len(some)):
+                    break
+            else:
+                return True
+    return rule.column.fullmatch(joined) is not None
 
 
 def _same_layout(rule: _Times, joined: str, count: int) -> bool:
@@ -382,68 +438,35 @@ def _column(objs: list[dict[str, Any]], name: str) -> list[Any]:
     return list(map(itemgetter(name), objs))
 
 
-def _check_actors(actors: Sequence[Any]) -> None:
-    """A string, or an object of exactly role, profile, tool and model (str or null)."""
-    kinds = set(map(type, actors))
-    _need(kinds <= _TYPE_ACTOR)
-    if dict in kinds:
-        objects = list(compress(actors, map(isinstance, actors, repeat(dict))))
-        _need(set(map(frozenset, objects)) == {ACTOR_KEYS})
-        values = chain.from_iterable(map(dict.values, objects))
-        _need(set(map(type, values)) <= _TYPE_OPT_STR)
-
-
 def _check_kind(groups: list[Group]) -> None:
     """Every rule :func:`~replaylog.lines.check_line` applies, over all the lines of one
-    kind in a chunk, column by column: each group's checked fields taken in one pass over
-    its lines, and a string field's distinct values checked, not each value."""
-    columns: dict[tuple[str, int], tuple[Any, ...]] = {}
-    for group in groups:  # a handful: the lines' columns, gathered by field
-        for field, column in zip(
-            group.plan.checked, zip(*map(group.plan.values, group.objs), strict=True), strict=True
-        ):
-            if field in columns:
-                columns[field] += column
-            else:
-                columns[field] = column
-    try:
-        for (_, rule), values in columns.items():
-            if rule <= _NAME200:  # _STR, _NAME, _NAME200: a set refuses a list or a dict
-                distinct = set(values)
-                _need(set(map(type, distinct)) == _TYPE_STR)
-                if rule != _STR:
-                    _need("" not in distinct)
-                    if rule == _NAME200:
-                        _need(max(map(len, distinct)) <= MAX_NAME_CHARS)
-            elif rule == _LANE:  # only strings are in the set
-                _need(LANE_SET.issuperset(values))
-            elif rule == _KIND:
-                _need(set(values) == {"annotation"})
-            elif rule == _DICT:
-                _need(set(map(type, values)) == _TYPE_DICT)
-            elif rule == _BOOL:
-                _need(set(map(type, values)) == _TYPE_BOOL)
-            elif rule == _OPT:
-                _need(set(map(type, values)) <= _TYPE_OPT_STR)
-            elif rule == _CLOCK:
-                _need(set(map(type, values)) == _TYPE_INT)
-                _need(min(values) >= 0 and max(values) <= MAX_CLOCK)
-            elif rule == _ACTOR:
-                _check_actors(values)
-            elif rule == _STAMP:
-                _need(_all_times(_STAMP_TIMES, values, len(values)))
-            else:  # _TIME
-                _need(_all_times(_ISO_TIMES_RULE, values, len(values)))
-    except TypeError:  # a value of another type where a string or a lane must be
-        raise Unclean from None
+    kind in a chunk: each group's checked fields by msgspec.convert (in C, a line at a
+    time), then the kind's times and objects column by column."""
+    times: dict[int, list[Any]] = {}  # by rule
+    objects: list[Any] = []
+    for group in groups:  # a handful
+        plan = group.plan
+        try:
+            _convert(group.objs, plan.spec, strict=True)
+        except msgspec.ValidationError:
+            raise Unclean from None
+        if plan.times is not None:
+            name, rule = plan.times
+            times.setdefault(rule, []).extend(map(itemgetter(name), group.objs))
+        for name in plan.objects:
+            objects.extend(map(itemgetter(name), group.objs))
+    _need(set(map(type, objects)) <= _TYPE_DICT)
+    for rule, column in times.items():
+        _need(_all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, len(column)))
 
 
 def _groups(objs: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], range | list[int]]]:
     """The chunk's lines grouped by their keys (in order): ``(keys, positions)``."""
     shapes = list(map(tuple, objs))
     first = shapes[0]
-    if shapes.count(first) == len(shapes):
-        return [(first, range(len(objs)))]
+    count = len(shapes)
+    if shapes.count(first) == count:
+        return [(first, range(count))]
     found: dict[tuple[str, ...], list[int]] = {}
     for i, shape in enumerate(shapes):
         found.setdefault(shape, []).append(i)
@@ -476,22 +499,191 @@ def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Grou
     """What msgspec left to check of the store's own lines: the ids' alphabet (their length
     is checked) and the timestamps."""
     eids = _column(objs, "event_id")
-    stamps = map(itemgetter("timestamp"), objs)
+    stamps = _column(objs, "timestamp")
     _need(_all_ulids(eids, sized=True) and _all_times(_STAMP_TIMES, stamps, len(objs)))
     return eids, [Group(_plan(_STORE_SHAPE), range(len(objs)), objs)]
 
 
+# --------------------------------------------------------------------------- typed lines
+
+# spec-kitty writes its transitions and annotations with sorted keys, so a line's last
+# keys tell its kind: ``..., "to_lane": "done", "wp_id": "WP01"}``. A line marked so is
+# only a candidate: its kind's typed decoder judges it, and anything it refuses is read
+# the general way.
+_TAIL = 96  # the bytes of a line's end looked at
+_MARKS = ((_TRANSITION, b'"to_lane": "'), (_ANNOTATION, b'"kind": "annotation"'))
+
+
+class _Typed(NamedTuple):
+    """A decoder of the lines of one key set (in line order) of a kind with no extra keys:
+    a ``Struct`` of exactly those fields, each checked as the kind's rules say while the
+    line is parsed (the ids' alphabet, the times and an actor object's keys are checked
+    after, column by column)."""
+
+    shape: tuple[str, ...]
+    plan: Plan
+    decode: Callable[[bytes], Any]
+
+
+_ID_TYPE = Annotated[str, msgspec.Meta(min_length=26, max_length=26)]  # a ULID's length
+# What the typed decoders check of each rule while they parse (a JSON object is read as
+# a dict here, so nothing is copied).
+_DECODED_TYPES = {
+    **_RULE_TYPES,
+    _DICT: dict[str, Any],
+    _ACTOR: str | dict[str, str | None],
+}
+_typed: dict[str, _Typed] = {}  # by kind: the decoder of the key set last seen
+_typed_shapes: dict[tuple[str, ...], _Typed | None] = {}  # every key set's, or None
+
+
+def _typed_for(kind: str, line: bytes) -> _Typed | None:
+    """The typed decoder of the key set of ``line``, if its lines can be read so."""
+    try:
+        obj = _decode(line)
+        shape = tuple(obj) if type(obj) is dict else ()
+    except (ValueError, RecursionError):
+        return None
+    if shape in _typed_shapes:
+        typed = _typed_shapes[shape]
+    else:
+        typed = _make_typed(shape)
+        if len(_typed_shapes) >= _MAX_PLANS:
+            _typed_shapes.clear()
+        _typed_shapes[shape] = typed
+    if typed is None or typed.plan.kind != kind:
+        return None
+    _typed[kind] = typed
+    return typed
+
+
+def _make_typed(shape: tuple[str, ...]) -> _Typed | None:
+    try:
+        plan = _plan(shape)
+    except Unclean:
+        return None
+    if plan.extra_keys:
+        return None
+    rules = dict(plan.checked)
+    fields = [
+        (name, _ID_TYPE if name == "event_id" else _DECODED_TYPES.get(rules.get(name, -1), Any))
+        for name in shape
+    ]
+    struct = msgspec.defstruct("_TypedLine", fields, forbid_unknown_fields=True, gc=False)
+    return _Typed(shape, plan, msgspec.json.Decoder(struct).decode)
+
+
+def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[Group] | None:
+    """The groups of ``lines``, all of ``kind``, read by typed decoders and checked; None
+    if they are not all so (the general way reads them then).
+
+    The lines are read in runs: each decoder reads as far as it can (a line of another
+    key set stops it), and the decoder of that line's key set goes on from there."""
+    count = len(lines)
+    objs: list[dict[str, Any]] = []
+    runs: list[tuple[_Typed, int, int]] = []
+    typed = _typed.get(kind)
+    plan: Plan | None = None
+    start = 0
+    while start < count:
+        if typed is not None:
+            try:
+                objs.extend(map(_as_dict, map(typed.decode, islice(lines, start, None))))
+            except (ValueError, RecursionError):
+                pass
+            if len(objs) > start:
+                plan = typed.plan
+                runs.append((typed, start, len(objs)))
+                start = len(objs)
+                continue
+        learned = _typed_for(kind, lines[start])
+        if learned is None or learned is typed:
+            return None  # a line of no typed key set, or one its decoder refuses
+        typed = learned
+    if plan is None or not _all_ulids(_column(objs, "event_id"), sized=True):
+        return None
+    times = plan.times  # (one kind: one rule)
+    if times is not None:
+        name, rule = times
+        column = _column(objs, name)
+        if not _all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, count):
+            return None
+    actors = _column(objs, "actor")
+    if dict in set(map(type, actors)):
+        if set(map(frozenset, filter(dict.__instancecheck__, actors))) != {ACTOR_KEYS}:
+            return None
+    if len(runs) == 1:
+        return [Group(plan, positions, objs)]
+    parts: dict[tuple[str, ...], Group] = {}
+    for typed, start, end in runs:  # a key set's runs make one group
+        group = parts.setdefault(typed.shape, Group(typed.plan, [], []))
+        group.positions.extend(positions[start:end])  # type: ignore[union-attr]
+        group.objs.extend(objs[start:end])
+    return list(parts.values())
+
+
+def _parse_typed(parts: list[bytes]) -> tuple[list[Any], list[Group]] | None:
+    """The objects and groups of a chunk whose transitions and annotations are read by
+    typed decoders (see :class:`_Typed`), the other lines the general way; None if no
+    line could be read so."""
+    count = len(parts)
+    rest: range | list[int] = range(count)  # the lines not read yet
+    rest_parts = parts
+    groups: list[Group] = []
+    for kind, mark in _MARKS:
+        marks = list(map(bytes.count, rest_parts, repeat(mark), repeat(-_TAIL)))
+        if 1 not in marks:
+            continue
+        marked = list(compress(rest, marks))
+        typed = _typed_groups(kind, list(compress(rest_parts, marks)), marked)
+        if typed is None:
+            continue
+        groups.extend(typed)
+        if len(marked) == len(rest):
+            rest = []
+            break
+        unmarked = list(map(not_, marks))
+        rest = list(compress(rest, unmarked))
+        rest_parts = list(compress(rest_parts, unmarked))
+    if not groups:
+        return None
+    if len(groups) == 1 and not rest:
+        return groups[0].objs, groups
+    objs: list[Any] = [None] * count
+    if rest:
+        try:
+            others = list(map(_decode, rest_parts))
+        except (ValueError, RecursionError):
+            raise Unclean from None
+        _, their_groups = check_objects(others)
+        for group in their_groups:  # their positions, among the others: in the chunk
+            where = (
+                rest
+                if type(group.positions) is range
+                else list(map(rest.__getitem__, group.positions))
+            )
+            groups.append(group._replace(positions=where))
+    for group in groups:
+        list(map(setitem, repeat(objs), group.positions, group.objs))
+    return objs, groups
+
+
 def _parse(parts: list[bytes], records: bool) -> tuple[list[Any], list[str], list[Group]]:
     """The validated objects of a chunk's lines, their ids and groups."""
-    # The store's own lines are parsed and checked at once; any other line (spec-kitty's
-    # kinds, extra keys) sends the chunk to the general parse.
-    if records and parts[0].startswith(b'{"aggregate_id": '):  # sorted keys
-        try:
-            objs = list(map(_as_dict, map(_decode_store_line, parts)))
-            eids, groups = _check_store_lines(objs)
-            return objs, eids, groups
-        except (ValueError, RecursionError, Unclean):
-            pass
+    if records:
+        # The store's own lines are parsed and checked at once; spec-kitty's transitions
+        # and annotations by typed decoders. Anything else goes to the general parse.
+        if parts[0].startswith(b'{"aggregate_id": '):  # sorted keys
+            try:
+                objs = list(map(_as_dict, map(_decode_store_line, parts)))
+                eids, groups = _check_store_lines(objs)
+                return objs, eids, groups
+            except (ValueError, RecursionError, Unclean):
+                pass
+        typed = _parse_typed(parts)
+        if typed is not None:
+            objs, groups = typed
+            return objs, _column(objs, "event_id"), groups
     try:
         objs = list(map(_decode, parts))
     except (ValueError, RecursionError):
@@ -583,20 +775,25 @@ def mixed_chunks(
 def _prepare(group: Group) -> type[Any]:
     """Turn a group's line objects into its records' instance dicts, as
     :func:`~replaylog.lines.build_line` does one by one: keys the record does not know
-    moved into ``extra``, the optional fields it lacks set to None and named in ``absent``.
-    Returns the record class."""
+    moved into ``extra``, and the optional fields it lacks set to None and named in
+    ``absent``. Returns the record class.
+
+    Less is stored than build_line stores, for the same record: a spec-kitty record with
+    no extra keys makes its empty ``extra`` when first asked for, its ``absent`` is told
+    then by the fields it lacks, and those are the class's None (see
+    :class:`~replaylog.lines.LineRecord`)."""
     plan, objs = group.plan, group.objs
     extra_keys = plan.extra_keys
+    lazy = plan.cls is not Event
     if extra_keys:
         values = [list(map(dict.pop, objs, repeat(k))) for k in extra_keys]
         extras: Any = map(dict, map(zip, repeat(extra_keys), zip(*values, strict=True)))
-    else:
-        extras = map(dict.copy, repeat(_EMPTY, len(objs)))  # a new empty dict for each line
-    # The keys build_line adds (in another order, which no record shows): extra, the
-    # missing fields as None, absent. (operator.setitem is a plain C call; the
-    # dict.__setitem__ slot wrapper costs twice as much per line.)
-    list(map(setitem, objs, repeat("extra"), extras))
-    if plan.missing:
+        list(map(setitem, objs, repeat("extra"), extras))
+    elif not lazy:
+        # (operator.setitem is a plain C call; the dict.__setitem__ slot wrapper costs
+        # twice as much per line.)
+        list(map(setitem, objs, repeat("extra"), map(dict.copy, repeat(_EMPTY, len(objs)))))
+    if plan.missing and not lazy:
         list(map(dict.update, objs, repeat(plan.additions)))
     return plan.cls
 
