@@ -216,6 +216,9 @@ def flock(fd: int, kind: int, path: str) -> None:
     """Lock the log ``path`` (open as ``fd``) as :func:`wait_for_lock` does, as long as it
     takes; a failure is a :class:`StoreError` naming the log."""
     try:
-        wait_for_lock(fd, kind, f"the lock on {path}")
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)  # the usual: nobody holds it
+        except BlockingIOError:
+            wait_for_lock(fd, kind, f"the lock on {path}")
     except OSError as exc:  # pragma: no cover - flock on a local file does not fail
         raise StoreError(f"{path}: cannot lock the log: {exc}", path=path) from exc

@@ -746,7 +746,7 @@ def mixed_chunks(
             if places:
                 sizes = list(map(len, parts))
                 _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
-            else:
+            elif consumed > MAX_LINE_BYTES:  # (else no line can be longer)
                 _need(max(map(len, parts)) <= MAX_LINE_BYTES)
             objs, eids, groups = _parse(parts, records)
             count = len(parts)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ..errors import EventValidationError, StoreError, os_error
 from ..lines.canonical import MAX_LINE_BYTES
 from ..posix import flock, open_regular
-from .paths import log_path
+from .paths import EVENTS_FILENAME, log_path
 
 if TYPE_CHECKING:
     from ..lines import Line
@@ -347,16 +347,33 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
     (an envelope as :class:`Event`, a transition as :class:`~replaylog.lines.StatusEvent`,
     an annotation as :class:`~replaylog.lines.Annotation`, a record as
     :class:`~replaylog.lines.Record`); ``[]`` when there is no log."""
-    from .fastread import read_lines
-
-    path = log_path(feature_dir)
-    with _gc_paused():
-        lines = read_lines(path)
+    path = os.path.join(feature_dir, EVENTS_FILENAME)
+    # As _gc_paused, without its generator: a spec-kitty project has many small logs.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        lines = _read_lines(path)
         if lines is not None:
             return lines
         from ..lines import build_line
 
         return [build_line(line.obj) for line in scan_log(path)]
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _import_read_lines(path: str) -> list[Line] | None:
+    """fastread's read_lines, imported on first use (it imports msgspec, which the
+    append path never needs)."""
+    global _read_lines
+    from .fastread import read_lines
+
+    _read_lines = read_lines
+    return read_lines(path)
+
+
+_read_lines: Callable[[str], list[Line] | None] = _import_read_lines
 
 
 def verify_log(path: str) -> list[Problem]:
