@@ -600,8 +600,8 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
         if learned is None or learned is typed:
             return None  # a line of no typed key set, or one its decoder refuses
         typed = learned
-    if plan is None or not _all_ulids(_column(objs, "event_id"), sized=True):
-        return None
+    if plan is None:
+        return None  # (the ids' alphabet is checked with the chunk's, by _parse)
     times = plan.times  # (one kind: one rule)
     if times is not None:
         name, rule = times
@@ -683,7 +683,11 @@ def _parse(parts: list[bytes], records: bool) -> tuple[list[Any], list[str], lis
         typed = _parse_typed(parts)
         if typed is not None:
             objs, groups = typed
-            return objs, _column(objs, "event_id"), groups
+            eids = _column(objs, "event_id")
+            # Every id has a ULID's length: the typed decoders checked theirs, and
+            # check_objects the others' alphabet too.
+            _need(_all_ulids(eids, sized=True))
+            return objs, eids, groups
     try:
         objs = list(map(_decode, parts))
     except (ValueError, RecursionError):
