@@ -465,7 +465,7 @@ class EventStore:
         if not os.path.isdir(feature_dir):
             self.require_log(feature)
         meta = feature_meta(feature_dir)
-        lines = _log.read_events_raw(feature_dir)
+        lines = _log.read_events_raw(feature_dir, ordered=False)  # it looks keys up
         try:
             return snapshot(lines, meta=meta)
         except StoreError as exc:
