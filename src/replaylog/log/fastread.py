@@ -3,18 +3,20 @@
 A log that spec-kitty wrote mixes envelopes, transitions, annotations and records.
 Read line by line (:func:`~replaylog.log.scan_log`), each line costs a dozen Python
 calls. Here a log is read in chunks of 4 MiB. A chunk of lines as the store writes them
-is parsed by msgspec into a ``Struct`` that checks their fields while it parses. Any
-other chunk is parsed into dicts, its lines are grouped by their keys (a log has a
-handful of key sets), and each kind's fields are checked column by column in C: ``map``
-over C functions, ``set(map(type, ...))``, one regex over a whole joined column. The
-records are then built group by group, again with ``map`` over C functions, not a
-Python call per line.
+is parsed by msgspec into a ``Struct`` that checks their fields while it parses. So are
+spec-kitty's transitions and annotations (told by their sorted keys' last ones): by a
+``Struct`` of their exact key set, typed by their kind's rules. Any other line is parsed
+into a dict; such lines are grouped by their keys (a log has a handful of key sets),
+and each group's fields are checked by ``msgspec.convert``. The ids and times are
+checked column by column in C (``bytes.translate``, big integers, one regex over a
+whole joined column). The records are then built group by group with ``map`` over C
+functions, not a Python call per line.
 
 Anything unusual (a blank, bad, duplicate, torn or oversized line, a value of a
 doubtful type, a line of no kind) raises :class:`~replaylog.log.read.Unclean`, and the caller
 reads the log again with ``scan_log``, which finds and names the exact problem. So this
 path accepts exactly what ``scan_log`` accepts and gives the same records
-(``tests/test_fastread.py`` holds it to that).
+(``tests/test_s08_fastread.py`` holds it to that).
 """
 
 from __future__ import annotations
@@ -535,6 +537,7 @@ _DECODED_TYPES = {
 }
 _typed: dict[str, _Typed] = {}  # by kind: the decoder of the key set last seen
 _typed_shapes: dict[tuple[str, ...], _Typed | None] = {}  # every key set's, or None
+_MAX_TYPED = 256  # decoders remembered (a few kB each); a log of ever-new key sets is still read
 
 
 def _typed_for(kind: str, line: bytes) -> _Typed | None:
@@ -548,7 +551,7 @@ def _typed_for(kind: str, line: bytes) -> _Typed | None:
         typed = _typed_shapes[shape]
     else:
         typed = _make_typed(shape)
-        if len(_typed_shapes) >= _MAX_PLANS:
+        if len(_typed_shapes) >= _MAX_TYPED:
             _typed_shapes.clear()
         _typed_shapes[shape] = typed
     if typed is None or typed.plan.kind != kind:
