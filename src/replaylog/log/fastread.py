@@ -67,6 +67,7 @@ if _READ_CHUNK <= MAX_LINE_BYTES:  # pragma: no cover
     raise ImportError("fastread's chunks must hold the longest line a log may have")
 
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
+_Id = Annotated[str, msgspec.Meta(min_length=26, max_length=26)]  # a ULID's length
 
 
 class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,7 +78,7 @@ class _StoreLine(msgspec.Struct, forbid_unknown_fields=True):
     aggregate_id: _Name
     causation_id: str | None
     correlation_id: str | None
-    event_id: Annotated[str, msgspec.Meta(min_length=26, max_length=26)]  # a ULID's length
+    event_id: _Id
     event_type: _Name
     lamport_clock: Annotated[int, msgspec.Meta(ge=0, le=MAX_CLOCK)]
     node_id: Annotated[str, msgspec.Meta(min_length=1)]
@@ -527,7 +528,6 @@ class _Typed(NamedTuple):
     decode: Callable[[bytes], Any]
 
 
-_ID_TYPE = Annotated[str, msgspec.Meta(min_length=26, max_length=26)]  # a ULID's length
 # What the typed decoders check of each rule while they parse (a JSON object is read as
 # a dict here, so nothing is copied).
 _DECODED_TYPES = {
@@ -569,7 +569,7 @@ def _make_typed(shape: tuple[str, ...]) -> _Typed | None:
         return None
     rules = dict(plan.checked)
     fields = [
-        (name, _ID_TYPE if name == "event_id" else _DECODED_TYPES.get(rules.get(name, -1), Any))
+        (name, _Id if name == "event_id" else _DECODED_TYPES.get(rules.get(name, -1), Any))
         for name in shape
     ]
     struct = msgspec.defstruct("_TypedLine", fields, forbid_unknown_fields=True, gc=False)
