@@ -15,13 +15,12 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import EventValidationError, StoreError, os_error
 from ..lines.canonical import MAX_LINE_BYTES
 from ..posix import flock, open_regular
-from .paths import EVENTS_FILENAME, log_path
+from .paths import log_path
 
 if TYPE_CHECKING:
     from ..lines import Line
@@ -295,16 +294,20 @@ class Unclean(Exception):
     """The fast path met something unusual: :func:`scan_log` must judge the log."""
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Reading makes many small objects, none of them cyclic: the cycle collector would
-    # only walk them again and again (about half the time of a large read).
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
+class _GcPaused:
+    """Pause the cycle collector for a read. Reading makes many small objects, none of
+    them cyclic: the collector would only walk them again and again (about half the
+    time of a large read). A class rather than a generator: a project of many small
+    logs pays for it once per log."""
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_enabled:
             gc.enable()
 
 
@@ -318,7 +321,7 @@ def read_events_raw(
     from .fastread import read_objects
 
     path = log_path(feature_dir)
-    with _gc_paused():
+    with _GcPaused():
         objs = read_objects(path, ordered=ordered)
         if objs is None:  # something unusual: the plain path judges it, and names it
             objs = [line.obj for line in scan_log(path)]
@@ -352,20 +355,14 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
     (an envelope as :class:`Event`, a transition as :class:`~replaylog.lines.StatusEvent`,
     an annotation as :class:`~replaylog.lines.Annotation`, a record as
     :class:`~replaylog.lines.Record`); ``[]`` when there is no log."""
-    path = os.path.join(feature_dir, EVENTS_FILENAME)
-    # As _gc_paused, without its generator: a spec-kitty project has many small logs.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    path = log_path(feature_dir)
+    with _GcPaused():
         lines = _read_lines(path)
         if lines is not None:
             return lines
         from ..lines import build_line
 
         return [build_line(line.obj) for line in scan_log(path)]
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _import_read_lines(path: str) -> list[Line] | None:
