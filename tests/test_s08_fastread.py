@@ -556,6 +556,29 @@ def test_spec_kitty_s_transitions_and_annotations_are_read_by_typed_decoders(
     assert fast(tmp_path)[0] == "error"
 
 
+def test_a_log_of_more_key_sets_than_the_typed_decoders_kept_is_read_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The decoders remembered are bounded: with room for two, a log of six key sets
+    # (each optional field in turn), interleaved, makes them forgotten again and again.
+    monkeypatch.setattr(fastread, "_MAX_TYPED", 2)
+    monkeypatch.setattr(fastread, "_typed_shapes", {})
+    optional = ["feature_slug", "review_result", "evidence", "reason", "review_ref", "mission_id"]
+    objs = []
+    for i in range(60):
+        obj = spec_kitty_transition(i)
+        for name in ("evidence", "reason", "review_ref", "mission_id"):
+            del obj[name]
+        obj[optional[i % len(optional)]] = None
+        objs.append(obj)
+    data = b"".join(json.dumps(obj, sort_keys=True).encode() + b"\n" for obj in objs)
+    (tmp_path / EVENTS_FILENAME).write_bytes(data)
+    typed = fastread._parse_typed(BytesIO(data).readlines())
+    assert typed is not None and len(typed[1]) == len(optional)  # a group per key set
+    assert len(fastread._typed_shapes) <= 2
+    assert_paths_agree(tmp_path)
+
+
 def test_a_spec_kitty_record_read_holds_only_its_line_yet_behaves_as_one_made_by_hand(
     tmp_path: Path,
 ) -> None:
@@ -575,6 +598,7 @@ def test_a_spec_kitty_record_read_holds_only_its_line_yet_behaves_as_one_made_by
         assert record.extra == {} and type(record.extra) is dict
         assert record.extra is record.extra  # made once, then kept
         assert record.to_dict() == other.to_dict() and record.to_line() == other.to_line()
+        assert type(record).from_dict(record.to_dict()) == other  # the round trip
         assert pickle.loads(pickle.dumps(record)) == other
         assert copy.deepcopy(record) == other and copy.copy(record) == other
         assert dataclasses.asdict(record) == dataclasses.asdict(other)
