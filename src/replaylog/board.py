@@ -193,7 +193,9 @@ def _apply_transition(
     # Updated in place, so every runtime slot already there is carried over, as
     # spec-kitty's rebuilt state carries them (its ``_RUNTIME_SLOTS``).
     state["lane"] = to_lane
-    state["actor"] = _actor_name(line["actor"])
+    actor = line["actor"]
+    # (A call less per transition for the usual string actor: the board reads every one.)
+    state["actor"] = actor if type(actor) is str else _actor_name(actor)
     state["last_transition_at"] = line["at"]
     state["last_event_id"] = line["event_id"]
     if line["force"]:
@@ -208,7 +210,8 @@ def _apply_transition(
                 state["shell_pid_created_at"] = meta["shell_pid_created_at"]
             if meta.get("agent"):
                 state["agent"] = meta["agent"]
-    review_result = _review_result(line.get("review_result"))
+    value = line.get("review_result")
+    review_result = _review_result(value) if value else None
     if review_result is not None or from_lane == "in_review":
         # A verdict always lands; leaving review without one lands an explicit null.
         state["review_result"] = review_result
