@@ -36,16 +36,30 @@ __all__ = ["Appender", "OpenLog"]
 #: reading the batch back at the next catch-up, and a batch pays the lock once.
 _BATCH = 64
 
+#: How many forks made this process (from the one that imported this module): a log kept
+#: open by a parent is not the child's (an inherited descriptor shares its locks), and
+#: this is cheaper to compare on every append than a ``getpid`` system call.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
 
 class OpenLog:
     """A log the store appended to, kept open, and how it looked after that append."""
 
-    __slots__ = ("fd", "path", "ino", "dev", "size", "pid", "clock")
+    __slots__ = ("fd", "path", "ino", "dev", "size", "forks", "clock")
 
     def __init__(self, fd: int, path: str, st: os.stat_result, clock: ClockFile | None) -> None:
         self.fd = fd
         self.path = path
-        self.pid = os.getpid()
+        self.forks = _forks
         self.ino, self.dev, self.size = st.st_ino, st.st_dev, st.st_size
         # The index's clock file, open in this process, or None: the next appends take
         # their values from it without going through the index.
@@ -200,7 +214,7 @@ class Appender:
         if open_log is None or store._index is None:
             return None
         clock = open_log.clock
-        if open_log.pid != os.getpid() or clock is None or clock.fd < 0:
+        if open_log.forks != _forks or clock is None or clock.fd < 0:
             # A forked child: an inherited descriptor would share its parent's locks.
             self.open_logs.pop(feature).close()
             return None
@@ -212,16 +226,20 @@ class Appender:
             wait_for_lock(fd, fcntl.LOCK_EX, f"the lock on {open_log.path}")
         try:
             first = None
-            # Nothing new in the log since this store's last append (the OpenLog checks,
-            # written out): every value in it is at most the clock's, so the clock alone
-            # gives the next ones.
-            if os.lseek(fd, 0, os.SEEK_END) == open_log.size:
-                try:
-                    here = os.lstat(open_log.path)
-                except OSError:
-                    here = None
-                if here is not None and here.st_ino == open_log.ino and here.st_dev == open_log.dev:
-                    first = clock.reserve(len(templates))
+            # Nothing new in the log since this store's last append: the file at its path
+            # is the one kept open, of the size it had then (one lstat tells both). Every
+            # value in it is at most the clock's, so the clock alone gives the next ones.
+            try:
+                here = os.lstat(open_log.path)
+            except OSError:
+                here = None
+            if (
+                here is not None
+                and here.st_ino == open_log.ino
+                and here.st_dev == open_log.dev
+                and here.st_size == open_log.size
+            ):
+                first = clock.reserve(len(templates))
             if first is None:
                 self.open_logs.pop(feature).close()  # closing releases the lock
                 return None
