@@ -1,28 +1,30 @@
 """Where a durable single append's time goes beyond its floor (one write + fsync).
 
-    .venv/bin/python benchmarks/append_parts.py [--rounds 16] [--appends 200]
+    .venv/bin/python benchmarks/append_parts.py [--rounds 40] [--appends 200]
 
-Three loops, each paired round by round with ``floors.fsync_append_rate`` of as many
-lines in the same minute, and reported as the median and quartiles of the paired ratios:
+A store appends once (so that it keeps its log open), then five loops run on that log,
+each paired round by round with ``floors.fsync_append_rate`` of as many lines, in a
+rotating order; each is reported as the median and quartiles of its paired ratios:
 
-- ``syscalls``: the system calls of the store's fast path only (the log's lock, one
-  ``lstat``, the clock file's lock around a read and write of its mapped value, the
-  ``write``, the ``fsync``, the unlock), with a line made beforehand;
-- ``api``: ``EventStore.append`` itself, fsync on;
-- and, with fsync off, the time of one ``EventStore.append`` (no disk wait).
+- ``write+fsync``: the floor's own work, on the store's log;
+- ``+ locks, lstat, clock``: the system calls of the store's fast path (the log's lock,
+  the ``lstat`` that tells the log was not replaced, the clock file's reservation
+  under its own lock), with the floor's line;
+- ``+ id and time``: and a new ULID and timestamp made per append;
+- ``+ the line``: and the canonical line made from them;
+- ``EventStore.append``: the whole API call.
 
-The difference between the first two is what the Python work of an append costs when it
-runs right after an ``fsync``, which is much more than it costs in a loop without one.
+Each step costs much more right after an ``fsync`` than in a loop without one (its
+code and data are no longer in the CPU's caches), which is why the steps cost so much
+more of the ratio than their time with fsync off suggests; that time is printed last.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import mmap
 import os
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -33,77 +35,99 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import floors  # noqa: E402
 
 from replaylog import EventStore  # noqa: E402
-
-_CLOCK = struct.Struct("<qq")
-
-
-def syscalls_loop(directory: str) -> Callable[[int], float]:
-    """The fast path's system calls, with a ready line: appends per second."""
-    clock_fd = os.open(os.path.join(directory, "clock"), os.O_RDWR | os.O_CREAT, 0o644)
-    os.write(clock_fd, bytes(4096))
-    os.fsync(clock_fd)
-    clock = mmap.mmap(clock_fd, 4096)
-    path = os.path.join(directory, "log.jsonl")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    line = floors._line(1)  # the floor's own line
-
-    def run(n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.lstat(path)
-            fcntl.flock(clock_fd, fcntl.LOCK_EX)
-            value, check = _CLOCK.unpack_from(clock)
-            _CLOCK.pack_into(clock, 0, value + 1, check)
-            fcntl.flock(clock_fd, fcntl.LOCK_UN)
-            os.write(fd, line)
-            os.fsync(fd)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        return n / (time.perf_counter() - t0)
-
-    return run
+from replaylog.lines.canonical import _dumps, _quote  # noqa: E402
+from replaylog.lines.ids import generate_event_id, utc_now  # noqa: E402
 
 
-def api_loop(directory: str, fsync: bool = True) -> Callable[[int], float]:
-    store = EventStore(Path(directory) / "project", fsync=fsync)
-    store.append("feat", "Warm", "WP00")  # the first append runs the whole transaction
-    store.append("feat", "Warm", "WP00")
+def loops(store: EventStore) -> dict[str, Callable[[int], None]]:
+    open_log = store._open_logs["feat"]
+    fd, path, clock = open_log.fd, open_log.path, open_log.clock
+    assert clock is not None
+    line = floors._line(1)
 
-    def run(n: int) -> float:
-        t0 = time.perf_counter()
-        for i in range(n):
-            store.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40})
-        return n / (time.perf_counter() - t0)
+    def floor_work(i: int) -> None:
+        os.write(fd, line)
+        os.fsync(fd)
 
-    return run
+    def syscalls(data: bytes) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.lstat(path)
+        clock.reserve(1)
+        os.write(fd, data)
+        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def with_syscalls(i: int) -> None:
+        syscalls(line)
 
-def paired(run: Callable[[int], float], n: int, rounds: int, directory: str) -> str:
-    ratios = sorted(
-        run(n) / floors.fsync_append_rate(n, directory=directory) for _ in range(rounds)
-    )
-    q = len(ratios) // 4
-    return (
-        f"median {statistics.median(ratios):.2f}"
-        f" (quartiles {ratios[q]:.2f} to {ratios[-1 - q]:.2f})"
-    )
+    def with_id_and_time(i: int) -> None:
+        generate_event_id()
+        utc_now()
+        syscalls(line)
+
+    def with_line(i: int) -> None:
+        q = _quote
+        event_id, now, payload = generate_event_id(), utc_now(), {"reason": "x" * 40}
+        syscalls(
+            f'{{"aggregate_id": {q(f"WP{i % 50:02d}")}, "causation_id": null,'
+            f' "correlation_id": null, "event_id": "{event_id}", "event_type":'
+            f' {q("WPStatusChanged")}, "lamport_clock": {i}, "node_id": {q(store.node_id)},'
+            f' "payload": {_dumps(payload)}, "timestamp": "{now}"}}\n'.encode()
+        )
+
+    def api(i: int) -> None:
+        store.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40})
+
+    return {
+        "write+fsync": floor_work,
+        "+ locks, lstat, clock": with_syscalls,
+        "+ id and time": with_id_and_time,
+        "+ the line": with_line,
+        "EventStore.append": api,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=16)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--appends", type=int, default=200)
     args = parser.parse_args()
     if floors is None:
         sys.exit("Error: no floors.py found (see benchmarks/bench.py)")
+    n, rounds = args.appends, args.rounds
     with tempfile.TemporaryDirectory(prefix="replaylog-parts-") as tmp:
-        n, rounds = args.appends, args.rounds
-        print(f"paired ratios to write+fsync, {rounds} rounds of {n} appends")
-        print(f"  the fast path's system calls only: {paired(syscalls_loop(tmp), n, rounds, tmp)}")
-        print(f"  EventStore.append, fsync on:       {paired(api_loop(tmp), n, rounds, tmp)}")
-        no_fsync = api_loop(tempfile.mkdtemp(dir=tmp), fsync=False)
-        best = max(no_fsync(20 * n) for _ in range(5))
-        print(f"  EventStore.append, fsync off:      {1e6 / best:.1f} µs an append (best of 5)")
+        with EventStore(Path(tmp) / "project", fsync=True) as store:
+            store.append("feat", "Warm", "WP00")  # the whole transaction; the log kept open
+            store.append("feat", "Warm", "WP00")
+            variants = list(loops(store).items())
+            ratios: dict[str, list[float]] = {name: [] for name, _ in variants}
+            open_log = store._open_logs["feat"]
+            for r in range(rounds):
+                for name, work in variants[r % 5 :] + variants[: r % 5]:
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        work(i)
+                    rate = n / (time.perf_counter() - t0)
+                    # The loops above wrote past the store's record of its log's size.
+                    open_log.size = os.fstat(open_log.fd).st_size
+                    ratios[name].append(rate / floors.fsync_append_rate(n, directory=tmp))
+        with EventStore(Path(tmp) / "no-fsync", fsync=False) as quick:
+            quick.append("feat", "Warm", "WP00")
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for i in range(20 * n):
+                    quick.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x"})
+                best = min(best, (time.perf_counter() - t0) / (20 * n))
+    print(f"paired ratios to floors.fsync_append_rate, {rounds} rounds of {n} appends")
+    for name, values in ratios.items():
+        values.sort()
+        q = len(values) // 4
+        print(
+            f"  {name:24s} median {statistics.median(values):.2f}"
+            f" (quartiles {values[q]:.2f} to {values[-1 - q]:.2f})"
+        )
+    print(f"  EventStore.append with fsync off: {best * 1e6:.1f} µs an append (best of 5)")
 
 
 if __name__ == "__main__":
