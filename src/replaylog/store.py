@@ -465,13 +465,16 @@ class EventStore:
         if not os.path.isdir(feature_dir):
             self.require_log(feature)
         meta = feature_meta(feature_dir)
-        lines = _log.read_events_raw(feature_dir, ordered=False)  # it looks keys up
-        try:
-            return snapshot(lines, meta=meta)
-        except StoreError as exc:
-            if exc.path is None:
-                exc.path = _log.log_path(feature_dir)
-            raise
+        # The collector stays off until the board is made, not only while the log is
+        # read: the snapshot's allocations would make it walk every line object.
+        with _log.GcPaused():
+            lines = _log.read_events_raw(feature_dir, ordered=False)  # it looks keys up
+            try:
+                return snapshot(lines, meta=meta)
+            except StoreError as exc:
+                if exc.path is None:
+                    exc.path = _log.log_path(feature_dir)
+                raise
 
     @_edge
     def boards(self) -> dict[str, dict[str, Any]]:

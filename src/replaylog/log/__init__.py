@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .paths import EVENTS_FILENAME, log_path, validate_feature_name
 from .read import (
+    GcPaused,
     LogLine,
     iter_events,
     parse_line,
@@ -26,6 +27,7 @@ from .write import LogWriter, append_event, append_events, write_durably
 
 __all__ = [
     "EVENTS_FILENAME",
+    "GcPaused",
     "LogLine",
     "LogWriter",
     "append_event",

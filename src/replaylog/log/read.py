@@ -42,6 +42,7 @@ def _import_fast_loads(data: bytes) -> Any:
 _fast_loads: Callable[[bytes], Any] = _import_fast_loads
 
 __all__ = [
+    "GcPaused",
     "LogLine",
     "Unclean",
     "iter_events",
@@ -294,11 +295,11 @@ class Unclean(Exception):
     """The fast path met something unusual: :func:`scan_log` must judge the log."""
 
 
-class _GcPaused:
-    """Pause the cycle collector for a read. Reading makes many small objects, none of
-    them cyclic: the collector would only walk them again and again (about half the
-    time of a large read). A class rather than a generator: a project of many small
-    logs pays for it once per log."""
+class GcPaused:
+    """Pause the cycle collector for a read (and what is made of it at once, such as a
+    board). Reading makes many small objects, none of them cyclic: the collector would
+    only walk them again and again (about half the time of a large read). A class rather
+    than a generator: a project of many small logs pays for it once per log."""
 
     __slots__ = ("was_enabled",)
 
@@ -321,7 +322,7 @@ def read_events_raw(
     from .fastread import read_objects
 
     path = log_path(feature_dir)
-    with _GcPaused():
+    with GcPaused():
         objs = read_objects(path, ordered=ordered)
         if objs is None:  # something unusual: the plain path judges it, and names it
             objs = [line.obj for line in scan_log(path)]
@@ -356,7 +357,7 @@ def read_events(feature_dir: str | os.PathLike[str]) -> list[Line]:
     an annotation as :class:`~replaylog.lines.Annotation`, a record as
     :class:`~replaylog.lines.Record`); ``[]`` when there is no log."""
     path = log_path(feature_dir)
-    with _GcPaused():
+    with GcPaused():
         lines = _read_lines(path)
         if lines is not None:
             return lines
