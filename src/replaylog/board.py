@@ -151,17 +151,14 @@ def _is_rollback(line: Mapping[str, Any]) -> bool:
     return source == "in_review" or (source == "for_review" and line.get("review_ref") is not None)
 
 
-def _should_apply(
-    state: dict[str, Any], setter: Mapping[str, Any], line: Mapping[str, Any]
-) -> bool:
-    """spec-kitty's rollback-aware precedence at an equal ``at`` (``_should_apply_event``).
+def _beats_setter(setter: Mapping[str, Any], line: Mapping[str, Any]) -> bool:
+    """spec-kitty's rollback-aware precedence between two moves of one WP at the same
+    ``at`` (``_should_apply_event``): a rollback beats a forward move; a forward move
+    never beats a rollback.
 
     Only concurrent moves (the same ``at``) are weighed: spec-kitty's later rule that a
     rollback also stands against later moves is not what wrote the corpus's status.json.
     """
-    if state["last_transition_at"] != line["at"]:
-        return True
-    # A rollback beats a forward move; a forward move never beats a rollback.
     return not (_is_rollback(setter) and not _is_rollback(line))
 
 
@@ -175,46 +172,47 @@ def _review_result(value: Any) -> dict[str, Any] | None:
     return result
 
 
-def _apply_transition(
-    states: dict[str, dict[str, Any]],
-    setters: dict[str, Mapping[str, Any]],
-    line: Mapping[str, Any],
-) -> None:
-    wp_id = line["wp_id"]
-    state = states.get(wp_id)
-    if state is not None and not _should_apply(state, setters[wp_id], line):
-        return
-    if state is None:
-        state = {"force_count": 0}
-        states[wp_id] = state
-    setters[wp_id] = line
-    from_lane = line["from_lane"]
-    to_lane = line["to_lane"]
-    # Updated in place, so every runtime slot already there is carried over, as
-    # spec-kitty's rebuilt state carries them (its ``_RUNTIME_SLOTS``).
-    state["lane"] = to_lane
-    actor = line["actor"]
-    # (A call less per transition for the usual string actor: the board reads every one.)
-    state["actor"] = actor if type(actor) is str else _actor_name(actor)
-    state["last_transition_at"] = line["at"]
-    state["last_event_id"] = line["event_id"]
-    if line["force"]:
-        state["force_count"] += 1
-    if from_lane == "planned" and to_lane == "claimed":
-        # The claim is the one transition that writes runtime slots, from its sidecar.
-        meta = line.get("policy_metadata") or {}
-        if isinstance(meta, dict):
-            if meta.get("shell_pid") is not None:
-                state["shell_pid"] = meta["shell_pid"]
-            if meta.get("shell_pid_created_at") is not None:
-                state["shell_pid_created_at"] = meta["shell_pid_created_at"]
-            if meta.get("agent"):
-                state["agent"] = meta["agent"]
-    value = line.get("review_result")
-    review_result = _review_result(value) if value else None
-    if review_result is not None or from_lane == "in_review":
+def _apply_transitions(transitions: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every WP's state after ``transitions`` (sorted, without duplicates), by WP id.
+
+    One loop for them all, without a call per transition: the board reads every one."""
+    states: dict[str, dict[str, Any]] = {}
+    setters: dict[str, Mapping[str, Any]] = {}  # the transition that last set each state
+    for line in transitions:
+        wp_id = line["wp_id"]
+        state = states.get(wp_id)
+        if state is None:
+            state = states[wp_id] = {"force_count": 0}
+        elif state["last_transition_at"] == line["at"] and not _beats_setter(setters[wp_id], line):
+            continue
+        setters[wp_id] = line
+        from_lane = line["from_lane"]
+        to_lane = line["to_lane"]
+        # Updated in place, so every runtime slot already there is carried over, as
+        # spec-kitty's rebuilt state carries them (its ``_RUNTIME_SLOTS``).
+        state["lane"] = to_lane
+        actor = line["actor"]
+        state["actor"] = actor if type(actor) is str else _actor_name(actor)
+        state["last_transition_at"] = line["at"]
+        state["last_event_id"] = line["event_id"]
+        if line["force"]:
+            state["force_count"] += 1
+        if from_lane == "planned" and to_lane == "claimed":
+            # The claim is the one transition that writes runtime slots, from its sidecar.
+            meta = line.get("policy_metadata") or {}
+            if isinstance(meta, dict):
+                if meta.get("shell_pid") is not None:
+                    state["shell_pid"] = meta["shell_pid"]
+                if meta.get("shell_pid_created_at") is not None:
+                    state["shell_pid_created_at"] = meta["shell_pid_created_at"]
+                if meta.get("agent"):
+                    state["agent"] = meta["agent"]
         # A verdict always lands; leaving review without one lands an explicit null.
-        state["review_result"] = review_result
+        value = line.get("review_result")
+        review_result = _review_result(value) if value else None
+        if review_result is not None or from_lane == "in_review":
+            state["review_result"] = review_result
+    return states
 
 
 def _apply_annotation(state: dict[str, Any], delta: Mapping[str, Any]) -> None:
@@ -347,10 +345,7 @@ def snapshot(
     # Annotations are not deduplicated: spec-kitty folds each line it reads.
     annotations.sort(key=_ORDER)
 
-    states: dict[str, dict[str, Any]] = {}
-    setters: dict[str, Mapping[str, Any]] = {}
-    for line in transitions:
-        _apply_transition(states, setters, line)
+    states = _apply_transitions(transitions)
     for line in annotations:
         _validate_delta(line)
         wp_id = line["wp_id"]
