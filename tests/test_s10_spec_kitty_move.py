@@ -266,6 +266,29 @@ def test_a_bad_log_among_many_is_listed_and_every_other_board_is_shown(project: 
     assert f"Line {number}: invalid event structure" in single.error_line()
 
 
+def test_the_board_leaves_the_cycle_collector_as_it_found_it(project: Path) -> None:
+    """The board pauses the collector while it reads and folds a log, and gives it back
+    as it was: on after a board, after a refused one, and off when the caller had it off."""
+    import gc
+
+    assert gc.isenabled()
+    with EventStore(project) as store:
+        assert store.board(FEATURE)["event_count"] > 0
+        assert gc.isenabled()
+        with log_of(project, FEATURE).open("ab") as f:
+            f.write(b'{"event_id": "01KJ5V38JDYQW3ESGM3ER1JJV9", "to_lane": "nowhere"}\n')
+        with pytest.raises(StoreError):
+            store.board(FEATURE)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            with pytest.raises(StoreError):
+                store.board(FEATURE)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+
 def test_a_bad_meta_json_is_an_error_naming_it(project: Path) -> None:
     meta = feature_dir(project, FEATURE) / "meta.json"
     before = files_of(project)
