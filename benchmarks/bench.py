@@ -51,6 +51,12 @@ from replaylog.log import EVENTS_FILENAME  # noqa: E402
 
 POSTGRES = os.environ.get("REPLAYLOG_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
+#: Every figure runs as a user's program would, with its bytecode cached: a shell may
+#: have turned the cache off with PYTHONDONTWRITEBYTECODE, and every process a figure
+#: starts (a command, a receiver, a replaying client) would compile replaylog again, and
+#: time that where it imports a module lazily.
+_CACHED = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
 
 def sample_event(i: int) -> dict[str, Any]:
     """The floors' sample event, so that both sides handle the same bytes."""
@@ -391,9 +397,8 @@ def bench_cli_append(tmp: Path, runs: int) -> Row:
         "--payload",
         '{"title": "hello"}',
     ]
-    # Start-up as a user sees it: with bytecode cached (a shell may have turned the cache
-    # off with PYTHONDONTWRITEBYTECODE, which would time compiling replaylog instead).
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # Start-up as a user sees it: with bytecode cached (see _CACHED).
+    env = _CACHED
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)  # index + bytecode
     floor_script = FLOORS_DIR / "floor_cli_append.py" if FLOORS_DIR else None
     ours, theirs = [], []
@@ -783,7 +788,7 @@ def figures_apart(full: bool, only: set[str] | None) -> int:
         if only and name not in only:
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--figure", name]
-        done = subprocess.run([*cmd, "--full"] if full else cmd, check=False)
+        done = subprocess.run([*cmd, "--full"] if full else cmd, check=False, env=_CACHED)
         if done.returncode != 0:
             failed.append(name)
     print(f"({time.monotonic() - started:.0f} s)")
