@@ -11,7 +11,8 @@ rotating order; each is reported as the median and quartiles of its paired ratio
   the ``lstat`` that tells the log was not replaced, the clock file's reservation
   under its own lock), with the floor's line;
 - ``+ id and time``: and a new ULID and timestamp made per append;
-- ``+ the line``: and the canonical line made from them;
+- ``+ the line``: instead, the line object and canonical line of a new event, made by
+  the store's own functions (its id and time included);
 - ``EventStore.append``: the whole API call.
 
 Each step costs much more right after an ``fsync`` than in a loop without one (its
@@ -35,15 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import floors  # noqa: E402
 
 from replaylog import EventStore  # noqa: E402
-from replaylog.lines.canonical import _dumps, _quote  # noqa: E402
+from replaylog.lines.canonical import LineTemplate, new_line_object  # noqa: E402
 from replaylog.lines.ids import generate_event_id, utc_now  # noqa: E402
 
 
 def loops(store: EventStore) -> dict[str, Callable[[int], None]]:
     open_log = store._open_logs["feat"]
     fd, path, clock = open_log.fd, open_log.path, open_log.clock
-    assert clock is not None
+    assert clock is not None and floors is not None
     line = floors._line(1)
+    node_id = store.node_id
 
     def floor_work(i: int) -> None:
         os.write(fd, line)
@@ -66,14 +68,12 @@ def loops(store: EventStore) -> dict[str, Callable[[int], None]]:
         syscalls(line)
 
     def with_line(i: int) -> None:
-        q = _quote
-        event_id, now, payload = generate_event_id(), utc_now(), {"reason": "x" * 40}
-        syscalls(
-            f'{{"aggregate_id": {q(f"WP{i % 50:02d}")}, "causation_id": null,'
-            f' "correlation_id": null, "event_id": "{event_id}", "event_type":'
-            f' {q("WPStatusChanged")}, "lamport_clock": {i}, "node_id": {q(store.node_id)},'
-            f' "payload": {_dumps(payload)}, "timestamp": "{now}"}}\n'.encode()
+        # The store's own way to make a new event's line object and its line (its id and
+        # time included), as EventStore.append makes them, without the Event or the store.
+        obj = new_line_object(
+            "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40}, None, None, node_id
         )
+        syscalls(LineTemplate.of_new(obj).line(i))
 
     def api(i: int) -> None:
         store.append("feat", "WPStatusChanged", f"WP{i % 50:02d}", {"reason": "x" * 40})
