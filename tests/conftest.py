@@ -173,16 +173,17 @@ def record(
 ) -> None:
     """Apply a replay answer the way replay does: one transaction in the index."""
     store.status()
-    features_of: dict[str, list[str]] = {}
-    for feature, event_id in store.index.conn.execute("SELECT feature, event_id FROM events"):
-        features_of.setdefault(event_id, []).append(feature)
+    rows_of: dict[str, list[tuple[str, int | None]]] = {}
+    query = "SELECT feature, event_id, id FROM events"
+    for feature, event_id, row_id in store.index.conn.execute(query):
+        rows_of.setdefault(event_id, []).append((feature, row_id))
     with store.index.write():
         store.delivery.record(
             accepted=accepted,
             rejected=rejected or {},
             transient=transient,
             now=NOW,
-            features_of=features_of,
+            rows_of=rows_of,
         )
 
 

@@ -215,6 +215,53 @@ def test_status_counts_delivery_states(store: EventStore) -> None:
     assert states(store)[c.event_id] == ("pending", 1, "timeout")
 
 
+def test_a_delivered_event_whose_row_id_is_stale_is_still_recorded_by_its_key(
+    store: EventStore,
+) -> None:
+    # Replay hands record() each event's row id as it read it; if the log was indexed
+    # again meanwhile, that id may be gone or another event's. Only the event named is
+    # marked delivered, and it is.
+    a, b, c = store.append_many("f", [{"event_type": "T", "aggregate_id": "A"}] * 3)
+    store.status()
+    ids = dict(store.index.conn.execute("SELECT event_id, id FROM events").fetchall())
+    gone = 1 + max(ids.values())
+    with store.index.write():
+        store.delivery.record(
+            accepted=[a.event_id, b.event_id],
+            rejected={},
+            transient=None,
+            now="2026-01-01T00:00:00+00:00",
+            # a: another event's row (c's); b: a row id no row has.
+            rows_of={a.event_id: [("f", ids[c.event_id])], b.event_id: [("f", gone)]},
+        )
+    assert {e: s[0] for e, s in states(store).items()} == {
+        a.event_id: "delivered",
+        b.event_id: "delivered",
+        c.event_id: "pending",
+    }
+    # With the right row id one UPDATE, by the row id, does it.
+    d = store.append("f", "T", "A")
+    store.status()
+    (row_id,) = store.index.conn.execute(
+        "SELECT id FROM events WHERE event_id = ?", (d.event_id,)
+    ).fetchone()
+    statements: list[str] = []
+    with store.index.write():
+        store.index.conn.set_trace_callback(statements.append)
+        store.delivery.record(
+            accepted=[d.event_id],
+            rejected={},
+            transient=None,
+            now="2026-01-01T00:00:00+00:00",
+            rows_of={d.event_id: [("f", row_id)]},
+        )
+        store.index.conn.set_trace_callback(None)
+    updates = [sql for sql in statements if sql.startswith("UPDATE")]
+    assert len(updates) == 1 and "events.id = " in updates[0], updates
+    assert states(store)[d.event_id][0] == "delivered"
+    assert states(store)[c.event_id][0] == "pending"
+
+
 def test_pending_is_in_lamport_then_event_id_order(store: EventStore, root: Path) -> None:
     local = store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 3)
     # Two foreign events share a Lamport value: the event id breaks the tie.
@@ -247,23 +294,18 @@ def test_pending_is_in_lamport_then_event_id_order(store: EventStore, root: Path
 
 
 def test_pending_query_uses_the_partial_index(store: EventStore) -> None:
-    from sqlalchemy import event as sa_event
-
     store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 5)
     store.append_many("f2", [{"event_type": "T", "aggregate_id": "A"}] * 5)
-    seen: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
-        seen.append((statement, params))
-
-    sa_event.listen(store.delivery.engine, "before_cursor_execute", capture)
+    store.status()
+    seen: list[str] = []  # each statement as run, its values in it
+    store.index.conn.set_trace_callback(seen.append)
     # A small page, so that the keyset query of the second page is seen too.
     assert len(list(store.delivery.pending(page=3))) == 10
     assert len(list(store.delivery.pending(["f1"], page=3))) == 5
-    sa_event.remove(store.delivery.engine, "before_cursor_execute", capture)
-    assert len(seen) == 6
-    for statement, params in seen:
-        plan = store.index.conn.execute("EXPLAIN QUERY PLAN " + statement, params).fetchall()
+    store.index.conn.set_trace_callback(None)
+    assert len(seen) == 6, seen
+    for statement in seen:
+        plan = store.index.conn.execute("EXPLAIN QUERY PLAN " + statement).fetchall()
         assert "ix_events_pending" in " ".join(str(step[-1]) for step in plan), plan
 
 

@@ -833,7 +833,7 @@ def test_rebase_rewrites_the_log_and_the_index_follows_without_losing_state(
                 rejected={},
                 transient=None,
                 now="t",
-                features_of={our_ids[0]: ["feat"]},
+                rows_of={our_ids[0]: [("feat", None)]},
             )
     git(ours, "pull", "-q", "--rebase", "origin", "main")
     with EventStore(ours, fsync=False) as store:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpcore
@@ -148,9 +148,11 @@ class ReplayConfig:
         return endpoint_url(self.url)
 
 
-@dataclass(frozen=True)
-class PendingEvent:
-    """One event to send: its id, its log line without the trailing newline, its feature."""
+class PendingEvent(NamedTuple):
+    """One event to send: its id, its log line without the trailing newline, its feature.
+
+    A named tuple: one is made for every event replayed, and a tuple is made faster
+    than a frozen dataclass."""
 
     event_id: str
     line: bytes
@@ -192,11 +194,12 @@ def batch_body(events: Iterable[PendingEvent], node_id: str | None = None) -> by
     of each, in the same order. Without a ``node_id`` that key is left out.
     """
     batch = list(events)
+    quoted = {feature: _json_string(feature) for feature in {event.feature for event in batch}}
     return (
         _BODY_HEAD
-        + _BODY_SEP.join(event.line for event in batch)
+        + _BODY_SEP.join([event.line for event in batch])
         + _BODY_FEATURES
-        + _BODY_SEP.join(_json_string(event.feature) for event in batch)
+        + _BODY_SEP.join([quoted[event.feature] for event in batch])
         + _body_end(node_id)
     )
 

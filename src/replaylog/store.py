@@ -838,12 +838,12 @@ class EventStore:
             stopped: str | None = None
             with _LineReader(self) as reader, Replayer(config, transport=transport) as replayer:
                 # Tuples, not lists: the collector stops tracking them (Delivery.pending).
-                features_of: dict[str, tuple[str, ...]] = {}
+                rows_of: dict[str, tuple[tuple[str, int], ...]] = {}
 
                 def queue() -> Iterator[PendingEvent]:
                     for row in delivery.pending(names):
                         event_id = row.event_id
-                        features_of[event_id] = features_of.get(event_id, ()) + (row.feature,)
+                        rows_of[event_id] = rows_of.get(event_id, ()) + ((row.feature, row.row_id),)
                         yield PendingEvent(event_id, reader.line(row), row.feature)
 
                 for result in replayer.run(queue()):
@@ -859,10 +859,10 @@ class EventStore:
                                 else None
                             ),
                             now=utc_now(),
-                            features_of=features_of,
+                            rows_of=rows_of,
                         )
                     for event_id in result.event_ids:
-                        features_of.pop(event_id, None)
+                        rows_of.pop(event_id, None)
                     if result.transient_error:
                         stopped = result.transient_error
                         break

@@ -20,6 +20,8 @@ from sqlalchemy import (
     case,
     create_engine,
     func,
+    literal_column,
+    null,
     select,
     tuple_,
     update,
@@ -42,37 +44,46 @@ class PendingRow(NamedTuple):
     lamport: int
     offset: int
     length: int
+    row_id: int  # the index row it came from, for record()
 
 
 _AFTER_LAMPORT = "after_lamport"  # where the next page of pending() starts
 _AFTER_EVENT_ID = "after_event_id"
 _AFTER_ID = "after_id"
 
+# The statements below take their constants inline (literal_column), so that each is
+# run with one plain tuple per row, its parameters in the order of ``names``.
+_PENDING: Any = literal_column("'pending'")
+
+
+class _Update(NamedTuple):
+    statement: Any
+    names: tuple[str, ...]  # its parameters, in the order the compiled SQL takes them
+
+
 _BY_KEY = and_(
     events.c.feature == bindparam("f"),
     events.c.event_id == bindparam("e"),
-    events.c.status == "pending",
+    events.c.status == _PENDING,
 )
-_DELIVERED = update(events).where(_BY_KEY).values(status="delivered", last_error=None)
-_FAILED = (
-    update(events)
-    .where(_BY_KEY)
-    .values(
-        status="failed",
-        retry_count=events.c.retry_count + 1,
-        last_retry_at=bindparam("now"),
-        last_error=bindparam("error"),
-    )
+_DELIVERED_VALUES = {"status": literal_column("'delivered'"), "last_error": null()}
+_RETRY_VALUES = {
+    "retry_count": events.c.retry_count + literal_column("1"),
+    "last_retry_at": bindparam("now"),
+    "last_error": bindparam("error"),
+}
+_DELIVERED = _Update(update(events).where(_BY_KEY).values(_DELIVERED_VALUES), ("f", "e"))
+# The row id, when it is still the event's row, spares the look-up of the unique index:
+# the row must still hold the same feature and event id and be pending, or it is left.
+_DELIVERED_BY_ROW = _Update(
+    update(events).where(events.c.id == bindparam("id"), _BY_KEY).values(_DELIVERED_VALUES),
+    ("id", "f", "e"),
 )
-_RETRIED = (
-    update(events)
-    .where(_BY_KEY)
-    .values(
-        retry_count=events.c.retry_count + 1,
-        last_retry_at=bindparam("now"),
-        last_error=bindparam("error"),
-    )
+_FAILED = _Update(
+    update(events).where(_BY_KEY).values(status=literal_column("'failed'"), **_RETRY_VALUES),
+    ("now", "error", "f", "e"),
 )
+_RETRIED = _Update(update(events).where(_BY_KEY).values(_RETRY_VALUES), ("now", "error", "f", "e"))
 
 
 class Delivery:
@@ -90,7 +101,7 @@ class Delivery:
         self.raw = raw
         self.engine = create_engine("sqlite://", creator=lambda: raw, poolclass=StaticPool)
         self.conn: Connection = self.engine.connect()
-        self._compiled: dict[Any, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+        self._compiled: dict[Any, str] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -159,21 +170,28 @@ class Delivery:
             query = query.where(events.c.feature.concat("").in_(features))
         following = query.where(
             tuple_(events.c.lamport, events.c.event_id, events.c.id)
-            > tuple_(bindparam(_AFTER_LAMPORT), bindparam(_AFTER_EVENT_ID), bindparam(_AFTER_ID))
+            > tuple_(
+                # The values are each page's; these make the statement compile alone.
+                bindparam(_AFTER_LAMPORT, 0),
+                bindparam(_AFTER_EVENT_ID, ""),
+                bindparam(_AFTER_ID, 0),
+            )
         )
-        result = self.conn.execute(query)
+        # Run on the connection itself: its rows are plain tuples, which the cycle
+        # collector stops tracking (SQLAlchemy's Rows it tracks), and no Row is made for
+        # each of them. Each PendingRow lives only until the caller has taken it.
+        compiled = query.compile(dialect=self.engine.dialect)
+        rows = self.raw.execute(*_expanded(compiled, {})).fetchall()
         while True:
-            # The page is held as plain tuples, which the cycle collector stops tracking
-            # (SQLAlchemy's Rows and PendingRows it tracks); each PendingRow lives only
-            # until the caller has taken it.
-            rows = [tuple(row) for row in result]
-            for feature, event_id, lamport, offset, length, _ in rows:
-                yield PendingRow(feature, event_id, lamport, offset, length)
+            for feature, event_id, lamport, offset, length, row_id in rows:
+                yield PendingRow(feature, event_id, lamport, offset, length, row_id)
             if len(rows) < page:
                 return
+            if compiled.statement is not following:
+                compiled = following.compile(dialect=self.engine.dialect)
             _, event_id, lamport, _, _, row_id = rows[-1]
             after = {_AFTER_LAMPORT: lamport, _AFTER_EVENT_ID: event_id, _AFTER_ID: row_id}
-            result = self.conn.execute(following, after)
+            rows = self.raw.execute(*_expanded(compiled, after)).fetchall()
 
     def record(
         self,
@@ -182,57 +200,53 @@ class Delivery:
         rejected: dict[str, str],
         transient: tuple[Iterable[str], str] | None,
         now: str,
-        features_of: Mapping[str, Sequence[str]],
+        rows_of: Mapping[str, Sequence[tuple[str, int | None]]],
         retried: Mapping[str, str] | None = None,
     ) -> None:
         """Apply one batch's answer. Call inside ``Index.write`` (one transaction).
 
         ``rejected`` events become failed; ``transient`` ones (ids, error) and ``retried``
         ones ({id: error}) stay pending with ``retry_count`` + 1 and the error.
-        ``features_of`` maps each event id of the batch to the feature(s) whose pending
-        row it came from: every update goes by (feature, event_id), through the unique
-        index, so its cost does not grow with the size of the table.
+        ``rows_of`` maps each event id of the batch to the (feature, row id) of each
+        pending row it came from (the row id may be None). Each update finds its row by
+        (feature, event_id) through the unique index, or by its row id, so its cost does
+        not grow with the size of the table. A delivered event goes by its row id first,
+        which must still hold that feature and event id, pending; if any row does not
+        (its log was indexed again meanwhile, or no row id was given), the batch's
+        delivered events are updated by key too, which leaves the ones already delivered
+        as they are.
         """
 
         def keys(ids: Iterable[str]) -> list[tuple[str, str]]:
-            return [(f, e) for e in ids for f in features_of.get(e, ())]
+            return [(f, e) for e in ids for f, _ in rows_of.get(e, ())]
 
-        done = keys(accepted)
-        if done:
-            self._many(_DELIVERED, [{"f": f, "e": e} for f, e in done])
+        by_row = [(row_id, f, e) for e in accepted for f, row_id in rows_of.get(e, ())]
+        if self._many(_DELIVERED_BY_ROW, by_row) < len(by_row):  # a row id of None is stale
+            self._many(_DELIVERED, [(f, e) for _, f, e in by_row])
         failed = keys(rejected)
-        if failed:
-            self._many(
-                _FAILED, [{"f": f, "e": e, "now": now, "error": rejected[e]} for f, e in failed]
-            )
+        self._many(_FAILED, [(now, rejected[e], f, e) for f, e in failed])
         if transient is not None:
             ids, error = transient
-            self._many(
-                _RETRIED, [{"f": f, "e": e, "now": now, "error": error} for f, e in keys(ids)]
-            )
+            self._many(_RETRIED, [(now, error, f, e) for f, e in keys(ids)])
         if retried:
-            self._many(
-                _RETRIED,
-                [{"f": f, "e": e, "now": now, "error": retried[e]} for f, e in keys(retried)],
-            )
+            self._many(_RETRIED, [(now, retried[e], f, e) for f, e in keys(retried)])
 
-    def _many(self, statement: Any, params: list[dict[str, Any]]) -> None:
-        """Run an UPDATE built with SQLAlchemy for many rows, straight on the connection.
+    def _many(self, update_: _Update, rows: list[tuple[Any, ...]]) -> int:
+        """Run an UPDATE built with SQLAlchemy for many rows, straight on the connection,
+        each row a tuple in the order of ``update_.names``; returns the rows changed.
 
         SQLAlchemy's own executemany builds every row's parameters in Python, which was
         the larger part of recording a replayed batch; the statement is compiled once.
         """
-        if not params:
-            return
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            done = statement.compile(dialect=self.engine.dialect)
-            compiled = (str(done), tuple(done.positiontup or ()), dict(done.params))
-            self._compiled[statement] = compiled
-        sql, order, fixed = compiled  # fixed: the statement's own values ("pending", 1, ...)
-        self.raw.executemany(
-            sql, [tuple(p[name] if name in p else fixed[name] for name in order) for p in params]
-        )
+        if not rows:
+            return 0
+        sql = self._compiled.get(update_.statement)
+        if sql is None:
+            done = update_.statement.compile(dialect=self.engine.dialect)
+            if tuple(done.positiontup or ()) != update_.names:
+                raise RuntimeError(f"parameters {done.positiontup} != {update_.names}")
+            sql = self._compiled[update_.statement] = str(done)
+        return int(self.raw.executemany(sql, rows).rowcount)
 
     def requeue(self, features: list[str] | None = None, event_id: str | None = None) -> int:
         """``failed`` back to ``pending``. Call inside ``Index.write``."""
@@ -242,6 +256,13 @@ class Delivery:
         if event_id is not None:
             query = query.where(events.c.event_id == event_id)
         return int(self.conn.execute(query).rowcount)
+
+
+def _expanded(compiled: Any, values: dict[str, Any]) -> tuple[str, Sequence[Any]]:
+    """A compiled query's SQL, its IN lists spelled out, and its parameters in order,
+    ``values`` for the named ones: what the ``sqlite3`` connection runs."""
+    state = compiled.construct_expanded_state(values)
+    return state.statement, state.positional_parameters
 
 
 def emitted_status(
