@@ -400,7 +400,7 @@ class Storage:
             # RETURNING per batch, as driver SQL (the Core statement, compiled for each
             # row, costs more than the rest of the batch's Python work together).
             cursor = conn.exec_driver_sql(self._insert_sql(len(first)), tuple(params))
-            inserted = {row[0] for row in cursor}
+            inserted = {event_id for (event_id,) in cursor.fetchall()}
         stored: dict[str, str] = {}
         missing = [i for i in first if i not in inserted]
         if missing:
