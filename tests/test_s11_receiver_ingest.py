@@ -14,11 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from server_fixtures import envelope, transition
-from test_s08_fastread import ODD_VALUES, log_lines
 
 from replaylog import EventStore
-from replaylog.errors import EventValidationError
-from replaylog.lines import check_line
 from replaylog.server import ingest
 from replaylog.server.ingest import BadRequest, parse_batch
 from replaylog.server.storage import Candidate
@@ -132,84 +129,3 @@ def test_both_paths_agree_on_any_json(
     fast, plain = _outcome(body), _plain(body)
     # NaN never equals itself: compare their texts instead.
     assert json.dumps(fast, sort_keys=True) == json.dumps(plain, sort_keys=True)
-
-
-# A batch's lines are checked together (fastread.check_objects, as a log's are read) and
-# line by line only when that check refuses or doubts one. The batch's outcome must be
-# the same as when every line is checked by itself: each refusal named as check_line
-# names it, and nothing taken that check_line refuses.
-
-
-def _line_by_line(body: bytes) -> Any:
-    original = ingest.check_objects
-
-    def doubt(_objs: Any) -> Any:
-        raise ingest.Unclean
-
-    ingest.check_objects = doubt  # type: ignore[assignment]
-    try:
-        return _outcome(body)
-    finally:
-        ingest.check_objects = original
-
-
-def _same(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN as text
-
-
-def _structure_refusals(outcome: Any) -> list[tuple[str, str]]:
-    return [(e[1], e[2]) for e in outcome[1] if e[0] == "refused" and "structure" in e[2]]
-
-
-def _check_line_refusals(lines: list[Any]) -> list[tuple[str, str]]:
-    """What check_line itself refuses of ``lines``, as the receiver words it."""
-    refused = []
-    for obj in lines:
-        try:
-            check_line(obj)
-        except EventValidationError as exc:
-            refused.append((obj["event_id"], f"invalid event structure: {exc}"))
-    return refused
-
-
-def _judged_alike(lines: list[Any]) -> None:
-    body = _layout(lines)
-    together = _outcome(body)
-    assert _same(together, _line_by_line(body))
-    if together[0] != "error":  # (a line with no string event_id fails the whole batch)
-        assert _structure_refusals(together) == _check_line_refusals(lines)
-
-
-@pytest.mark.parametrize("body", CASES)
-def test_the_batch_check_agrees_with_the_check_of_each_line(body: bytes) -> None:
-    assert _same(_outcome(body), _line_by_line(body))
-
-
-@settings(max_examples=300, deadline=None)
-@given(log=log_lines())
-def test_generated_batches_of_every_kind_are_judged_alike_together_and_line_by_line(
-    log: tuple[bytes, bool],
-) -> None:
-    data, clean = log
-    lines = []
-    for raw in data.splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:
-            continue  # a torn or garbled line of the log: not a JSON object to send
-    _judged_alike(lines)
-    if clean:
-        assert all(entry[0] == "stored" for entry in _outcome(_layout(lines))[1])
-
-
-def test_every_field_given_every_odd_value_is_judged_alike_together_and_line_by_line() -> None:
-    good = [envelope(0), transition("WP1", "planned", "claimed")]
-    checked = 0
-    for obj in good:
-        for name in sorted(obj) + ["kind", "type", "to_lane", "event_type", "lamport_clock"]:
-            variants = [{k: v for k, v in obj.items() if k != name}]
-            variants += [{**obj, name: value} for value in ODD_VALUES]
-            for variant in variants:
-                _judged_alike([envelope(1), variant])
-                checked += 1
-    assert checked > 200

@@ -14,8 +14,6 @@ from typing import Any
 from ..errors import EventValidationError
 from ..lines import check_line
 from ..lines.canonical import MAX_LINE_BYTES
-from ..log.fastread import check_objects
-from ..log.read import Unclean
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -215,13 +213,6 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
     entries: list[Candidate | dict[str, str]] = []
     good_features: set[str] = set()
     dumps = json.dumps
-    # The lines are checked together, in C, as a log's are read; only a batch with a
-    # line that check refuses or doubts is checked line by line, which names the fault.
-    try:
-        check_objects(lines)
-        checked = True
-    except Unclean:
-        checked = False
     for number, (obj, feature) in enumerate(zip(lines, features, strict=True)):
         if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str):
             raise BadRequest(400, f"events[{number}] must be a line object with an 'event_id'")
@@ -234,8 +225,7 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
                 continue
             good_features.add(feature)
         try:
-            if not checked:
-                check_line(obj)
+            check_line(obj)
             line = texts[number] if texts is not None else None
             if line is None:
                 # Section 2's form of the line (sorted keys, default separators, ASCII):
