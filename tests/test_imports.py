@@ -1,6 +1,7 @@
 """SPEC section 7, the names modules export: every module's ``__all__`` is accurate
 (``from module import *`` works and names only what the module defines or re-exports),
-and ``import replaylog`` names resolve lazily."""
+and ``import replaylog`` names resolve lazily. And the code's shape (STYLE.md): which
+parts of the package may import which."""
 
 from __future__ import annotations
 
