@@ -249,6 +249,37 @@ def test_a_400_without_details_fails_the_whole_batch_with_status_and_snippet(sto
     assert all(rows(store)[i] == ("failed", 1, "HTTP 400: malformed batch") for i in ids)
 
 
+def test_a_log_indexed_again_by_another_process_mid_replay_still_ends_all_delivered_once(
+    tmp_path, receiver
+):
+    # Replay records a delivered event by the index row it read it from. Here, while the
+    # server holds the first batch, another process finds the log's first two lines
+    # swapped (as a rebase may leave them) and indexes it again: those two events now
+    # sit in each other's rows. Each must still end delivered, and nothing sent twice.
+    with EventStore(tmp_path, fsync=False) as store:
+        ids = fill(store, 6)
+        store.status()  # the index takes the appends in
+        row_of = dict(store.index.conn.execute("SELECT event_id, id FROM events").fetchall())
+        log = Path(store.log_path("alpha"))
+        lines = log.read_bytes().splitlines(keepends=True)
+        assert len({len(line) for line in lines}) == 1  # later lines keep their offsets
+        indexed_again: list[subprocess.CompletedProcess[str]] = []
+
+        def first_batch(request: RecordedRequest) -> None:
+            if not indexed_again:
+                log.write_bytes(b"".join([lines[1], lines[0], *lines[2:]]))
+                indexed_again.append(run_cli(tmp_path, "status"))
+
+        receiver.hook = first_batch
+        report = store.replay(receiver.url, batch_size=2)
+        assert indexed_again and indexed_again[0].returncode == 0, indexed_again
+        now = dict(store.index.conn.execute("SELECT event_id, id FROM events").fetchall())
+        assert (now[ids[0]], now[ids[1]]) == (row_of[ids[1]], row_of[ids[0]])
+        assert (report.accepted, report.pending) == (6, 0)
+        assert {s for s, _, _ in rows(store).values()} == {"delivered"}
+        assert [eid for req in receiver.requests for eid in req.event_ids] == ids
+
+
 def test_a_412_stops_the_run_touching_nothing(store, receiver):
     ids = fill(store, 4)
     receiver.script(["ok", Action.answer(412, body=b"protocol v2 required")])

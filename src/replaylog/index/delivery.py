@@ -221,7 +221,7 @@ class Delivery:
             return [(f, e) for e in ids for f, _ in rows_of.get(e, ())]
 
         by_row = [(row_id, f, e) for e in accepted for f, row_id in rows_of.get(e, ())]
-        if self._many(_DELIVERED_BY_ROW, by_row) < len(by_row):  # a row id of None is stale
+        if self._many(_DELIVERED_BY_ROW, by_row) < len(by_row):  # (id None matches no row)
             self._many(_DELIVERED, [(f, e) for _, f, e in by_row])
         failed = keys(rejected)
         self._many(_FAILED, [(now, rejected[e], f, e) for f, e in failed])
