@@ -48,7 +48,7 @@ _WHERE = {
     "iter_events": "log",
     "read_events": "log",
     "read_events_raw": "log",
-    "Event": "lines.envelope",
+    "Event": "lines.event",
     "StatusEvent": "lines",
     "Annotation": "lines",
     "Record": "lines",
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from .lines import Annotation, Record, StatusEvent
-    from .lines.envelope import Event
+    from .lines.event import Event
     from .lines.ids import generate_event_id, validate_ulid_format
     from .log import (
         EVENTS_FILENAME,

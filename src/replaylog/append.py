@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ReplaylogWarning, StoreError, UsageError, translate
 from .lines.canonical import LineTemplate, lines_of
-from .lines.envelope import Event, build_events, build_new_event
 from .log import LogWriter, write_durably
 from .posix import LOCK_EX_NB, wait_for_lock
 
@@ -101,17 +100,17 @@ class Appender:
         templates: list[LineTemplate],
         objs: list[dict[str, Any]],
         given_ids: list[str] | None,
-    ) -> list[Event]:
-        """Append checked line objects to ``feature``'s log, durably, and index them.
+    ) -> list[dict[str, Any]]:
+        """Append checked line objects to ``feature``'s log, durably, and index them;
+        returns the objects, each with its Lamport value (the store builds the events).
 
         ``given_ids``: ids that came from the caller's Events (ids made here are new by
         construction, so only those are looked up in the index, and only a batch without
         them can take the fast path).
         """
         if not given_ids and len(objs) < _BATCH:
-            events = self.append_to_open_log(store, feature, templates, objs)
-            if events is not None:
-                return events
+            if self.append_to_open_log(store, feature, templates, objs):
+                return objs
         index = store.index
         if not self.seen_all_logs:
             # Once per store (so once per command): lines merged into other logs since
@@ -198,7 +197,7 @@ class Appender:
             open_log = OpenLog(writer.detach(), writer.path, st, index.opened_clock())
             fcntl.flock(open_log.fd, fcntl.LOCK_UN)
             self.open_logs[feature] = open_log
-        return build_events(objs)  # the line objects are not used again: no copies
+        return objs
 
     def append_to_open_log(
         self,
@@ -206,18 +205,18 @@ class Appender:
         feature: str,
         templates: list[LineTemplate],
         objs: list[dict[str, Any]],
-    ) -> list[Event] | None:
+    ) -> bool:
         """The fast path: append to a log the store left open, if nobody changed it
-        since; None when the whole transaction must run (first append, another writer,
-        a rewrite, a fork)."""
+        since, and give each object its Lamport value; False when the whole transaction
+        must run (first append, another writer, a rewrite, a fork)."""
         open_log = self.open_logs.get(feature)
         if open_log is None or store._index is None:
-            return None
+            return False
         clock = open_log.clock
         if open_log.forks != _forks or clock is None or clock.fd < 0:
             # A forked child: an inherited descriptor would share its parent's locks.
             self.open_logs.pop(feature).close()
-            return None
+            return False
         fd = open_log.fd
         flock = fcntl.flock
         try:
@@ -242,7 +241,7 @@ class Appender:
                 first = clock.reserve(len(templates))
             if first is None:
                 self.open_logs.pop(feature).close()  # closing releases the lock
-                return None
+                return False
             if len(templates) == 1:
                 data = templates[0].line(first)
             else:
@@ -258,7 +257,7 @@ class Appender:
                 flock(fd, fcntl.LOCK_UN)
         if len(objs) == 1:  # objects of new events only (given ids go the whole way)
             objs[0]["lamport_clock"] = first
-            return [build_new_event(objs[0])]
-        for k, obj in enumerate(objs):
-            obj["lamport_clock"] = first + k
-        return build_events(objs)
+        else:
+            for k, obj in enumerate(objs):
+                obj["lamport_clock"] = first + k
+        return True

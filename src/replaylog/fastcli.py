@@ -276,22 +276,23 @@ def append_command(
                     correlation_id=correlation_id,
                     allow_insecure_http=allow_insecure_http,
                 )
-                event = result.event
+                line = result.event.to_dict()
                 if result.warning:
                     echo(f"Warning: {result.warning}", err=True)
             else:
-                event = store.append(
+                # The line object as written: what Event.to_dict gives of a new event.
+                line = store._append_object(
                     feature,
                     event_type,
                     aggregate_id,
                     body,
-                    causation_id=causation_id,
-                    correlation_id=correlation_id,
+                    causation_id,
+                    correlation_id,
                 )
         if as_json:
-            json_out(event.to_dict())
+            json_out(line)
         else:
-            echo(event.event_id)
+            echo(line["event_id"])
 
 
 # --------------------------------------------------------------------------- parsing

@@ -15,7 +15,6 @@ import fcntl
 import os
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -186,6 +185,8 @@ def wait_for_lock(fd: int, kind: int, what: str, *, timeout: float | None = None
         sys.stderr.flush()
 
     if timeout is None:
+        import threading  # (here: only a wait for a lock needs it)
+
         # A blocking flock wakes as soon as the lock is free; the timer only speaks.
         timer = threading.Timer(LOCK_NOTICE_SECONDS, notice)
         timer.daemon = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lines.envelope import Event
+from .lines.event import Event
 
 __all__ = ["EmitResult", "Problem", "ReplayReport", "VerifyReport"]
 

@@ -37,7 +37,7 @@ from .errors import (
 from .index import Index
 from .index.locks import replay_lock
 from .lines.canonical import ITEM_KEYS, LineTemplate, new_line_object, new_lines
-from .lines.envelope import Event
+from .lines.envelope import build_events, build_new_event
 from .lines.ids import local_node_id, utc_now
 from .posix import open_regular, refuse_links
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
     from .index.delivery import Delivery
     from .lines import Line, StatusEvent
+    from .lines.event import Event
     from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
 
@@ -288,16 +289,35 @@ class EventStore:
         correlation_id: str | None = None,
     ) -> Event:
         """Append one event durably and return it with its id and Lamport value."""
+        return build_new_event(
+            self._write_new(
+                feature, event_type, aggregate_id, payload, causation_id, correlation_id
+            )
+        )
+
+    def _write_new(
+        self,
+        feature: str,
+        event_type: str,
+        aggregate_id: str,
+        payload: Mapping[str, Any] | None,
+        causation_id: str | None,
+        correlation_id: str | None,
+    ) -> dict[str, Any]:
+        """:meth:`append`, returning the line object written (its Lamport value in it)
+        rather than an Event."""
         obj = new_line_object(
             event_type, aggregate_id, payload, causation_id, correlation_id, self.node_id
         )
-        if feature in self._open_logs:  # a name checked when its log was first opened
-            events = self._appender.append_to_open_log(
-                self, feature, [LineTemplate.of_new(obj)], [obj]
-            )
-            if events is not None:
-                return events[0]
-        return self._append(feature, [obj])[0]
+        if feature in self._open_logs and self._appender.append_to_open_log(
+            self, feature, [LineTemplate.of_new(obj)], [obj]
+        ):  # (a name checked when its log was first opened)
+            return obj
+        return self._append_objects(feature, [obj])[0]
+
+    #: :meth:`append` for the ``replaylog append`` command, which prints the line object
+    #: and so needs no Event (nor the ``dataclasses`` module the Event class imports).
+    _append_object = _edge(_write_new)
 
     @_edge
     def append_many(self, feature: str, events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
@@ -319,7 +339,9 @@ class EventStore:
             made = new_lines(cast("list[dict[str, Any]]", items), self.node_id, now)
             if made is not None:
                 objs, templates = made
-                return self._append(feature, objs, templates=templates)
+                return build_events(self._append_objects(feature, objs, templates=templates))
+        from .lines.event import Event  # (here: the CLI append never needs the class)
+
         objs = []
         given_ids = []
         for item in items:
@@ -337,7 +359,7 @@ class EventStore:
                 raise UsageError(
                     f"an event must be an Event or a mapping, not {type(item).__name__}"
                 )
-        return self._append(feature, objs, given_ids)
+        return build_events(self._append_objects(feature, objs, given_ids))
 
     _ITEM_KEYS = ITEM_KEYS
 
@@ -359,16 +381,17 @@ class EventStore:
             now,
         )
 
-    def _append(
+    def _append_objects(
         self,
         feature: str,
         objs: list[dict[str, Any]],
         given_ids: list[str] | None = None,
         templates: list[LineTemplate] | None = None,
-    ) -> list[Event]:
-        """Append line objects; ``given_ids``: ids that came from the caller's Events (ids
-        made here are new by construction, so only those are looked up in the index);
-        ``templates``: the objects' lines, when made with them (new ids, all distinct)."""
+    ) -> list[dict[str, Any]]:
+        """Append line objects, and return them with their Lamport values. ``given_ids``:
+        ids that came from the caller's Events (ids made here are new by construction, so
+        only those are looked up in the index); ``templates``: the objects' lines, when
+        made with them (new ids, all distinct)."""
         feature_dir = self.feature_dir(feature)
         if not objs:
             return []

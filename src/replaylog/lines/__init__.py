@@ -50,7 +50,7 @@ _WHERE = {
     "LANES": "transition",
     "LINE_KINDS": "kinds",
     "Annotation": "annotation",
-    "Event": "envelope",
+    "Event": "event",
     "Line": "kinds",
     "Record": "record",
     "StatusEvent": "transition",
@@ -64,7 +64,7 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from .annotation import Annotation
-    from .envelope import Event
+    from .event import Event
     from .kinds import (
         LINE_KINDS,
         Line,

@@ -1,30 +1,30 @@
-"""The envelope line (SPEC sections 2 and 10): :class:`Event`, its fields and their
-checks, and the reader's quick way from a parsed line to an :class:`Event`.
+"""The envelope line (SPEC sections 2 and 10): its fields and their checks, and the
+reader's quick way from a parsed line to an :class:`~replaylog.lines.event.Event`.
 
 On every hot path (the CLI append, the reader), so it imports nothing heavier than the
-standard library.
+standard library. The Event class itself is in :mod:`~replaylog.lines.event`, loaded on
+first use (``envelope.Event`` works too): a ``replaylog append`` command builds none.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from itertools import repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EventValidationError
 from .canonical import (
     EVENT_FIELDS,
     MAX_CLOCK,
-    canonical_line,
     check_name,
     check_optional_id,
-    is_plain,
-    normalize_payload,
     show_value,
 )
-from .ids import ULID_PATTERN, generate_event_id, local_node_id, utc_now
+from .ids import ULID_PATTERN
+
+if TYPE_CHECKING:
+    from .event import Event
 
 __all__ = [
     "EVENT_FIELDS",
@@ -62,123 +62,6 @@ OPTIONAL_FIELDS = (
     "correlation_id",
 )
 _OPTIONAL_SET = frozenset(OPTIONAL_FIELDS)
-
-
-@dataclass(frozen=True, eq=True)
-class Event:
-    """One event (an envelope line). ``extra`` holds any other keys of the line, unchanged.
-
-    ``absent`` names the fields of section 2 that the line does not hold (an envelope
-    written by another tool, SPEC section 10); they are None here and stay absent in
-    :meth:`to_dict`. Events the store writes hold every field.
-    """
-
-    event_id: str
-    event_type: str
-    aggregate_id: str | None
-    payload: dict[str, Any]
-    timestamp: str | None
-    node_id: str | None
-    lamport_clock: int | None
-    causation_id: str | None = None
-    correlation_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    absent: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        if self.absent:
-            object.__setattr__(self, "absent", frozenset(self.absent))
-            unknown = self.absent - _OPTIONAL_SET
-            if unknown:
-                raise EventValidationError(
-                    f"field(s) {', '.join(sorted(unknown))} cannot be absent from an event"
-                )
-            check_envelope(self.to_dict())
-        else:
-            _check_fields(self.__dict__)
-        object.__setattr__(self, "payload", normalize_payload(self.payload))
-        object.__setattr__(self, "extra", normalize_payload(self.extra, "extra"))
-        for key in self.extra:
-            if key in FIELD_SET:
-                raise EventValidationError(f"extra key '{key}' collides with an event field")
-
-    def __hash__(self) -> int:
-        return hash((self.event_id, self.lamport_clock))
-
-    KIND = "envelope"
-
-    @classmethod
-    def new(
-        cls,
-        event_type: str,
-        aggregate_id: str,
-        payload: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> Event:
-        """A new event with a fresh id, the current time and this node's id.
-
-        ``lamport_clock`` is 0 until a store assigns one on append.
-        """
-        unknown = set(fields) - FIELD_SET - {"extra"}
-        if unknown:
-            raise EventValidationError(f"unknown event field(s): {', '.join(sorted(unknown))}")
-        fields.setdefault("event_id", generate_event_id())
-        fields.setdefault("timestamp", utc_now())
-        fields.setdefault("node_id", local_node_id())
-        fields.setdefault("lamport_clock", 0)
-        return cls(
-            event_type=event_type,
-            aggregate_id=aggregate_id,
-            payload=payload,  # type: ignore[arg-type]
-            **fields,
-        )
-
-    def with_clock(self, lamport_clock: int) -> Event:
-        """A copy of this event with another Lamport value."""
-        return replace(self, lamport_clock=lamport_clock)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The line object: every field, ``None`` ids included, plus the extra keys.
-
-        Fields named in ``absent`` are left out, so a line read is given back exactly."""
-        if self.absent:
-            d = {k: getattr(self, k) for k in EVENT_FIELDS if k not in self.absent}
-            d.update(self.extra)
-            return d
-        d = {
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "aggregate_id": self.aggregate_id,
-            "payload": self.payload,
-            "timestamp": self.timestamp,
-            "node_id": self.node_id,
-            "lamport_clock": self.lamport_clock,
-            "causation_id": self.causation_id,
-            "correlation_id": self.correlation_id,
-        }
-        if self.extra:
-            d.update(self.extra)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Event:
-        """Build and validate an event from a line object. Unknown keys go to ``extra``."""
-        if not isinstance(data, Mapping):
-            raise EventValidationError(f"an event must be a JSON object, got {type(data).__name__}")
-        d = dict(data)
-        if not is_plain(d):
-            # Not what json.loads gives (NaN, a set, a tuple...): let __init__ check and
-            # normalize the payload and extra keys as it does for a new event.
-            absent = frozenset(k for k in OPTIONAL_FIELDS if k not in d)
-            extra = {k: v for k, v in d.items() if k not in FIELD_SET}
-            fields: dict[str, Any] = {k: d.get(k) for k in EVENT_FIELDS}
-            return cls(**fields, extra=extra, absent=absent)
-        check_envelope(d)
-        return build_event(d)
-
-    def to_line(self) -> bytes:
-        """The canonical line, newline included, as the log stores it."""
-        return canonical_line(self.to_dict())
 
 
 def _check_fields(d: Mapping[str, Any], *, partial: bool = False) -> None:
@@ -223,6 +106,30 @@ _new_object = object.__new__
 _set_attr = object.__setattr__
 
 
+def _load_event() -> type[Event]:
+    """The Event class, its module imported on first use; then ``Event`` is a global
+    here like any other."""
+    from .event import Event
+
+    globals()["Event"] = Event
+    return Event
+
+
+def _event_class() -> type[Event]:
+    try:
+        return Event
+    except NameError:  # not loaded yet
+        return _load_event()
+
+
+if not TYPE_CHECKING:  # (to a type checker, Event is imported above)
+
+    def __getattr__(name: str) -> Any:
+        if name == "Event":
+            return _load_event()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def check_envelope(d: Mapping[str, Any]) -> None:
     """Validate an envelope line (one with ``event_type``) without changing it.
 
@@ -264,7 +171,7 @@ def build_event(d: dict[str, Any]) -> Event:
             for k in missing:
                 d[k] = None
             d["absent"] = frozenset(missing)
-    event: Event = _new_object(Event)
+    event: Event = _new_object(_event_class())
     _set_attr(event, "__dict__", d)
     return event
 
@@ -274,7 +181,7 @@ def build_new_event(d: dict[str, Any]) -> Event:
     other key, as :func:`~replaylog.lines.new_line_object` makes it): consumed, no
     key looked at."""
     d["extra"] = {}
-    event: Event = _new_object(Event)
+    event: Event = _new_object(_event_class())
     _set_attr(event, "__dict__", d)
     return event
 
@@ -286,6 +193,6 @@ def build_events(objs: list[dict[str, Any]]) -> list[Event]:
     if set(map(len, objs)) - {9}:
         return [build_event(d) for d in objs]
     list(map(dict.__setitem__, objs, repeat("extra"), iter(dict, None)))
-    events: list[Event] = list(map(_new_object, repeat(Event, len(objs))))
+    events: list[Event] = list(map(_new_object, repeat(_event_class(), len(objs))))
     list(map(_set_attr, events, repeat("__dict__"), objs))
     return events

@@ -8,10 +8,10 @@ whose import alone costs more than a whole ``replaylog append``.
 from __future__ import annotations
 
 import os
-import random
 import re
-import threading
 import time
+from _random import Random  # random's generator itself: the module imports much more
+from _thread import allocate_lock  # threading.Lock, without importing threading
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,11 +43,11 @@ _ULID_RE = re.compile(ULID_PATTERN)
 
 # --------------------------------------------------------------------------- ULIDs
 
-_ulid_lock = threading.Lock()
+_ulid_lock = allocate_lock()
 _last_ulid = 0  # the last id this process made, as a 128-bit int
 # Seeded from the OS once (and again in a forked child): ids need uniqueness, not
 # secrecy, and a system call per id would cost more than the rest of making it.
-_random = random.Random(os.urandom(32))
+_random = Random(int.from_bytes(os.urandom(32), "big"))  # every bit of the seed used
 _random_bits = _random.getrandbits
 
 
@@ -136,7 +136,7 @@ def _forget_last_ulid() -> None:
     # same ids within one millisecond. It starts afresh from the clock and new randomness.
     global _last_ulid
     _last_ulid = 0
-    _random.seed(os.urandom(32))
+    _random.seed(int.from_bytes(os.urandom(32), "big"))
 
 
 if hasattr(os, "register_at_fork"):

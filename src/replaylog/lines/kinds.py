@@ -13,7 +13,8 @@ from typing import Any
 from ..errors import EventValidationError
 from .annotation import Annotation, check_annotation
 from .canonical import MAX_CLOCK, show_value
-from .envelope import Event, build_event, check_envelope
+from .envelope import build_event, check_envelope
+from .event import Event
 from .ids import validate_ulid_format
 from .record import Record, check_record
 from .transition import StatusEvent, check_transition

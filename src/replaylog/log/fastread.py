@@ -36,7 +36,8 @@ import msgspec
 from ..lines._base import ACTOR_KEYS
 from ..lines.annotation import Annotation
 from ..lines.canonical import MAX_CLOCK, MAX_LINE_BYTES, MAX_NAME_CHARS
-from ..lines.envelope import FIELD_SET, OPTIONAL_FIELDS, TIMESTAMP_PATTERN, Event
+from ..lines.envelope import FIELD_SET, OPTIONAL_FIELDS, TIMESTAMP_PATTERN
+from ..lines.event import Event
 from ..lines.ids import ULID_PATTERN
 from ..lines.record import Record
 from ..lines.transition import ISO_8601, LANES, StatusEvent

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from ..clock import lamport_of
 from ..errors import StoreError, os_error
 from ..lines.canonical import MAX_LINE_BYTES
-from ..lines.envelope import Event
 from ..posix import flock, fsync_dir, open_regular
 from .paths import log_path
 from .read import parse_line, scan_log
@@ -235,6 +234,8 @@ def append_events(
     events whose ``lamport_clock`` is absent are written as they are: their Lamport value
     is derived from the log (SPEC section 10).
     """
+    from ..lines.event import Event  # (here: a command that appends builds no Event)
+
     events = list(events)
     if not events:
         return []
