@@ -862,3 +862,17 @@ def test_a_column_of_one_layout_is_checked_without_the_regex(
     assert fastread._same_layout(times_rule, joined, len(column)) is good
     assert fastread._all_times(times_rule, column, len(column)) is good
     assert fastread._same_layout(times_rule, "\n".join([first] * 3) + "\n", 3)
+
+
+@pytest.mark.parametrize("rule", ["stamp", "iso"])
+def test_a_layout_already_learned_still_refuses_a_column_whose_first_time_is_bad(
+    rule: str,
+) -> None:
+    times_rule = fastread._STAMP_TIMES if rule == "stamp" else fastread._ISO_TIMES_RULE
+    good = "2026-11-20T22:00:00.123456Z"
+    assert fastread._same_layout(times_rule, good + "\n", 1)  # the layout is learned here
+    assert good.encode().translate(fastread._AS_D) + b"\n" in times_rule.layouts
+    for bad in ("2026-13-20T22:00:00.123456Z", "2026-11-20T22:60:00.123456Z"):
+        column = [bad] + [good] * 30
+        assert fastread._same_layout(times_rule, "\n".join(column) + "\n", len(column)) is False
+        assert fastread._all_times(times_rule, column, len(column)) is False

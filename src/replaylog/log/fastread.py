@@ -321,15 +321,17 @@ def _plan(shape: tuple[str, ...]) -> Plan:
 
 class _Times(NamedTuple):
     """A rule for a column of times: the pattern of one time, the same for a column of
-    them joined by newlines, and whether the zone may only be UTC (``+00:00``)."""
+    them joined by newlines, whether the zone may only be UTC (``+00:00``), and the
+    checks of each layout the pattern matched once, by template (see :func:`_layout`)."""
 
     one: re.Pattern[str]
     column: re.Pattern[str]
     utc_only: bool
+    layouts: dict[bytes, _Layout]
 
 
-_STAMP_TIMES = _Times(re.compile(TIMESTAMP_PATTERN), _STAMPS, True)
-_ISO_TIMES_RULE = _Times(ISO_8601, _ISO_TIMES, False)
+_STAMP_TIMES = _Times(re.compile(TIMESTAMP_PATTERN), _STAMPS, True, {})
+_ISO_TIMES_RULE = _Times(ISO_8601, _ISO_TIMES, False, {})
 
 _AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
 _ZERO = bytes(1)
@@ -343,7 +345,7 @@ _DATE_TIME = (
     (17, bytes(range(61))),  # a leap second
 )
 _HOURS, _MINUTES = _DATE_TIME[2][1], _DATE_TIME[3][1]
-_FEW_TIMES = 24  # below this many, the regex costs less than the checks by layout
+_FEW_TIMES = 12  # below this many, the regex costs less than the checks by layout
 _MAX_LAYOUTS = 4  # a column of more layouts is left to the regex
 
 
@@ -378,16 +380,70 @@ def _all_times(rule: _Times, texts: Sequence[Any], count: int) -> bool:
 
 def _same_layout(rule: _Times, joined: str, count: int) -> bool:
     """True if the ``count`` times joined (each with its newline) are, all of them, times
-    that ``rule.one`` matches and of the first one's layout: a date and a time with
-    seconds, the same fraction digits and zone form, digits at the same places and the
-    same other characters. With the first matched by the pattern, each other one matches
-    it too if its two-digit fields are in bounds: the month, day, hour, minute, second and
-    the zone's hours and minutes, each checked for all the times at once in C (the
-    field's digits, one byte each, read as two big integers). False means only "not
+    that ``rule.one`` matches and of one layout: a date and a time with seconds, the same
+    fraction digits and zone form, digits at the same places and the same other
+    characters. Of a layout that the pattern matched once (see :func:`_layout`), a time
+    matches too if its two-digit fields are in bounds: the month, day, hour, minute,
+    second and the zone's hours and minutes, each checked for all the times at once in C
+    (the field's digits, one byte each, read as big integers). False means only "not
     shown here": the regex judges."""
-    first = joined[: joined.index("\n")]
-    if len(first) < 19 or first[16] != ":" or not first.isascii() or not rule.one.fullmatch(first):
+    if not joined.isascii():
         return False
+    data = joined.encode("ascii")
+    stride = data.index(b"\n") + 1
+    if len(data) != stride * count:
+        return False
+    template = data[:stride].translate(_AS_D)
+    layout = rule.layouts.get(template)
+    if layout is None:
+        layout = _layout(rule, joined[: stride - 1], template)
+        if layout is None:
+            return False
+    if data.translate(_AS_D) != template * count:
+        return False  # some time of another layout
+    for offset, digits in layout.digits:
+        if data[offset::stride].translate(None, digits):
+            return False
+    pairs = layout.pairs
+    if pairs:
+        # Digits are bytes 48 to 57: 10 * tens + units - 528 is each field's value (0 to
+        # 99, one byte each, so no carry crosses from one time to the next), for the
+        # fields one after the other.
+        size = len(pairs) * count
+        tens = int.from_bytes(b"".join([data[offset::stride] for offset in pairs]), "big")
+        units = int.from_bytes(b"".join([data[offset + 1 :: stride] for offset in pairs]), "big")
+        ones = int.from_bytes(b"\x01" * size, "big")
+        values = (10 * tens + units - 528 * ones).to_bytes(size, "big")
+        for k, allowed in enumerate(layout.allowed):
+            if values[k * count : (k + 1) * count].translate(None, allowed):
+                return False
+    return True
+
+
+class _Layout(NamedTuple):
+    """What is checked of the times of one layout: digits that may only be some (by
+    offset), and two-digit fields whose values are bounded otherwise (by offset of their
+    tens, with the values each may take)."""
+
+    digits: tuple[tuple[int, bytes], ...]
+    pairs: tuple[int, ...]
+    allowed: tuple[bytes, ...]
+
+
+_MAX_LAYOUTS_KNOWN = 256  # per rule; a column of ever-new layouts is still read right
+
+
+def _layout(rule: _Times, first: str, template: bytes) -> _Layout | None:
+    """The checks of the layout of ``first``, learned from it if the pattern matches it,
+    and kept in ``rule.layouts``; None if not (its column is left to the regex).
+
+    The checks depend on the layout only: which places hold digits, and the other
+    characters. So a time of the layout matches the pattern if its fields are within
+    the bounds checked: the pattern bounds nothing else (the year and fraction digits
+    may be any). A field whose values are every pair of some tens and some units (the
+    minutes: 0 to 5, then any digit) is checked digit by digit."""
+    if len(first) < 19 or first[16] != ":" or not rule.one.fullmatch(first):
+        return None
     end = 19  # past the seconds, and the fraction if any
     if first[19:20] in (".", ","):
         end = 20
@@ -399,23 +455,23 @@ def _same_layout(rule: _Times, joined: str, count: int) -> bool:
         minutes = end + (4 if ":" in zone else 3)
         fields.append((end + 1, _ZERO if rule.utc_only else _HOURS))
         fields.append((minutes, _ZERO if rule.utc_only else _MINUTES))
-    template = first.encode("ascii").translate(_AS_D) + b"\n"
-    stride = len(template)
-    if len(joined) != stride * count or not joined.isascii():
-        return False
-    data = joined.encode("ascii")
-    if data.translate(_AS_D) != template * count:
-        return False  # some time of another layout
-    ones = int.from_bytes(b"\x01" * count, "big")
-    for offset, allowed in fields:
-        # Digits are bytes 48 to 57: 10 * tens + units - 528 is each field's value (0 to
-        # 99, one byte each, so no carry crosses from one time to the next).
-        tens = int.from_bytes(data[offset::stride], "big")
-        units = int.from_bytes(data[offset + 1 :: stride], "big")
-        values = (10 * tens + units - 528 * ones).to_bytes(count, "big")
-        if values.translate(None, allowed):
-            return False
-    return True
+    digits: list[tuple[int, bytes]] = []
+    pairs: list[int] = []
+    allowed: list[bytes] = []
+    for offset, values in fields:
+        tens = bytes(sorted({48 + v // 10 for v in values}))
+        units = bytes(sorted({48 + v % 10 for v in values}))
+        if len(tens) * len(units) == len(values):  # every pair of those digits
+            digits.append((offset, tens))
+            if len(units) < 10:
+                digits.append((offset + 1, units))
+        else:
+            pairs.append(offset)
+            allowed.append(values)
+    if len(rule.layouts) >= _MAX_LAYOUTS_KNOWN:
+        rule.layouts.clear()
+    layout = rule.layouts[template] = _Layout(tuple(digits), tuple(pairs), tuple(allowed))
+    return layout
 
 
 def _all_ulids(eids: list[str], *, sized: bool = False) -> bool:
