@@ -18,7 +18,7 @@ import os
 import sqlite3
 import stat
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -48,6 +48,7 @@ from .sql import (
 )
 
 if TYPE_CHECKING:
+    from ..log.fastread import MixedChunk
     from .core import Index
 
 __all__ = [
@@ -309,15 +310,11 @@ def _ingest_clean(
     prior: LogProgress | None,
     check_existing: bool,
 ) -> int:
-    # The fast path of every line kind (spec-kitty's logs as well as the store's own).
-    from ..log.fastread import index_columns, mixed_chunks
-
     conn = index.conn
     max_lamport = prior.max_lamport if prior is not None and start > 0 else 0
     last_line_start = prior.tail_offset if prior is not None and start > 0 else 0
     end, lines, added = start, start_line, 0
-    for chunk in mixed_chunks(path, start=start, start_line=start_line, lock=lock_log):
-        types, aggs, nodes, clocks = index_columns(chunk)
+    for chunk, (types, aggs, nodes, clocks) in _chunks(path, start, start_line, lock_log):
         count = len(chunk.event_ids)
         values: Sequence[int | None] = clocks
         derive = None in clocks
@@ -358,6 +355,24 @@ def _ingest_clean(
         crc_from=_crc_from(prior, start),
     )
     return added
+
+
+def _chunks(
+    path: str, start: int, start_line: int, lock_log: bool
+) -> Iterator[tuple[MixedChunk, tuple[list[str], list[str], list[str], list[int | None]]]]:
+    """The log's validated chunks from ``start`` on (the fast path of every line kind,
+    spec-kitty's logs as well as the store's own), each with its index columns; none,
+    and no reader imported, when the log holds nothing past ``start`` (a new, empty log:
+    the first ``replaylog append`` to it loads neither the reader nor msgspec)."""
+    try:
+        if os.stat(path).st_size <= start:
+            return
+    except OSError:
+        pass  # the reader finds and reports it
+    from ..log.fastread import index_columns, mixed_chunks
+
+    for chunk in mixed_chunks(path, start=start, start_line=start_line, lock=lock_log):
+        yield chunk, index_columns(chunk)
 
 
 def _with_clocks(
