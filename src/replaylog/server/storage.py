@@ -197,6 +197,7 @@ class Storage:
                 " (sqlite:///PATH) or PostgreSQL (postgresql+psycopg://...)"
             )
         self.dialect = backend
+        self._sql = _DriverSql.of(backend)
         # One writer at a time within this process: SQLite serializes writers anyway, and
         # a thread waiting here wakes as soon as the lock is free, while one waiting in
         # SQLite's busy handler sleeps for growing intervals.
@@ -379,12 +380,13 @@ class Storage:
         if self.dialect == "postgresql":
             conn.execute(_PG_PROJECT_LOCK, {"project": project})
         if key is not None:
-            row = conn.execute(_SELECT_KEY, {"project": project, "key": key}).first()
+            # Driver SQL, as the INSERT below: run for every batch, under the write lock.
+            row = conn.exec_driver_sql(self._sql.select_key, (project, key)).first()
             if row is not None:
-                if row.body_hash != body_hash:
+                stored_hash, answer = row
+                if stored_hash != body_hash:
                     raise IdempotencyMismatch(key)
-                answer: str = row.answer
-                return answer.encode("utf-8")
+                return str(answer).encode("utf-8")
         # The first line of each id in the batch is the one to store; later ones are
         # compared with it like with a stored line.
         first: dict[str, Candidate] = {}
@@ -445,14 +447,11 @@ class Storage:
             conn.execute(self._conflict_insert, refused)
         answer_text = json.dumps({"results": results})
         if key is not None:
-            conn.execute(
-                idempotency_keys.insert(),
-                {"project": project, "key": key, "body_hash": body_hash, "answer": answer_text},
-            )
+            conn.exec_driver_sql(self._sql.insert_key, (project, key, body_hash, answer_text))
         return answer_text.encode("utf-8")
 
     def _insert_sql(self, rows: int) -> str:
-        mark = "?" if self.dialect == "sqlite" else "%s"
+        mark = self._sql.mark
         values = ",".join([f"({mark},{mark},{mark},{mark},{mark})"] * rows)
         return (
             "INSERT INTO events (project, event_id, feature, node_id, line) VALUES "
@@ -559,10 +558,27 @@ def _conflict_statements() -> tuple[Any, Any]:
 
 
 _SQLITE_CONFLICT_INSERT, _PG_CONFLICT_INSERT = _conflict_statements()
-_SELECT_KEY = select(idempotency_keys.c.body_hash, idempotency_keys.c.answer).where(
-    idempotency_keys.c.project == bindparam("project"),
-    idempotency_keys.c.key == bindparam("key"),
-)
+
+
+class _DriverSql(NamedTuple):
+    """The statements every ingest runs, as driver SQL in the backend's parameter style:
+    through SQLAlchemy Core, compiling and binding them cost more than running them."""
+
+    mark: str
+    select_key: str
+    insert_key: str
+
+    @classmethod
+    def of(cls, backend: str) -> _DriverSql:
+        m = "?" if backend == "sqlite" else "%s"
+        return cls(
+            m,
+            f'SELECT body_hash, answer FROM idempotency_keys WHERE project = {m} AND "key" = {m}',
+            f'INSERT INTO idempotency_keys (project, "key", body_hash, answer)'
+            f" VALUES ({m}, {m}, {m}, {m})",
+        )
+
+
 _SELECT_LINES = select(events.c.event_id, events.c.line).where(
     events.c.project == bindparam("project"),
     events.c.event_id.in_(bindparam("ids", expanding=True)),
