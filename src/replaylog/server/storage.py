@@ -363,8 +363,9 @@ class Storage:
         ``key``, the answer is kept under it; the same key with the same ``body_hash``
         later gets the same answer, with another hash :class:`IdempotencyMismatch`.
         """
+        batch = _Batch.of(project, node_id, entries)  # before the write lock: no database
         return self._run(
-            lambda conn: self._ingest(conn, project, node_id, entries, key, body_hash),
+            lambda conn: self._ingest(conn, project, node_id, entries, key, body_hash, batch),
             write=True,
         )
 
@@ -376,7 +377,10 @@ class Storage:
         entries: Sequence[Candidate | dict[str, str]],
         key: str | None,
         body_hash: str,
+        batch: _Batch | None = None,
     ) -> bytes:
+        if batch is None:
+            batch = _Batch.of(project, node_id, entries)
         if self.dialect == "postgresql":
             conn.execute(_PG_PROJECT_LOCK, {"project": project})
         if key is not None:
@@ -387,22 +391,17 @@ class Storage:
                 if stored_hash != body_hash:
                     raise IdempotencyMismatch(key)
                 return str(answer).encode("utf-8")
-        # The first line of each id in the batch is the one to store; later ones are
-        # compared with it like with a stored line.
-        first: dict[str, Candidate] = {}
-        for entry in entries:
-            if isinstance(entry, Candidate) and entry.event_id not in first:
-                first[entry.event_id] = entry
+        first = batch.first
         inserted: set[str] = set()
         if first:
-            params: list[str] = []
-            for c in first.values():
-                params += (project, c.event_id, c.feature, node_id, c.line)
             # The hot path of ingest: one multi-row INSERT ... ON CONFLICT DO NOTHING
             # RETURNING per batch, as driver SQL (the Core statement, compiled for each
             # row, costs more than the rest of the batch's Python work together).
-            cursor = conn.exec_driver_sql(self._insert_sql(len(first)), tuple(params))
+            cursor = conn.exec_driver_sql(self._insert_sql(len(first)), batch.params)
             inserted = {event_id for (event_id,) in cursor.fetchall()}
+            if batch.stored_all is not None and len(inserted) == len(entries):
+                # Every line new, each one a success: the answer made before the lock.
+                return self._answer(conn, project, key, body_hash, batch.stored_all)
         stored: dict[str, str] = {}
         missing = [i for i in first if i not in inserted]
         if missing:
@@ -445,10 +444,15 @@ class Storage:
             seen.add(event_id)
         if refused:
             conn.execute(self._conflict_insert, refused)
-        answer_text = json.dumps({"results": results})
+        return self._answer(conn, project, key, body_hash, json.dumps({"results": results}))
+
+    def _answer(
+        self, conn: Connection, project: str, key: str | None, body_hash: str, answer: str
+    ) -> bytes:
+        """A batch's answer, kept under its idempotency key when it has one."""
         if key is not None:
-            conn.exec_driver_sql(self._sql.insert_key, (project, key, body_hash, answer_text))
-        return answer_text.encode("utf-8")
+            conn.exec_driver_sql(self._sql.insert_key, (project, key, body_hash, answer))
+        return answer.encode("utf-8")
 
     def _insert_sql(self, rows: int) -> str:
         mark = self._sql.mark
@@ -558,6 +562,33 @@ def _conflict_statements() -> tuple[Any, Any]:
 
 
 _SQLITE_CONFLICT_INSERT, _PG_CONFLICT_INSERT = _conflict_statements()
+
+
+class _Batch(NamedTuple):
+    """What an ingest works out of its batch before it takes the write lock."""
+
+    first: dict[str, Candidate]  # the first line of each id: the one to store
+    params: tuple[str, ...]  # the INSERT's parameters, five a line of ``first``
+    stored_all: str | None  # the answer if every line is stored; None: not all new ids
+
+    @classmethod
+    def of(
+        cls, project: str, node_id: str, entries: Sequence[Candidate | dict[str, str]]
+    ) -> _Batch:
+        # Later lines of an id are compared with the first like with a stored line.
+        first: dict[str, Candidate] = {}
+        for entry in entries:
+            if isinstance(entry, Candidate) and entry.event_id not in first:
+                first[entry.event_id] = entry
+        params: list[str] = []
+        for c in first.values():
+            params += (project, c.event_id, c.feature, node_id, c.line)
+        stored_all = None
+        if len(first) == len(entries):  # no refused line, no id twice
+            stored_all = json.dumps(
+                {"results": [{"event_id": i, "status": "success"} for i in first]}
+            )
+        return cls(first, tuple(params), stored_all)
 
 
 class _DriverSql(NamedTuple):
