@@ -569,7 +569,7 @@ class _Batch(NamedTuple):
 
     first: dict[str, Candidate]  # the first line of each id: the one to store
     params: tuple[str, ...]  # the INSERT's parameters, five a line of ``first``
-    stored_all: str | None  # the answer if every line is stored; None: not all new ids
+    stored_all: str | None  # the answer if every line is new; None: a refused line, an id twice
 
     @classmethod
     def of(
