@@ -673,3 +673,20 @@ def test_a_plain_batch_takes_the_column_path_and_a_doubtful_one_does_not() -> No
         {"event_type": 5, "aggregate_id": "A"},
     ):
         assert new_lines([*plain, doubtful], "node-1", "now") is None
+
+
+def test_every_name_of_the_event_class_is_the_one_class() -> None:
+    # The class lives in lines/event.py, loaded on first use; the older names still work.
+    import pickle
+
+    import replaylog
+    import replaylog.lines
+    import replaylog.lines.envelope as envelope
+    from replaylog.lines.event import Event as EventClass
+
+    assert replaylog.Event is replaylog.lines.Event is envelope.Event is EventClass
+    event = EventClass.new("Created", "WP01", {"n": 1}, lamport_clock=3)
+    assert type(envelope.build_event(event.to_dict())) is EventClass
+    assert pickle.loads(pickle.dumps(event)) == event
+    with pytest.raises(AttributeError):
+        envelope.NoSuchName  # noqa: B018

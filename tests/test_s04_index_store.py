@@ -112,6 +112,23 @@ def test_catch_up_takes_in_lines_written_by_hand(store: EventStore, root: Path) 
     assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
 
 
+def test_an_empty_log_indexed_then_written_by_hand_is_taken_in(
+    store: EventStore, root: Path
+) -> None:
+    # The catch-up of a log with nothing to read reads nothing (SPEC section 8): its
+    # progress is still recorded, so what is written to it later is taken in.
+    log = log_file(root, "f1")
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"")
+    status = store.status()
+    assert status["features"]["f1"]["events"] == 0
+    write_by_hand(root, "f1", foreign_line(4), foreign_line(2))
+    status = store.status()
+    assert status["features"]["f1"]["events"] == 2
+    assert status["lamport_clock"] == 4
+    assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
+
+
 def test_catch_up_reads_only_the_new_bytes(
     store: EventStore, root: Path, bytes_read: Callable[[Path], int]
 ) -> None:
