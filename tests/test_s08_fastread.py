@@ -45,15 +45,16 @@ from replaylog.log import fastread, log_path, scan_log
 Outcome = tuple[Any, ...]
 
 
-def described(records: list[Line]) -> list[tuple[str, str]]:
-    """Each record as its type and every field in JSON (``true`` is not ``1``)."""
+def described(records: list[Line]) -> list[tuple[str, str, list[str]]]:
+    """Each record as its type, every field in JSON (``true`` is not ``1``) and the keys
+    of its ``extra`` in their order (the line's)."""
     out = []
     for record in records:
         names = [f.name for f in dataclasses.fields(record)]
         assert set(vars(record)) <= set(names)  # nothing but fields in the instance
         d = {name: getattr(record, name) for name in names}
         d["absent"] = sorted(d["absent"])
-        out.append((type(record).__name__, json.dumps(d, sort_keys=True)))
+        out.append((type(record).__name__, json.dumps(d, sort_keys=True), list(record.extra)))
     return out
 
 

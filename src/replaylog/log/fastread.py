@@ -850,9 +850,11 @@ def _prepare(group: Group) -> type[Any]:
     extra_keys = plan.extra_keys
     lazy = plan.cls is not Event
     if extra_keys:
-        values = [list(map(dict.pop, objs, repeat(k))) for k in extra_keys]
-        extras: Any = map(dict, map(zip, repeat(extra_keys), zip(*values, strict=True)))
-        list(map(setitem, objs, repeat("extra"), extras))
+        # Line by line: a column of pops per key, then a dict per line from their zip,
+        # cost more at every size (callgrind, the corpus's 729 such lines in 128 groups:
+        # 13.5 M instructions by column, 8.5 M so; one group of 9,600: 84 M, 76 M).
+        for obj in objs:
+            obj["extra"] = {key: obj.pop(key) for key in extra_keys}
     elif not lazy:
         # (operator.setitem is a plain C call; the dict.__setitem__ slot wrapper costs
         # twice as much per line.)
