@@ -579,12 +579,16 @@ _MARKS = ((_TRANSITION, b'"to_lane": "'), (_ANNOTATION, b'"kind": "annotation"')
 class _Typed(NamedTuple):
     """A decoder of the lines of one key set (in line order) of a kind with no extra keys:
     a ``Struct`` of exactly those fields, each checked as the kind's rules say while the
-    line is parsed (the ids' alphabet, the times and an actor object's keys are checked
-    after, column by column)."""
+    line is parsed (the ids' alphabet and the times are checked after, column by column).
+
+    Each key set has two: one whose ``actor`` may only be a string, and one where it may
+    also be an object (``objects``), whose keys are then checked after, column by column.
+    Most lines' actor is a string: their runs need no look at the actors at all."""
 
     shape: tuple[str, ...]
     plan: Plan
     decode: Callable[[bytes], Any]
+    objects: bool
 
 
 # What the typed decoders check of each rule while they parse (a JSON object is read as
@@ -594,8 +598,10 @@ _DECODED_TYPES = {
     _DICT: dict[str, Any],
     _ACTOR: str | dict[str, str | None],
 }
-_typed: dict[str, _Typed] = {}  # by kind: the decoder of the key set last seen
-_typed_shapes: dict[tuple[str, ...], _Typed | None] = {}  # every key set's, or None
+_DECODED_STRING_ACTOR = {**_DECODED_TYPES, _ACTOR: str}
+_typed: dict[str, _Typed] = {}  # by kind: the decoder last taken up
+# Every key set's decoders (by whether an actor may be an object), or None.
+_typed_shapes: dict[tuple[tuple[str, ...], bool], _Typed | None] = {}
 _MAX_TYPED = 256  # decoders remembered (a few kB each); a log of ever-new key sets is still read
 
 
@@ -606,20 +612,21 @@ def _typed_for(kind: str, line: bytes) -> _Typed | None:
         shape = tuple(obj) if type(obj) is dict else ()
     except (ValueError, RecursionError):
         return None
-    if shape in _typed_shapes:
-        typed = _typed_shapes[shape]
+    objects = type(obj.get("actor")) is dict if shape else False
+    if (shape, objects) in _typed_shapes:
+        typed = _typed_shapes[shape, objects]
     else:
-        typed = _make_typed(shape)
+        typed = _make_typed(shape, objects)
         if len(_typed_shapes) >= _MAX_TYPED:
             _typed_shapes.clear()
-        _typed_shapes[shape] = typed
+        _typed_shapes[shape, objects] = typed
     if typed is None or typed.plan.kind != kind:
         return None
     _typed[kind] = typed
     return typed
 
 
-def _make_typed(shape: tuple[str, ...]) -> _Typed | None:
+def _make_typed(shape: tuple[str, ...], objects: bool) -> _Typed | None:
     try:
         plan = _plan(shape)
     except Unclean:
@@ -627,12 +634,12 @@ def _make_typed(shape: tuple[str, ...]) -> _Typed | None:
     if plan.extra_keys:
         return None
     rules = dict(plan.checked)
+    types = _DECODED_TYPES if objects else _DECODED_STRING_ACTOR
     fields = [
-        (name, _Id if name == "event_id" else _DECODED_TYPES.get(rules.get(name, -1), Any))
-        for name in shape
+        (name, _Id if name == "event_id" else types.get(rules.get(name, -1), Any)) for name in shape
     ]
     struct = msgspec.defstruct("_TypedLine", fields, forbid_unknown_fields=True, gc=False)
-    return _Typed(shape, plan, msgspec.json.Decoder(struct).decode)
+    return _Typed(shape, plan, msgspec.json.Decoder(struct).decode, objects)
 
 
 def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[Group] | None:
@@ -670,10 +677,16 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
         column = _column(objs, name)
         if not _all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, count):
             return None
-    actors = _column(objs, "actor")
-    if dict in set(map(type, actors)):
-        if set(map(frozenset, filter(dict.__instancecheck__, actors))) != {ACTOR_KEYS}:
-            return None
+    # An actor object's keys, in the runs of a decoder that lets an actor be one.
+    actors = [
+        actor
+        for typed, start, end in runs
+        if typed.objects
+        for actor in map(itemgetter("actor"), objs[start:end])
+        if type(actor) is dict
+    ]
+    if actors and set(map(frozenset, actors)) != {ACTOR_KEYS}:
+        return None
     if len(runs) == 1:
         return [Group(plan, positions, objs)]
     parts: dict[tuple[str, ...], Group] = {}
