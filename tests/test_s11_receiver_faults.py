@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from replaylog.server import Storage, create_app
 from replaylog.server.ingest import parse_batch
+from replaylog.server.storage import _Batch
 
 
 def _entries(lines: list[dict[str, object]], node: str = "n") -> list[object]:
@@ -65,7 +66,9 @@ def test_paging_never_skips_an_event_committed_after_a_page_was_read(storage: St
     def slow_ingest() -> None:
         # An ingest that has taken its sequence numbers but not committed yet.
         with storage._write() as conn:
-            storage._ingest(conn, "default", "slow", _entries(slow), None, "")  # type: ignore[arg-type]
+            entries = _entries(slow)
+            batch = _Batch.of("default", "slow", entries)  # type: ignore[arg-type]
+            storage._ingest(conn, "default", "slow", entries, None, "", batch)  # type: ignore[arg-type]
             slow_inserted.set()
             release.wait(30)
 

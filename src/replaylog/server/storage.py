@@ -377,10 +377,8 @@ class Storage:
         entries: Sequence[Candidate | dict[str, str]],
         key: str | None,
         body_hash: str,
-        batch: _Batch | None = None,
+        batch: _Batch,
     ) -> bytes:
-        if batch is None:
-            batch = _Batch.of(project, node_id, entries)
         if self.dialect == "postgresql":
             conn.execute(_PG_PROJECT_LOCK, {"project": project})
         if key is not None:
