@@ -365,10 +365,11 @@ def _chunks(
     and no reader imported, when the log holds nothing past ``start`` (a new, empty log:
     the first ``replaylog append`` to it loads neither the reader nor msgspec)."""
     try:
-        if os.stat(path).st_size <= start:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode) and st.st_size <= start:
             return
     except OSError:
-        pass  # the reader finds and reports it
+        pass  # the reader finds and reports it, as anything but a regular file
     from ..log.fastread import index_columns, mixed_chunks
 
     for chunk in mixed_chunks(path, start=start, start_line=start_line, lock=lock_log):
