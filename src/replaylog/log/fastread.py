@@ -4,7 +4,7 @@ A log that spec-kitty wrote mixes envelopes, transitions, annotations and record
 Read line by line (:func:`~replaylog.log.scan_log`), each line costs a dozen Python
 calls. Here a log is read in chunks of 4 MiB. A chunk of lines as the store writes them
 is parsed by msgspec into a ``Struct`` that checks their fields while it parses. So are
-spec-kitty's lines of every kind (told by a few bytes of their sorted keys): by a
+spec-kitty's transitions and annotations (told by their sorted keys' last ones): by a
 ``Struct`` of their exact key set, typed by their kind's rules. Any other line is parsed
 into a dict; such lines are grouped by their keys (a log has a handful of key sets),
 and each group's fields are checked by ``msgspec.convert``. The ids and times are
@@ -568,33 +568,22 @@ def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Grou
 
 # --------------------------------------------------------------------------- typed lines
 
-# spec-kitty writes its lines with sorted keys, so a few bytes of a line tell its kind:
-# its last keys (``..., "to_lane": "done", "wp_id": "WP01"}``, ``..., "type": "X",
-# "wp_id": null}``) or an envelope's first ones (``{"aggregate_id": "WP01",
-# "aggregate_type": "WorkPackage", "event_id": "...", "event_type": "``). A line marked so
-# is only a candidate: its kind's typed decoder judges it, and anything it refuses is read
-# the general way. Each mark is looked for in ``line[start:end]``; the kinds in this order,
-# each among the lines the kinds before it did not take.
+# spec-kitty writes its transitions and annotations with sorted keys, so a line's last
+# keys tell its kind: ``..., "to_lane": "done", "wp_id": "WP01"}``. A line marked so is
+# only a candidate: its kind's typed decoder judges it, and anything it refuses is read
+# the general way.
 _TAIL = 96  # the bytes of a line's end looked at
-_HEAD = 256  # the bytes of a line's start looked at
-_MARKS = (
-    (_TRANSITION, b'"to_lane": "', -_TAIL, None),
-    (_ANNOTATION, b'"kind": "annotation"', -_TAIL, None),
-    (_ENVELOPE, b'"event_type": "', 0, _HEAD),
-    (_RECORD, b'"type": "', -_TAIL, None),
-)
+_MARKS = ((_TRANSITION, b'"to_lane": "'), (_ANNOTATION, b'"kind": "annotation"'))
 
 
 class _Typed(NamedTuple):
-    """A decoder of the lines of one key set (in line order): a ``Struct`` of exactly
-    those fields, each checked as the kind's rules say while the line is parsed (the ids'
-    alphabet and the times are checked after, column by column), and any other key (one
-    the record keeps in ``extra``) read as any JSON, as the general way reads it.
+    """A decoder of the lines of one key set (in line order) of a kind with no extra keys:
+    a ``Struct`` of exactly those fields, each checked as the kind's rules say while the
+    line is parsed (the ids' alphabet and the times are checked after, column by column).
 
-    Each key set of a kind that checks its ``actor`` has two: one whose ``actor`` may only
-    be a string, and one where it may also be an object (``objects``), whose keys are then
-    checked after, column by column. Most lines' actor is a string: their runs need no
-    look at the actors at all."""
+    Each key set has two: one whose ``actor`` may only be a string, and one where it may
+    also be an object (``objects``), whose keys are then checked after, column by column.
+    Most lines' actor is a string: their runs need no look at the actors at all."""
 
     shape: tuple[str, ...]
     plan: Plan
@@ -642,14 +631,13 @@ def _make_typed(shape: tuple[str, ...], objects: bool) -> _Typed | None:
         plan = _plan(shape)
     except Unclean:
         return None
+    if plan.extra_keys:
+        return None
     rules = dict(plan.checked)
-    objects = objects and rules.get("actor") == _ACTOR  # (a record's actor is any JSON)
     types = _DECODED_TYPES if objects else _DECODED_STRING_ACTOR
     fields = [
         (name, _Id if name == "event_id" else types.get(rules.get(name, -1), Any)) for name in shape
     ]
-    # gc=False: a Struct of these fields that holds a list or a dict is still freed (it
-    # is only ever turned into a dict at once), and tracking it would cost each line.
     struct = msgspec.defstruct("_TypedLine", fields, forbid_unknown_fields=True, gc=False)
     return _Typed(shape, plan, msgspec.json.Decoder(struct).decode, objects)
 
@@ -667,26 +655,11 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
     plan: Plan | None = None
     start = 0
     while start < count:
-        if typed is not None and typed.plan.extra_keys:
-            # A record keeps its extra keys in the line's order, which a Struct does not
-            # tell (it takes its fields in any order): the lines it takes are parsed
-            # again into dicts, which keep it, and must hold its keys in its order.
-            checked: list[Any] = []
-            try:
-                checked.extend(map(typed.decode, islice(lines, start, None)))
-            except (ValueError, RecursionError):
-                pass
-            if checked:
-                dicts = list(map(_decode, islice(lines, start, start + len(checked))))
-                if set(map(tuple, dicts)) != {typed.shape}:
-                    return None
-                objs.extend(dicts)
-        elif typed is not None:
+        if typed is not None:
             try:
                 objs.extend(map(_as_dict, map(typed.decode, islice(lines, start, None))))
             except (ValueError, RecursionError):
                 pass
-        if typed is not None:
             if len(objs) > start:
                 plan = typed.plan
                 runs.append((typed, start, len(objs)))
@@ -698,21 +671,11 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
         typed = learned
     if plan is None:
         return None  # (the ids' alphabet is checked with the chunk's, by _parse)
-    # The times, a column by rule: one for all the lines, unless an envelope's key set
-    # has a timestamp and another's only an ``at`` (any string, not checked as a time).
-    columns: dict[tuple[str, int], list[Any]] = {}
-    if len(runs) == 1 or len({typed.plan.times for typed, _, _ in runs}) == 1:
-        if plan.times is not None:
-            columns[plan.times] = _column(objs, plan.times[0])
-    else:
-        for typed, start, end in runs:
-            if typed.plan.times is not None:
-                name = typed.plan.times[0]
-                columns.setdefault(typed.plan.times, []).extend(
-                    map(itemgetter(name), objs[start:end])
-                )
-    for (_, rule), column in columns.items():
-        if not _all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, len(column)):
+    times = plan.times  # (one kind: one rule)
+    if times is not None:
+        name, rule = times
+        column = _column(objs, name)
+        if not _all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, count):
             return None
     # An actor object's keys, in the runs of a decoder that lets an actor be one.
     actors = [
@@ -742,9 +705,9 @@ def _parse_typed(parts: list[bytes]) -> tuple[list[Any], list[Group]] | None:
     rest: range | list[int] = range(count)  # the lines not read yet
     rest_parts = parts
     groups: list[Group] = []
-    for kind, mark, start, end in _MARKS:
-        marks = list(map(bytes.count, rest_parts, repeat(mark), repeat(start), repeat(end)))
-        if not any(marks):
+    for kind, mark in _MARKS:
+        marks = list(map(bytes.count, rest_parts, repeat(mark), repeat(-_TAIL)))
+        if 1 not in marks:
             continue
         marked = list(compress(rest, marks))
         typed = _typed_groups(kind, list(compress(rest_parts, marks)), marked)
