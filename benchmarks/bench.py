@@ -697,46 +697,67 @@ def bench_serve(tmp: Path, database: str, per: int, runs: int) -> Row:
         write_log(root / "kitty-specs" / f"feat{k}" / EVENTS_FILENAME, per, start=k * per)
         roots.append(root)
     schema = f"replaylog_bench_{os.getpid()}"
-    ours, theirs = [], []
+    ours: list[float] = []
+    theirs: list[float] = []
+
+    def urls(run: int) -> tuple[str, str] | None:
+        """The databases of one round, ours and the floor's (a fresh schema or file)."""
+        if database != "PostgreSQL":
+            return (
+                f"sqlite:///{tmp / f'serve-{run}.db'}",
+                f"sqlite:///{tmp / f'floor-serve-{run}.db'}",
+            )
+        options = _postgres_schema(schema)
+        if options is None:
+            return None
+        sep = "&" if "?" in POSTGRES else "?"
+        ours_db = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{ours_db}{sep}{options}", f"{POSTGRES}{sep}{options}"
+
+    def serve_ours(db: str) -> str | None:
+        """Replay to `replaylog serve` on ``db``; a reason if it could not be measured."""
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "replaylog", "serve", "--port", str(port), "--db", db],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            try:
+                _wait_healthy(url, server)
+            except RuntimeError as exc:
+                return str(exc)
+            ours.append(_replay_clients(roots, url, per))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        return None
+
+    def serve_floor(db: str) -> None:
+        with floors.FloorReceiver(db) as receiver:
+            theirs.append(_replay_clients(roots, receiver.url, per))
+
     try:
+        # As best_of does: the two alternate, and so does which of them goes first.
         for run in range(runs):
-            if database == "PostgreSQL":
-                options = _postgres_schema(schema)
-                if options is None:
+            for side in ("ours", "floor") if run % 2 == 0 else ("floor", "ours"):
+                dbs = urls(run)  # (each side its own fresh schema)
+                if dbs is None:
                     row.note = f"not measured: no PostgreSQL at {POSTGRES}"
                     return row
-                sep = "&" if "?" in POSTGRES else "?"
-                ours_db = POSTGRES.replace("postgresql://", "postgresql+psycopg://", 1)
-                ours_db, floor_db = f"{ours_db}{sep}{options}", f"{POSTGRES}{sep}{options}"
-            else:
-                ours_db = f"sqlite:///{tmp / f'serve-{run}.db'}"
-                floor_db = f"sqlite:///{tmp / f'floor-serve-{run}.db'}"
-            port = _free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "replaylog", "serve", "--port", str(port), "--db", ours_db],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                cwd=tmp,
-            )
-            try:
-                url = f"http://127.0.0.1:{port}"
-                try:
-                    _wait_healthy(url, server)
-                except RuntimeError as exc:
-                    row.note = f"not measured: {exc}"
+                if side == "floor":
+                    serve_floor(dbs[1])
+                    continue
+                problem = serve_ours(dbs[0])
+                if problem is not None:
+                    row.note = f"not measured: {problem}"
                     return row
-                ours.append(_replay_clients(roots, url, per))
-            finally:
-                server.terminate()
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-            if database == "PostgreSQL":  # a fresh schema for the floor, as for ours
-                _postgres_schema(schema)
-            with floors.FloorReceiver(floor_db) as receiver:
-                theirs.append(_replay_clients(roots, receiver.url, per))
     finally:
         if database == "PostgreSQL":
             _postgres_schema(schema, drop=True)
@@ -846,10 +867,10 @@ def run_figures(full: bool, only: set[str]) -> int:
             "biglog",
             lambda: bench_append_big_log(tmp, *((1_000_000, 300) if full else (100_000, 200))),
         ),
-        ("serve", lambda: bench_serve(tmp, "SQLite", 5000 if full else 1000, 2 if full else 1)),
+        ("serve", lambda: bench_serve(tmp, "SQLite", 5000 if full else 1000, 3 if full else 1)),
         (
             "serve",
-            lambda: bench_serve(tmp, "PostgreSQL", 5000 if full else 1000, 2 if full else 1),
+            lambda: bench_serve(tmp, "PostgreSQL", 5000 if full else 1000, 3 if full else 1),
         ),
     ]
     try:
