@@ -571,8 +571,9 @@ def test_a_line_of_a_known_key_set_in_another_order_keeps_its_own_order_of_extra
     # keys came in before (a msgspec Struct, as the typed decoders use, takes its fields
     # in any order: it could not be the one to tell).
     sorted_line = json.dumps(spec_kitty_record(1), sort_keys=True)
-    # The extra keys reversed, the line's end as before (so that it is a record's line
-    # for the typed decoders too: see fastread._MARKS).
+    # The extra keys reversed, the line's end as spec-kitty writes it (`"type": ...,
+    # "wp_id": ...}`): a reader that told a record by its last keys would still take
+    # this line for one of the same key set.
     obj = spec_kitty_record(2)
     tail = {"type": obj.pop("type"), "wp_id": obj.pop("wp_id")}
     other_line = json.dumps({**dict(reversed(sorted(obj.items()))), **tail})
