@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -207,6 +208,28 @@ def test_a_symlinked_log_is_refused_by_every_command_and_its_target_is_untouched
     assert sha256(target) == before
     assert os.listdir(outside) == ["precious.jsonl"]
     assert link.is_symlink() and os.listdir(link.parent) == [EVENTS_FILENAME]
+
+
+def test_a_fifo_in_place_of_a_log_is_refused_by_every_command_without_waiting_on_it(
+    root: Path, cwd: Path
+) -> None:
+    # Nothing writes to the FIFO: a command that opened it to read without O_NONBLOCK, or
+    # read it, would wait for ever (here: until the runner's timeout fails the test). The
+    # readers tell a log's kind after opening it (fastread by the fstat it makes after the
+    # lock, the catch-up by an lstat): each must still refuse it, at once.
+    fifo = log_of(root)
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    for run in cli_many(root, every_command_on_one_log(), cwd=cwd, timeout=30.0):
+        assert run.code == 1, run
+        if run.args[0] == "verify":
+            assert run.err == "" and "Traceback" not in run.out, run
+            text = run.out
+        else:
+            text = run.error_line()
+        assert f"{fifo} is not a regular file" in text, run
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # left in place, nothing written beside it
+    assert os.listdir(fifo.parent) == [EVENTS_FILENAME]
 
 
 def test_a_dangling_symlinked_log_creates_no_file_through_it(
