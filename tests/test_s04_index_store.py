@@ -129,6 +129,29 @@ def test_an_empty_log_indexed_then_written_by_hand_is_taken_in(
     assert snapshot(store) == rebuilt_elsewhere(root, root.parent / "other.db")
 
 
+def test_the_catch_up_skips_reading_only_a_regular_file_with_nothing_new(
+    root: Path,
+) -> None:
+    # The check that lets the catch-up read nothing of an empty log looks at the path
+    # itself: a FIFO (or a folder) in a log's place has no size to trust, and goes to
+    # the reader, which refuses it, rather than being taken for an empty log.
+    from replaylog.index import catchup
+    from replaylog.log.read import Unclean
+
+    log = log_file(root, "f1")
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"")
+    assert list(catchup._chunks(str(log), 0, 0, True)) == []  # read nothing
+    log.unlink()
+    os.mkfifo(log)
+    with pytest.raises(Unclean):
+        list(catchup._chunks(str(log), 0, 0, True))
+    log.unlink()
+    log.mkdir()
+    with pytest.raises(Unclean):
+        list(catchup._chunks(str(log), 0, 0, True))
+
+
 def test_catch_up_reads_only_the_new_bytes(
     store: EventStore, root: Path, bytes_read: Callable[[Path], int]
 ) -> None:
