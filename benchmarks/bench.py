@@ -133,14 +133,10 @@ def best_of(
     """
     values: list[float] = []
     floor_values: list[float] = []
+    sides = [(ours, values)] + ([(floor, floor_values)] if floor is not None else [])
     for k in range(runs):
-        if floor is not None and k % 2:
-            floor_values.append(floor())
-            values.append(ours())
-            continue
-        values.append(ours())
-        if floor is not None:
-            floor_values.append(floor())
+        for measure, into in sides if k % 2 == 0 else sides[::-1]:
+            into.append(measure())
     return max(values), (max(floor_values) if floor_values else None)
 
 
