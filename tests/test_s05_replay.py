@@ -1040,6 +1040,27 @@ def test_a_closed_port_with_a_deadline_gives_up_by_the_deadline() -> None:
     assert result.attempts > 1  # it did retry while there was time
 
 
+class _LongestBackoff(random.Random):
+    """Backoff without its jitter: each sleep is its longest (backoff_base * 2**retry)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_no_retry_is_started_with_only_milliseconds_left_before_the_deadline() -> None:
+    # The first attempt is refused at once; its backoff (0.1 s) would end 25 ms before
+    # the deadline, too little for an attempt (replay.MIN_ATTEMPT): a retry cut to that
+    # would fail on the clock, and its "timed out" would hide the refusal. So the run
+    # stops after one attempt, saying what the server did.
+    config = real(
+        unused_port_url(), max_retries=5, backoff_base=0.1, deadline=time.monotonic() + 0.125
+    )
+    with Replayer(config, rng=_LongestBackoff()) as replay:
+        (result,) = list(replay.run(make_events(2)))
+    assert result.attempts == 1
+    assert result.transient_error is not None and "refused" in result.transient_error
+
+
 def test_a_stalled_server_with_a_deadline_gives_up_by_the_deadline() -> None:
     with Receiver() as r:
         r.hook = lambda request: Action.stall(5)

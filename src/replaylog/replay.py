@@ -68,6 +68,9 @@ BATCH_PATH = "/api/v1/events/batch/"
 MAX_BATCH_SIZE = 1000
 GZIP_THRESHOLD = 1024  # bodies strictly larger than this are gzipped
 RETRY_AFTER_CAP = 60.0
+#: With a deadline, a retry is made only if it would have at least this long (or the
+#: whole timeout, if shorter) before the deadline once its backoff is slept.
+MIN_ATTEMPT = 0.05
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a 2xx answer bigger than this is not a valid answer
 SNIPPET_CHARS = 200
@@ -90,8 +93,10 @@ class ReplayConfig:
 
     ``timeout`` bounds each request from connect to the last byte of the answer.
     ``deadline`` is a ``time.monotonic()`` value after which nothing more is attempted
-    (offline emit uses it): each request's timeout is ``min(timeout, time left)`` and no
-    sleep goes past it. ``node_id`` is the sender's, sent in every batch body.
+    (offline emit uses it): each request's timeout is ``min(timeout, time left)``, no
+    sleep goes past it, and no retry starts with less than ``min(timeout, MIN_ATTEMPT)``
+    left (a retry cut shorter would fail on the clock, not on the server). ``node_id``
+    is the sender's, sent in every batch body.
     """
 
     url: str
@@ -404,9 +409,12 @@ class Replayer:
                 delay = self.config.backoff_base * 2**retries * self._rng.uniform(0.5, 1.0)
             if (
                 self.config.deadline is not None
-                and time.monotonic() + delay >= self.config.deadline
+                and time.monotonic() + delay + min(self.config.timeout, MIN_ATTEMPT)
+                >= self.config.deadline
             ):
-                # Sleeping would end past the deadline: there is no time left for a retry.
+                # No time left for a retry after the sleep: one cut to a few milliseconds
+                # would fail on the clock, not on the server, and its "timed out" would
+                # replace what the server really did (refused, answered 503, ...).
                 yield self._transient(ids, last_failure, attempts, carried_attempts)
                 return True
             if delay > 0:
