@@ -182,6 +182,19 @@ def every_command_on_one_log(url: str = DEAD_URL) -> list[list[str]]:
     ]
 
 
+def assert_every_command_refuses(root: Path, cwd: Path, says: str, **kwargs: Any) -> None:
+    """Every command of :func:`every_command_on_one_log` exits 1 and its one error line
+    (``verify``: its report on stdout) holds ``says``."""
+    for run in cli_many(root, every_command_on_one_log(), cwd=cwd, **kwargs):
+        assert run.code == 1, run
+        if run.args[0] == "verify":
+            assert run.err == "" and "Traceback" not in run.out, run
+            text = run.out
+        else:
+            text = run.error_line()
+        assert says in text, run
+
+
 def test_a_symlinked_log_is_refused_by_every_command_and_its_target_is_untouched(
     tmp_path: Path, root: Path, cwd: Path
 ) -> None:
@@ -196,14 +209,7 @@ def test_a_symlinked_log_is_refused_by_every_command_and_its_target_is_untouched
     link.parent.mkdir(parents=True)
     link.symlink_to(target)
 
-    for run in cli_many(root, every_command_on_one_log(), cwd=cwd):
-        assert run.code == 1, run
-        if run.args[0] == "verify":
-            assert run.err == "" and "Traceback" not in run.out, run
-            text = run.out
-        else:
-            text = run.error_line()
-        assert f"{link} is a symbolic link" in text, run
+    assert_every_command_refuses(root, cwd, f"{link} is a symbolic link")
 
     assert sha256(target) == before
     assert os.listdir(outside) == ["precious.jsonl"]
@@ -220,14 +226,7 @@ def test_a_fifo_in_place_of_a_log_is_refused_by_every_command_without_waiting_on
     fifo = log_of(root)
     fifo.parent.mkdir(parents=True)
     os.mkfifo(fifo)
-    for run in cli_many(root, every_command_on_one_log(), cwd=cwd, timeout=30.0):
-        assert run.code == 1, run
-        if run.args[0] == "verify":
-            assert run.err == "" and "Traceback" not in run.out, run
-            text = run.out
-        else:
-            text = run.error_line()
-        assert f"{fifo} is not a regular file" in text, run
+    assert_every_command_refuses(root, cwd, f"{fifo} is not a regular file", timeout=30.0)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # left in place, nothing written beside it
     assert os.listdir(fifo.parent) == [EVENTS_FILENAME]
 
