@@ -75,6 +75,20 @@ def test_the_fast_path_agrees_with_the_plain_path(body: bytes) -> None:
     assert _outcome(body) == _plain(body)
 
 
+@pytest.mark.parametrize("body", CASES)
+def test_msgspecs_reader_agrees_with_the_stdlibs_or_leaves_the_body_to_it(body: bytes) -> None:
+    by_c = ingest._client_layout_c(body)
+    if by_c is not None:
+        assert by_c == ingest._client_layout_py(body)
+
+
+def test_what_msgspec_reads_otherwise_than_json_is_left_to_the_stdlib() -> None:
+    for value in ("1E400", '"\\ud800"', "NaN"):
+        body = f'{{"events": [{{"event_id": "x", "v": {value}}}], "features": ["a"]}}'.encode()
+        assert ingest._client_layout_c(body) is None
+        assert repr(ingest._client_layout(body)) == repr(ingest._client_layout_py(body))  # NaN
+
+
 def test_a_line_is_kept_as_the_client_sent_it() -> None:
     line = json.dumps(envelope(0), sort_keys=True)
     odd = line.replace('"payload": {', '"payload":   {')  # still JSON, other spacing
@@ -96,8 +110,9 @@ def test_the_replay_clients_body_takes_the_fast_path_with_its_log_lines(tmp_path
         store.replay("http://127.0.0.1:9", transport=httpx.MockTransport(handler))
         log_lines = (tmp_path / "kitty-specs" / "demo" / "status.events.jsonl").read_text()
     assert seen
-    layout = ingest._client_layout(seen[0])
+    layout = ingest._client_layout_c(seen[0])  # msgspec's reader, not the stdlib's
     assert layout is not None
+    assert layout == ingest._client_layout_py(seen[0])
     _, entries = parse_batch(seen[0])
     assert [e.line for e in entries if isinstance(e, Candidate)] == log_lines.splitlines()
 
@@ -129,3 +144,37 @@ def test_both_paths_agree_on_any_json(
     fast, plain = _outcome(body), _plain(body)
     # NaN never equals itself: compare their texts instead.
     assert json.dumps(fast, sort_keys=True) == json.dumps(plain, sort_keys=True)
+
+
+ODD = [None, 0, -1, 2**63, True, 1.5, "", "x", "doing", [], {}, "01jd0000000000000000000000",
+       "81JD0000000000000000000000", "t" * 201, "2026-13-01T00:00:00Z",
+       "2026-11-20T22:00:00Z"]  # fmt: skip
+
+
+def _each_line_checked_alone(body: bytes) -> Any:
+    """parse_batch's outcome with the batch-wide check always in doubt."""
+    original = ingest.check_objects
+
+    def doubt(_objs: Any) -> Any:
+        raise ingest.Unclean
+
+    ingest.check_objects = doubt  # type: ignore[assignment]
+    try:
+        return _outcome(body)
+    finally:
+        ingest.check_objects = original
+
+
+def test_the_batch_wide_check_judges_every_line_as_check_line_does() -> None:
+    goods = [envelope(0), transition("WP01", "planned", "doing")]
+    judged = 0
+    for good in goods:
+        for name in [*sorted(good), "event_type", "to_lane", "kind", "type"]:
+            variants = [{k: v for k, v in good.items() if k != name}]
+            variants += [{**good, name: value} for value in ODD]
+            for variant in variants:
+                for neighbour in goods:
+                    body = _layout([dict(neighbour), variant])
+                    assert _outcome(body) == _each_line_checked_alone(body), (name, variant)
+                    judged += 1
+    assert judged > 500

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any
+from typing import Any, TypedDict
+
+import msgspec
 
 from ..errors import EventValidationError
 from ..lines import check_line
 from ..lines.canonical import MAX_LINE_BYTES
+from ..log.fastread import check_objects
+from ..log.read import Unclean
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -119,6 +123,17 @@ def _refused(event_id: str, error: str) -> dict[str, str]:
 
 
 _CLIENT_HEAD = '{"events": ['
+_CLIENT_HEAD_BYTES = _CLIENT_HEAD.encode()
+
+
+class _RawBody(TypedDict, total=False):
+    events: list[msgspec.Raw]  # each line's bytes as received, parsed on their own below
+    features: Any
+    node_id: Any
+
+
+_raw_body = msgspec.json.Decoder(_RawBody).decode
+_decode_line = msgspec.json.Decoder().decode
 
 
 def _client_layout(body: bytes) -> tuple[dict[str, Any], list[str | None]] | None:
@@ -130,8 +145,35 @@ def _client_layout(body: bytes) -> tuple[dict[str, Any], list[str | None]] | Non
     must serialize each parsed line again. A line holding NaN or Infinity gets no text,
     so that it is refused like on the plain path.
     """
-    if not body.startswith(b'{"events": ['):
+    if not body.startswith(_CLIENT_HEAD_BYTES):
         return None
+    return _client_layout_c(body) or _client_layout_py(body)
+
+
+def _client_layout_c(body: bytes) -> tuple[dict[str, Any], list[str | None]] | None:
+    """:func:`_client_layout` by msgspec, in C; None for whatever it does not read exactly
+    as :mod:`json` does (NaN, Infinity, a number out of a double's range, a lone
+    surrogate), and for a body laid out otherwise: the stdlib reader then decides."""
+    try:
+        data = _raw_body(body)
+        raws = data["events"]
+        objs = [_decode_line(raw) for raw in raws]
+    except (msgspec.DecodeError, KeyError):
+        return None
+    # The layout, exactly as the stdlib reader takes it: ", " between the lines, then ", "
+    # and the other keys, or the end of the object.
+    joined = b", ".join(raws)
+    end = len(_CLIENT_HEAD_BYTES) + len(joined)
+    if body[len(_CLIENT_HEAD_BYTES) : end] != joined or body[end : end + 1] != b"]":
+        return None
+    if body[end + 1 : end + 3] != b", " and body[end + 1 :].strip() != b"}":
+        return None
+    data["events"] = objs
+    return dict(data), [bytes(raw).decode("utf-8") for raw in raws]
+
+
+def _client_layout_py(body: bytes) -> tuple[dict[str, Any], list[str | None]] | None:
+    """:func:`_client_layout` by :mod:`json`'s own decoder, a line at a time."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -213,6 +255,15 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
     entries: list[Candidate | dict[str, str]] = []
     good_features: set[str] = set()
     dumps = json.dumps
+    # The batch's lines checked all at once, column by column (as a log's chunk is read);
+    # on any doubt, each is checked on its own below, and a bad one refused by name.
+    checked = False
+    if lines:
+        try:
+            check_objects(lines)
+            checked = True
+        except Unclean:
+            pass
     for number, (obj, feature) in enumerate(zip(lines, features, strict=True)):
         if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str):
             raise BadRequest(400, f"events[{number}] must be a line object with an 'event_id'")
@@ -225,7 +276,8 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
                 continue
             good_features.add(feature)
         try:
-            check_line(obj)
+            if not checked:
+                check_line(obj)
             line = texts[number] if texts is not None else None
             if line is None:
                 # Section 2's form of the line (sorted keys, default separators, ASCII):
