@@ -445,3 +445,12 @@ def test_the_board_is_section_10s_over_every_clones_events(
 def test_the_board_of_a_feature_without_events_is_404(client: AppClient) -> None:
     assert client.get("/api/v1/features/nothing-here/board").status_code == 404
     assert client.get("/api/v1/features/..%2Fx/board").status_code in (400, 404)
+
+
+def test_a_batch_is_stored_in_its_own_order_not_its_ids(client: AppClient) -> None:
+    lines = [envelope(i) for i in range(300)][::-1]  # ids falling
+    for i, line in enumerate(lines):
+        line["payload"] = {"i": i}
+    client.post(content=body(lines))
+    got = client.get("/api/v1/events?after=0&limit=1000").json()["events"]
+    assert [e["event"]["event_id"] for e in got] == [line["event_id"] for line in lines]

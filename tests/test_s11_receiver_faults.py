@@ -67,7 +67,7 @@ def test_paging_never_skips_an_event_committed_after_a_page_was_read(storage: St
         # An ingest that has taken its sequence numbers but not committed yet.
         with storage._write() as conn:
             entries = _entries(slow)
-            batch = _Batch.of("default", "slow", entries)  # type: ignore[arg-type]
+            batch = _Batch.of("default", "slow", entries, storage._sql)  # type: ignore[arg-type]
             storage._ingest(conn, "default", "slow", entries, None, "", batch)  # type: ignore[arg-type]
             slow_inserted.set()
             release.wait(30)
