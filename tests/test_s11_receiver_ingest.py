@@ -144,37 +144,3 @@ def test_both_paths_agree_on_any_json(
     fast, plain = _outcome(body), _plain(body)
     # NaN never equals itself: compare their texts instead.
     assert json.dumps(fast, sort_keys=True) == json.dumps(plain, sort_keys=True)
-
-
-ODD = [None, 0, -1, 2**63, True, 1.5, "", "x", "doing", [], {}, "01jd0000000000000000000000",
-       "81JD0000000000000000000000", "t" * 201, "2026-13-01T00:00:00Z",
-       "2026-11-20T22:00:00Z"]  # fmt: skip
-
-
-def _each_line_checked_alone(body: bytes) -> Any:
-    """parse_batch's outcome with the batch-wide check always in doubt."""
-    original = ingest.check_objects
-
-    def doubt(_objs: Any) -> Any:
-        raise ingest.Unclean
-
-    ingest.check_objects = doubt  # type: ignore[assignment]
-    try:
-        return _outcome(body)
-    finally:
-        ingest.check_objects = original
-
-
-def test_the_batch_wide_check_judges_every_line_as_check_line_does() -> None:
-    goods = [envelope(0), transition("WP01", "planned", "doing")]
-    judged = 0
-    for good in goods:
-        for name in [*sorted(good), "event_type", "to_lane", "kind", "type"]:
-            variants = [{k: v for k, v in good.items() if k != name}]
-            variants += [{**good, name: value} for value in ODD]
-            for variant in variants:
-                for neighbour in goods:
-                    body = _layout([dict(neighbour), variant])
-                    assert _outcome(body) == _each_line_checked_alone(body), (name, variant)
-                    judged += 1
-    assert judged > 500

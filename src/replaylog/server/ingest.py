@@ -16,8 +16,6 @@ import msgspec
 from ..errors import EventValidationError
 from ..lines import check_line
 from ..lines.canonical import MAX_LINE_BYTES
-from ..log.fastread import check_objects
-from ..log.read import Unclean
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -255,15 +253,6 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
     entries: list[Candidate | dict[str, str]] = []
     good_features: set[str] = set()
     dumps = json.dumps
-    # The batch's lines checked all at once, column by column (as a log's chunk is read);
-    # on any doubt, each is checked on its own below, and a bad one refused by name.
-    checked = False
-    if lines:
-        try:
-            check_objects(lines)
-            checked = True
-        except Unclean:
-            pass
     for number, (obj, feature) in enumerate(zip(lines, features, strict=True)):
         if not isinstance(obj, dict) or not isinstance(obj.get("event_id"), str):
             raise BadRequest(400, f"events[{number}] must be a line object with an 'event_id'")
@@ -276,8 +265,7 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
                 continue
             good_features.add(feature)
         try:
-            if not checked:
-                check_line(obj)
+            check_line(obj)
             line = texts[number] if texts is not None else None
             if line is None:
                 # Section 2's form of the line (sorted keys, default separators, ASCII):
