@@ -392,9 +392,9 @@ class Storage:
         first = batch.first
         inserted: set[str] = set()
         if first:
-            # The hot path of ingest: one multi-row INSERT ... ON CONFLICT DO NOTHING
-            # RETURNING per batch, as driver SQL (the Core statement, compiled for each
-            # row, costs more than the rest of the batch's Python work together).
+            # The hot path of ingest: one INSERT ... ON CONFLICT DO NOTHING RETURNING per
+            # batch (see _DriverSql.insert_lines), as driver SQL (the Core statement,
+            # compiled for each row, costs more than the rest of the batch's Python work).
             cursor = conn.exec_driver_sql(batch.insert, batch.params)
             inserted = {event_id for (event_id,) in cursor.fetchall()}
             if batch.stored_all is not None and len(inserted) == len(entries):
