@@ -67,6 +67,10 @@ CASES = [
     b'{"events": [{"a": 1}, {"b": 2}]} trailing',
     b'{"events": [{"a": 1}',
     b'{"events": ["\\ud800"], "features": ["a"], "node_id": "n"}',
+    b'{"events": [], "features": ["a"], "node_id": "x", "features": [], "node_id": "y"}',
+    b'{"events": [{"event_id": "x", "a": 1, "a": 2}], "features": ["a"], "node_id": "n"}',
+    b'{"events": [{"event_id": "x"}],"features": ["a"], "node_id": "n"}',
+    b'{"events": [{"event_id": "x"},{"event_id": "y"}], "features": ["a", "a"], "node_id": "n"}',
 ]
 
 
