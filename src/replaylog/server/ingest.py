@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import msgspec
 
@@ -166,8 +166,8 @@ def _client_layout_c(body: bytes) -> tuple[dict[str, Any], list[str | None]] | N
         return None
     if body[end + 1 : end + 3] != b", " and body[end + 1 :].strip() != b"}":
         return None
-    data["events"] = objs
-    return dict(data), [bytes(raw).decode("utf-8") for raw in raws]
+    data["events"] = objs  # the lines, parsed, in place of their bytes
+    return cast("dict[str, Any]", data), [bytes(raw).decode("utf-8") for raw in raws]
 
 
 def _client_layout_py(body: bytes) -> tuple[dict[str, Any], list[str | None]] | None:
