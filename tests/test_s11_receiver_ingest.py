@@ -71,6 +71,9 @@ CASES = [
     b'{"events": [{"event_id": "x", "a": 1, "a": 2}], "features": ["a"], "node_id": "n"}',
     b'{"events": [{"event_id": "x"}],"features": ["a"], "node_id": "n"}',
     b'{"events": [{"event_id": "x"},{"event_id": "y"}], "features": ["a", "a"], "node_id": "n"}',
+    b'{"events": [{"event_id": "x"}], }',  # a trailing comma: not JSON
+    b'{"events": [{"event_id": "x"}], "features": ["a"], }',
+    b'{"events": [{"event_id": "x"}], , "features": ["a"]}',
 ]
 
 

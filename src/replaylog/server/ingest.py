@@ -205,7 +205,7 @@ def _client_layout_py(body: bytes) -> tuple[dict[str, Any], list[str | None]] | 
             else:
                 return None
     rest = text[end:]
-    if rest.startswith(", "):
+    if rest.startswith(", ") and rest[2:].lstrip().startswith('"'):  # another key
         rest = "{" + rest[2:]
     elif rest.strip() == "}":
         rest = "{}"
