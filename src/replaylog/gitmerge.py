@@ -22,8 +22,8 @@ from typing import Any
 
 from .errors import DiskError, StoreError, UsageError, os_error
 from .lines.canonical import MAX_LINE_BYTES
+from .lines.canonical import same_json as _same_json
 from .log import EVENTS_FILENAME, parse_line
-from .log.read import same_json as _same_json
 from .log.read import snippet as _snippet
 from .posix import replace_atomically, temp_beside
 

@@ -34,6 +34,7 @@ __all__ = [
     "lines_of",
     "new_lines",
     "normalize_payload",
+    "same_json",
     "show_value",
 ]
 
@@ -248,6 +249,14 @@ show_value = _show  # how an error message quotes a bad value
 
 _STR_TYPE = frozenset({str})
 _FLAT_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON: unlike ``==``, ``true`` is not ``1`` and ``1.0`` is not ``1``."""
+    try:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    except (ValueError, RecursionError):
+        return False
 
 
 def is_plain(value: object, depth: int = 0) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import EventValidationError, StoreError, os_error
-from ..lines.canonical import MAX_LINE_BYTES
+from ..lines.canonical import MAX_LINE_BYTES, same_json
 from ..posix import flock, open_regular
 from .paths import log_path
 
@@ -112,14 +112,6 @@ def parse_line(raw: bytes) -> Any:
     # json.loads keeps integers wider than 64 bits exact (orjson reads them as floats or
     # refuses them); it must still refuse NaN/Infinity and invalid UTF-8 as orjson does.
     return json.loads(raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float)
-
-
-def same_json(a: Any, b: Any) -> bool:
-    """Equal as JSON: unlike ``==``, ``true`` is not ``1`` and ``1.0`` is not ``1``."""
-    try:
-        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    except (ValueError, RecursionError):
-        return False
 
 
 def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, bytes, bool]]:

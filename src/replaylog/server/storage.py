@@ -9,7 +9,11 @@ Alembic makes and upgrades the schema (``migrations/`` beside this module), run 
   form of the line), its feature and sender's node id, and ``seq``, the receive sequence
   number, which only grows. Contents are compared as parsed JSON.
 - ``conflicts``: a line that came with an ``event_id`` already stored with other content.
-- ``idempotency_keys``: per ``(project, key)``, the hash of the body and the answer given.
+- ``idempotency_keys``: per project, sender and key (its ``key`` column holds the sender's
+  node id, a newline and the key), the hash of the body and the answer given. A key is the
+  hash of a batch's event ids (SPEC section 5), so two clones that replay the same events
+  send the same key with different bodies (each names its own node id): scoped by sender,
+  neither is taken for a reuse of the other's key.
 
 Ordering: a reader pages by ``seq``, so a row with a smaller ``seq`` must never become
 visible after a larger one. SQLite has one writer at a time. On PostgreSQL, sequence values
@@ -61,6 +65,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..errors import ReceiverError, UsageError
+from ..lines.canonical import same_json
 
 __all__ = [
     "Busy",
@@ -167,8 +172,10 @@ class ConflictRow(NamedTuple):
 
 
 def _same_content(stored: str, received: Candidate) -> bool:
-    """Equal as parsed JSON: the canonical texts are equal, or (1 against 1.0) parse equal."""
-    return stored == received.line or json.loads(stored) == received.obj
+    """Equal as parsed JSON, as the merge driver compares two sides' lines (SPEC section 9):
+    the texts are equal, or they parse to equal JSON (another key order, other spacing or
+    escapes), where ``true`` is not ``1`` and ``1.0`` is not ``1``."""
+    return stored == received.line or same_json(json.loads(stored), received.obj)
 
 
 def _is_busy(exc: SQLAlchemyError) -> bool:
@@ -361,7 +368,8 @@ class Storage:
         ``entries`` are in request order: a :class:`Candidate` to store, or the result of a
         line already refused (``{"event_id", "status": "rejected", "error"}``). With
         ``key``, the answer is kept under it; the same key with the same ``body_hash``
-        later gets the same answer, with another hash :class:`IdempotencyMismatch`.
+        later gets the same answer, with another hash :class:`IdempotencyMismatch`; a key
+        is the sender's (``node_id``'s) own.
         """
         batch = _Batch.of(project, node_id, entries, self._sql)  # before the write lock
         return self._run(
@@ -382,6 +390,7 @@ class Storage:
         if self.dialect == "postgresql":
             conn.execute(_PG_PROJECT_LOCK, {"project": project})
         if key is not None:
+            key = f"{node_id}\n{key}"  # (neither may hold a newline: see the docstring)
             # Driver SQL, as the INSERT below: run for every batch, under the write lock.
             row = conn.exec_driver_sql(self._sql.select_key, (project, key)).first()
             if row is not None:
