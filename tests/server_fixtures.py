@@ -158,6 +158,20 @@ def transition(
     return line
 
 
+def annotation(
+    wp: str, delta: dict[str, Any], *, at: str = "2026-11-20T10:00:05+00:00"
+) -> dict[str, Any]:
+    """A spec-kitty annotation line (section 10)."""
+    return {
+        "actor": "alice",
+        "at": at,
+        "delta": delta,
+        "event_id": generate_event_id(),
+        "kind": "annotation",
+        "wp_id": wp,
+    }
+
+
 def body(lines: list[dict[str, Any]], *, feature: str = "demo", node: str = "node-a") -> bytes:
     batch = {"events": lines, "features": [feature] * len(lines), "node_id": node}
     return json.dumps(batch).encode()

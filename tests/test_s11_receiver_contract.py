@@ -19,6 +19,7 @@ from server_fixtures import (
     TOKEN_B,
     AppClient,
     all_events,
+    annotation,
     body,
     envelope,
     transition,
@@ -99,6 +100,29 @@ def test_same_id_with_other_content_is_rejected_as_a_conflict_and_listed(
     assert conflicts[0]["stored"] == line
     stored = [e["event"] for e in all_events(client)]
     assert stored[0] == line  # the first content stays
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        (True, 1),
+        (1, True),
+        (False, 0),
+        (0, False),
+        (1, 1.0),
+        ([True], [1]),
+        ({"a": 0}, {"a": False}),
+    ],
+)
+def test_values_python_holds_equal_but_json_does_not_are_a_conflict(
+    client: AppClient, first: Any, then: Any
+) -> None:
+    line = dict(envelope(1), payload={"v": first})
+    assert statuses(client.post(content=body([line]))) == ["success"]
+    answer = client.post(content=body([dict(line, payload={"v": then})]))
+    assert statuses(answer) == ["rejected"]
+    conflicts = client.get("/api/v1/conflicts").json()["conflicts"]
+    assert [c["received"]["payload"] for c in conflicts] == [{"v": then}]
 
 
 def test_lines_section_2_or_10_refuses_are_rejected_with_the_field_and_not_stored(
@@ -280,6 +304,26 @@ def test_an_idempotency_key_with_another_body_is_422_and_stores_nothing(
     assert len(stored_ids(client)) == 1
 
 
+def test_an_idempotency_key_is_its_senders_two_clones_replaying_the_same_events_both_succeed(
+    client: AppClient,
+) -> None:
+    # The replay client's key is the hash of the batch's event ids (SPEC section 5): a
+    # second clone with the same events sends the same key, in a body naming its own
+    # node id. That is not a reuse of the first clone's key.
+    lines = [envelope(i) for i in range(3)]
+    key = {"Idempotency-Key": "f" * 64}
+    first = client.post(content=body(lines, node="clone-a"), headers=key)
+    assert statuses(first) == ["success"] * 3
+    second = client.post(content=body(lines, node="clone-b"), headers=key)
+    assert statuses(second) == ["duplicate"] * 3
+    assert (
+        statuses(client.post(content=body(lines, node="clone-b"), headers=key)) == ["duplicate"] * 3
+    )  # its own key, seen before with this body: the same answer
+    reused = client.post(content=body([envelope(7)], node="clone-b"), headers=key)
+    assert reused.status_code == 422  # the same sender, the same key, another body
+    assert len(stored_ids(client)) == 3
+
+
 def test_an_idempotency_key_belongs_to_its_project(tclient: AppClient) -> None:
     key = "same-key"
     a = tclient.post(
@@ -440,6 +484,36 @@ def test_the_board_is_section_10s_over_every_clones_events(
         if checked == 3:
             break
     assert checked == 3
+
+
+def test_a_feature_whose_board_cannot_be_made_is_422_and_the_others_still_are(
+    client: AppClient,
+) -> None:
+    # Lines section 10 takes (verify passes them), with a delta the reducer refuses as
+    # spec-kitty's own reader does: this feature's board says so, the server goes on.
+    bad = [transition("WP01", "genesis", "planned"), annotation("WP01", {"shell_pid": "n/a"})]
+    assert statuses(client.post(content=body(bad, feature="broken"))) == ["success"] * 2
+    good = [transition("WP02", "genesis", "planned")]
+    assert statuses(client.post(content=body(good, feature="fine"))) == ["success"]
+    answer = client.get("/api/v1/features/broken/board")
+    assert answer.status_code == 422
+    assert "shell_pid" in answer.json()["error"] and "broken" in answer.json()["error"]
+    assert client.get("/api/v1/features/fine/board").json()["work_packages"]["WP02"]["lane"] == (
+        "planned"
+    )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/conflicts"])
+@pytest.mark.parametrize(
+    "after", ["9223372036854775808", "99999999999999999999", "1" * 5000, "%EF%BC%91", "-1", "1.0"]
+)
+def test_an_after_that_is_not_a_64_bit_count_is_400(
+    client: AppClient, path: str, after: str
+) -> None:
+    answer = client.get(f"{path}?after={after}")
+    assert answer.status_code == 400, answer.text
+    assert "'after'" in answer.json()["error"]
+    assert client.get(f"{path}?after=9223372036854775807").status_code == 200
 
 
 def test_the_board_of_a_feature_without_events_is_404(client: AppClient) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -211,6 +212,27 @@ def test_clients_replaying_at_once_deliver_every_event_exactly_once(
     with LiveServer(db_url, tmp_path) as server:
         _replay_all(roots, server.url)
         _check_every_event_once_and_delivered(server, roots)
+
+
+def test_a_second_clone_of_the_same_logs_replays_them_as_delivered_not_failed(
+    tmp_path: Path,
+) -> None:
+    first = _clone(tmp_path, 0, 25)
+    second = tmp_path / "clone1"
+    second.mkdir()
+    shutil.copytree(first / "kitty-specs", second / "kitty-specs")  # the same events, pulled
+    with LiveServer(None, tmp_path) as server:
+        reports = []
+        for root in (first, second):
+            with EventStore(root, node_id=root.name, fsync=False) as store:
+                reports.append(store.replay(server.url, batch_size=10))
+                totals = store.status()["totals"]
+            assert totals["delivered"] == totals["events"] == 50, (root, totals)
+        # The second clone's batches have the first's idempotency keys (the same event
+        # ids) but name another sender: answered as duplicates, so accepted.
+        assert [(r.accepted, r.rejected) for r in reports] == [(50, 0), (50, 0)]
+        with server.client() as c:
+            assert len(all_events(c)) == 50
 
 
 def test_the_server_killed_mid_replay_and_started_again_loses_nothing(
