@@ -49,6 +49,11 @@ def _layout(lines: list[Any], features: list[Any] | None = None, node: Any = "n"
     return json.dumps({"events": lines, "features": feats, "node_id": node}).encode()
 
 
+def _with_number(text: str) -> bytes:
+    """A batch of one valid line whose payload holds the number ``text`` as written."""
+    return _layout([dict(envelope(0), payload={"x": 1.25})]).replace(b"1.25", text.encode())
+
+
 CASES = [
     _layout([]),
     _layout([envelope(i) for i in range(5)]),
@@ -74,6 +79,14 @@ CASES = [
     b'{"events": [{"event_id": "x"}], }',  # a trailing comma: not JSON
     b'{"events": [{"event_id": "x"}], "features": ["a"], }',
     b'{"events": [{"event_id": "x"}], , "features": ["a"]}',
+    # Beyond a double's range: an infinity, not JSON (the first two were once stored).
+    _with_number("1e400"),
+    _with_number("-1E400"),
+    _with_number("1e-400"),  # (only rounds to 0.0: a number)
+    # A node id that cannot be stored as text (both were once a 500).
+    _layout([envelope(0)], node="a\ud800b"),
+    _layout([envelope(0)], node="a\u0000b"),
+    _layout([envelope(0)], node="x" * 201),
 ]
 
 
@@ -94,6 +107,21 @@ def test_what_msgspec_reads_otherwise_than_json_is_left_to_the_stdlib() -> None:
         body = f'{{"events": [{{"event_id": "x", "v": {value}}}], "features": ["a"]}}'.encode()
         assert ingest._client_layout_c(body) is None
         assert repr(ingest._client_layout(body)) == repr(ingest._client_layout_py(body))  # NaN
+
+
+def test_a_number_beyond_a_doubles_range_is_refused_on_either_path() -> None:
+    for text in ("1e400", "-1E400"):
+        for outcome in (_outcome(_with_number(text)), _plain(_with_number(text))):
+            assert outcome[1][0][0] == "refused", outcome
+            assert "beyond a double's range" in outcome[1][0][2]
+    assert _outcome(_with_number("1e-400"))[1][0][0] == "stored"
+
+
+def test_a_node_id_that_is_not_printable_text_is_a_bad_request() -> None:
+    for node in ("a\ud800b", "a\u0000b", "tab\there", "x" * 201):
+        outcome = _outcome(_layout([envelope(0)], node=node))
+        assert outcome[:2] == ("error", 400), outcome
+        assert "'node_id'" in outcome[2]
 
 
 def test_a_line_is_kept_as_the_client_sent_it() -> None:

@@ -8,6 +8,7 @@ bytes as they arrive, :func:`parse_batch` turns the whole body into what
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from typing import Any, TypedDict, cast
 
@@ -15,7 +16,7 @@ import msgspec
 
 from ..errors import EventValidationError
 from ..lines import check_line
-from ..lines.canonical import MAX_LINE_BYTES
+from ..lines.canonical import MAX_LINE_BYTES, MAX_NAME_CHARS
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -31,7 +32,6 @@ __all__ = [
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 MAX_BATCH_EVENTS = 1000
 _MAX_KEY_CHARS = 200
-_MAX_NODE_ID_CHARS = 200
 
 
 class BadRequest(Exception):
@@ -140,8 +140,8 @@ def _client_layout(body: bytes) -> tuple[dict[str, Any], list[str | None]] | Non
     None when the body is laid out otherwise (:func:`parse_batch` then reads it whole).
 
     The fast path of ingest: it keeps each line's text as received, where the plain path
-    must serialize each parsed line again. A line holding NaN or Infinity gets no text,
-    so that it is refused like on the plain path.
+    must serialize each parsed line again. A line holding NaN, Infinity or a number beyond
+    a double's range gets no text, so that it is refused like on the plain path.
     """
     if not body.startswith(_CLIENT_HEAD_BYTES):
         return None
@@ -182,7 +182,14 @@ def _client_layout_py(body: bytes) -> tuple[dict[str, Any], list[str | None]] | 
         constants.append(name)
         return float(name.replace("Infinity", "inf"))
 
-    decode = json.JSONDecoder(parse_constant=constant).raw_decode
+    def number(text: str) -> float:
+        # A number beyond a double's range (1e400) reads as an infinity: no text either.
+        value = float(text)
+        if not math.isfinite(value):
+            constants.append(text)
+        return value
+
+    decode = json.JSONDecoder(parse_constant=constant, parse_float=number).raw_decode
     objs: list[Any] = []
     texts: list[str | None] = []
     start = len(_CLIENT_HEAD)
@@ -248,8 +255,17 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
         raise BadRequest(
             400, "'features' must be a list with the feature of each event, in the same order"
         )
-    if not isinstance(node_id, str) or not node_id or len(node_id) > _MAX_NODE_ID_CHARS:
-        raise BadRequest(400, "'node_id' must be the sender's node id, a non-empty string")
+    if (
+        not isinstance(node_id, str)
+        or not node_id
+        or len(node_id) > MAX_NAME_CHARS
+        or not node_id.isprintable()  # no NUL, control character or lone surrogate
+    ):
+        raise BadRequest(
+            400,
+            "'node_id' must be the sender's node id: printable text of 1 to"
+            f" {MAX_NAME_CHARS} characters",
+        )
     entries: list[Candidate | dict[str, str]] = []
     good_features: set[str] = set()
     dumps = json.dumps
@@ -275,7 +291,12 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
             entries.append(_refused(event_id, f"invalid event structure: {exc}"))
             continue
         except ValueError:
-            entries.append(_refused(event_id, "NaN or Infinity in the line: not JSON"))
+            entries.append(
+                _refused(
+                    event_id,
+                    "NaN, Infinity or a number beyond a double's range in the line: not JSON",
+                )
+            )
             continue
         size = len(line) if line.isascii() else len(line.encode("utf-8"))
         if size + 1 > MAX_LINE_BYTES:
