@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server_fixtures import BATCH, TOKEN_A, LiveServer, body, transition
+from server_fixtures import BATCH, TOKEN_A, LiveServer, annotation, body, transition
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -184,6 +184,27 @@ def test_the_page_shows_each_work_package_in_its_lane_and_updates_by_itself(
         shown = browser.evaluate(LANES_SHOWN)
         assert _lane_of(shown, "mission-one", "WP01") == ["in_progress"]
         assert _lane_of(shown, "mission-one", "WP03") == ["planned"]
+
+
+def test_a_feature_whose_board_cannot_be_made_is_named_and_the_others_are_drawn(
+    tmp_path: Path, browser: Browser
+) -> None:
+    with LiveServer(f"sqlite:///{tmp_path / 's.db'}", tmp_path) as server, server.client() as c:
+        c.post(BATCH, content=body([
+            transition("WP01", "genesis", "planned"),
+            annotation("WP01", {"shell_pid": "n/a"}),  # the reducer refuses this delta
+        ], feature="aa-broken"))  # fmt: skip
+        c.post(BATCH, content=body([transition("WP09", "planned", "done")], feature="zz-fine"))
+        browser.open(server.url + "/?interval=300")
+        browser.wait_for("document.querySelectorAll('.wp').length === 1")
+        shown = browser.evaluate(LANES_SHOWN)
+        assert _lane_of(shown, "zz-fine", "WP09") == ["done"]
+        message = browser.evaluate(
+            "document.querySelector('.feature.unavailable[data-feature=aa-broken] .error')"
+            ".textContent"
+        )
+        assert message.startswith("no board: ") and "shell_pid" in message
+        assert browser.evaluate("document.getElementById('status').className") == ""
 
 
 def test_event_data_is_shown_as_text_never_run_as_markup(tmp_path: Path, browser: Browser) -> None:

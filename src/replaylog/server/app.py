@@ -27,7 +27,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..board import snapshot
+from ..errors import StoreError
 from .ingest import (
     DEFAULT_MAX_BODY_BYTES,
     BadRequest,
@@ -54,6 +54,7 @@ log = logging.getLogger("replaylog.server")
 #: What a 503 asks the client to wait, in seconds.
 RETRY_AFTER_SECONDS = 1
 _MAX_PAGE = 1000
+_MAX_INT64 = 2**63 - 1
 _DEFAULT_PAGE = 100
 _JSON = "application/json"
 
@@ -168,7 +169,12 @@ class Receiver:
         if encoding not in ("identity", "gzip", ""):
             raise BadRequest(415, f"Content-Encoding {encoding[:40]!r}: only gzip is taken")
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+        if (
+            declared is not None
+            and declared.isascii()
+            and declared.isdigit()
+            and int(declared) > self.max_body_bytes
+        ):
             raise BadRequest(413, f"the body is over {self.max_body_bytes} bytes")
         reader = BodyReader(gzip=encoding == "gzip", limit=self.max_body_bytes)
         async for chunk in request.stream():
@@ -231,19 +237,25 @@ class Receiver:
         except BadRequest as exc:
             return _error(exc.status, exc.message)
         try:
-            snapshot = await run_in_threadpool(self._board, project, feature)
+            board = await run_in_threadpool(self._board, project, feature)
         except Busy as exc:
             return _busy(exc)
-        if snapshot is None:
+        except (StoreError, ValueError) as exc:
+            # Lines section 2 and 10 take but the reducer cannot fold (a delta spec-kitty's
+            # own reader refuses, as the CLI's board refuses it), or a value JSON cannot
+            # hold that an older receiver stored: this feature's board, not the server.
+            return _error(422, f"the board of feature {feature!r} cannot be made: {exc}")
+        if board is None:
             return _error(404, f"no event of feature {feature!r} in this project")
-        return JSONResponse(snapshot)
+        return Response(board, media_type=_JSON)
 
-    def _board(self, project: str, feature: str) -> dict[str, Any] | None:
+    def _board(self, project: str, feature: str) -> bytes | None:
         lines = self.storage.feature_lines(project, feature)
         if not lines:
             return None
         # The CLI's reducer, over the feature's lines in receive order.
-        return snapshot([json.loads(line) for line in lines], meta=None)
+        made = snapshot([json.loads(line) for line in lines], meta=None)
+        return json.dumps(made, allow_nan=False).encode("ascii")
 
     async def conflicts(self, request: Request) -> Response:
         project = self.project(request)
@@ -260,18 +272,15 @@ class Receiver:
             )
         except Busy as exc:
             return _busy(exc)
-        items = [
-            {
-                "id": r.id,
-                "event_id": r.event_id,
-                "feature": r.feature,
-                "node_id": r.node_id,
-                "received": json.loads(r.line),
-                "stored": json.loads(r.stored) if r.stored is not None else None,
-            }
+        # As for events: the stored lines are JSON already, spliced in as they are.
+        items = ",".join(
+            f'{{"id": {r.id}, "event_id": {json.dumps(r.event_id)},'
+            f' "feature": {json.dumps(r.feature)}, "node_id": {json.dumps(r.node_id)},'
+            f' "received": {r.line}, "stored": {r.stored if r.stored is not None else "null"}}}'
             for r in rows
-        ]
-        return JSONResponse({"conflicts": items, "next": rows[-1].id if rows else after})
+        )
+        following = rows[-1].id if rows else after
+        return Response(f'{{"conflicts": [{items}], "next": {following}}}', media_type=_JSON)
 
     async def health(self, request: Request) -> Response:
         try:
@@ -318,8 +327,11 @@ def _int_param(request: Request, name: str, default: int) -> int:
     value = request.query_params.get(name)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 19:
-        raise BadRequest(400, f"'{name}' must be a non-negative integer")
+    # ASCII digits only (str.isdigit takes other scripts' digits too), and at most what
+    # the database's 64-bit integers hold.
+    digits = value.isascii() and value.isdigit() and len(value) <= 19
+    if not digits or int(value) > _MAX_INT64:
+        raise BadRequest(400, f"'{name}' must be an integer from 0 to {_MAX_INT64}")
     return int(value)
 
 

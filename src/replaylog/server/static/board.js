@@ -11,6 +11,16 @@ const interval = Math.max(200, Number(params.get("interval")) || 3000);
 
 class Unauthorized extends Error {}
 
+// An answer the server gave on purpose (4xx with its own message), as opposed to a
+// server or network that cannot answer now.
+class Refused extends Error {
+  constructor(path, status, message) {
+    super(path + ": " + status + (message ? " " + message : ""));
+    this.status = status;
+    this.reason = message;
+  }
+}
+
 async function getJSON(path) {
   const headers = { "Accept": "application/json" };
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -18,6 +28,12 @@ async function getJSON(path) {
   // Relative paths: the page keeps working under a path prefix.
   const response = await fetch(path, { headers, cache: "no-store" });
   if (response.status === 401) throw new Unauthorized();
+  if (response.status >= 400 && response.status < 500 && response.status !== 408 &&
+      response.status !== 429) {
+    let message = "";
+    try { message = (await response.json()).error || ""; } catch (_) { /* no JSON */ }
+    throw new Refused(path, response.status, message);
+  }
   if (!response.ok) throw new Error(path + ": " + response.status);
   return response.json();
 }
@@ -56,14 +72,29 @@ function drawFeature(feature, board) {
   return section;
 }
 
+function drawUnavailable(feature, error) {
+  const section = el("section", { "class": "feature unavailable", "data-feature": feature });
+  section.append(el("h2", {}, feature));
+  section.append(el("p", { "class": "error" },
+    "no board: " + (error.reason || "the server answered " + error.status)));
+  return section;
+}
+
 async function refresh() {
   const status = document.getElementById("status");
   try {
     const { features } = await getJSON("api/v1/features");
     const drawn = [];
     for (const { feature } of features) {
-      const board = await getJSON("api/v1/features/" + encodeURIComponent(feature) + "/board");
-      drawn.push(drawFeature(feature, board));
+      try {
+        const board = await getJSON("api/v1/features/" + encodeURIComponent(feature) + "/board");
+        drawn.push(drawFeature(feature, board));
+      } catch (error) {
+        // One feature whose board the server cannot make is shown as such; the others
+        // are still drawn.
+        if (!(error instanceof Refused)) throw error;
+        drawn.push(drawUnavailable(feature, error));
+      }
     }
     document.getElementById("boards").replaceChildren(...drawn);
     document.getElementById("login").hidden = true;
