@@ -182,8 +182,10 @@ def test_a_config_without_a_node_id_leaves_the_key_out_and_an_empty_one_is_refus
     server = Server()
     run_all(server, make_events(1))
     assert set(json.loads(server.bodies[0])) == {"events", "features"}
-    with pytest.raises(UsageError, match="node id"):
-        ReplayConfig(URL, node_id="")
+    for bad in ("", "caf\udce9", "a\x00b", "tab\t", "n" * 201):  # (\udce9: a byte not UTF-8)
+        with pytest.raises(UsageError, match="node id must be printable text"):
+            ReplayConfig(URL, node_id=bad)
+    assert ReplayConfig(URL, node_id="n" * 200).node_id == "n" * 200
 
 
 def test_content_type_is_json_and_bearer_token_is_sent_only_when_set() -> None:

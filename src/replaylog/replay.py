@@ -52,6 +52,7 @@ import httpx
 
 from ._version import __version__
 from .errors import AuthenticationError, DeliveryError, UsageError
+from .lines.canonical import MAX_NAME_CHARS
 
 __all__ = [
     "BATCH_PATH",
@@ -132,8 +133,15 @@ class ReplayConfig:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
         if self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
-        if self.node_id is not None and (not isinstance(self.node_id, str) or not self.node_id):
-            raise UsageError(f"the node id must be a non-empty string, got {self.node_id!r}")
+        if self.node_id is not None and (
+            not isinstance(self.node_id, str)
+            or not 1 <= len(self.node_id) <= MAX_NAME_CHARS
+            or not self.node_id.isprintable()  # a receiver stores it as text (SPEC 11)
+        ):
+            raise UsageError(
+                f"the node id must be printable text of 1 to {MAX_NAME_CHARS} characters,"
+                f" got {self.node_id!r}; check REPLAYLOG_NODE_ID"
+            )
 
     def __repr__(self) -> str:
         token = "None" if self.token is None else "'***'"
