@@ -174,6 +174,27 @@ def test_the_body_names_each_events_feature_in_order_and_the_senders_node_id(tmp
     assert {r.node_id for r in receiver.requests} == {"node-under-test"}
 
 
+@pytest.mark.parametrize("answer", ["accepted", "rejected"])
+def test_an_event_in_two_logs_counts_as_the_two_events_the_answer_settles(
+    tmp_path: Path, receiver: Receiver, answer: str
+) -> None:
+    root = tmp_path / "p"
+    with EventStore(root, fsync=False) as store:
+        ids = fill(store, 3)
+    # A copied log: the same three lines in a second feature (SPEC section 10 reads it).
+    (root / "kitty-specs" / "beta").mkdir()
+    log = root / "kitty-specs" / "alpha" / "status.events.jsonl"
+    (root / "kitty-specs" / "beta" / "status.events.jsonl").write_bytes(log.read_bytes())
+    receiver.answer_shape = "results"
+    receiver.statuses = {i: answer for i in ids}
+    with EventStore(root, fsync=False) as store:
+        report = store.replay(receiver.url, batch_size=10)
+        totals = store.status()["totals"]
+    counts = (report.accepted, report.rejected, report.pending)
+    assert counts == ((6, 0, 0) if answer == "accepted" else (0, 6, 0))
+    assert totals[{"accepted": "delivered", "rejected": "failed"}[answer]] == 6
+
+
 def test_accepted_and_warning_results_are_delivered_and_error_message_is_the_reason(
     store, receiver
 ):

@@ -884,15 +884,18 @@ class EventStore:
                             now=utc_now(),
                             rows_of=rows_of,
                         )
+                    # Counted in the index's events: one id may be in two logs (a copied
+                    # log), each a row of its own that the answer settles.
+                    settled = {e: len(rows_of.get(e, ())) or 1 for e in result.event_ids}
                     for event_id in result.event_ids:
                         rows_of.pop(event_id, None)
                     if result.transient_error:
                         stopped = result.transient_error
                         break
                     batches += 1
-                    accepted += len(result.accepted)
-                    rejected += len(result.rejected)
-                    done += len(result.event_ids)
+                    accepted += sum(map(settled.__getitem__, result.accepted))
+                    rejected += sum(map(settled.__getitem__, result.rejected))
+                    done += sum(settled.values())
                     if on_batch is not None:
                         on_batch(done, total)
             report = ReplayReport(accepted, rejected, self._count_pending(names), batches, attempts)
