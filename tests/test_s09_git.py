@@ -89,15 +89,19 @@ def sides(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_merge_keeps_ours_byte_for_byte_then_theirs_new_lines_in_theirs_order(sides):
     base, ours, theirs = sides
     ours_bytes = (
-        odd_line(ID_C) + event_line(ID_A) + b'{"event_id":"%s"  ,"x":[1, 2]}\n' % (ID_E.encode())
+        odd_line(ID_C)
+        + event_line(ID_A)
+        + b'{"event_id":"%s"  ,"type": "note", "at": "t","x":[1, 2]}\n' % (ID_E.encode())
     )
-    new_d = b'{ "event_id" : "%s", "note": "spaced  out" }\n' % ID_D.encode()
+    new_d = b'{ "event_id" : "%s", "type": "note", "at": "t", "note": "spaced  out" }\n' % (
+        ID_D.encode()
+    )
     new_b = odd_line(ID_B, 7)
     # THEIRS holds the shared events written differently, and the new ones unsorted.
     theirs_bytes = (
         event_line(ID_A)
         + new_d
-        + b'{"x": [1,2], "event_id": "%s"}\n' % ID_E.encode()
+        + b'{"x": [1,2], "at": "t", "type": "note", "event_id": "%s"}\n' % ID_E.encode()
         + new_b
         + event_line(ID_C)
     )
@@ -166,9 +170,10 @@ def test_values_that_differ_as_json_are_a_conflict_even_when_python_calls_them_e
 ):
     # Section 3's rule for duplicates: `true` is not `1`, and wide integers stay exact.
     base, ours, theirs = sides
-    ours_bytes = b'{"event_id": "%s", "v": %s}\n' % (ID_A.encode(), ours_value)
+    line = b'{"at": "t", "event_id": "%s", "type": "r", "v": %s}\n'
+    ours_bytes = line % (ID_A.encode(), ours_value)
     write(ours, ours_bytes)
-    write(theirs, b'{"event_id": "%s", "v": %s}\n' % (ID_A.encode(), theirs_value))
+    write(theirs, line % (ID_A.encode(), theirs_value))
     with pytest.raises(MergeConflict, match=ID_A):
         merge_logs(str(base), str(ours), str(theirs))
     assert ours.read_bytes() == ours_bytes
@@ -209,6 +214,15 @@ BAD_LINES = {
     "no event_id": b'{"event_type": "t"}\n',
     "event_id not a string": b'{"event_id": 12}\n',
     "NaN": b'{"event_id": "01HZZZZZZZZZZZZZZZZZZZZZZQ", "x": NaN}\n',
+    # JSON objects with an id that sections 2 and 10 refuse: the merged log could not be
+    # read either (these were once merged).
+    "no kind": b'{"event_id": "01HZZZZZZZZZZZZZZZZZZZZZZQ", "foo": 1}\n',
+    "a lane that is not one": (
+        b'{"actor": "a", "at": "2026-06-30T00:00:00Z", "event_id": "01HZZZZZZZZZZZZZZZZZZZZZZQ",'
+        b' "execution_mode": "worktree", "force": false, "from_lane": "approved",'
+        b' "to_lane": "doing", "wp_id": "WP01"}\n'
+    ),
+    "an id that is not a ULID": b'{"at": "t", "event_id": "not-a-ulid", "type": "r"}\n',
 }
 
 
@@ -229,6 +243,17 @@ def test_unreadable_line_on_either_side_is_a_conflict_naming_file_and_line(sides
     assert f"{side} ({bad_file}) line {line}:" in str(caught.value)
     assert caught.value.path == str(bad_file) and caught.value.line == line
     assert ours.read_bytes() == ours_bytes
+
+
+def test_a_line_sections_2_and_10_refuse_is_named_with_its_kind_and_field(sides):
+    base, ours, theirs = sides
+    write(ours, event_line(ID_A))
+    write(theirs, event_line(ID_A) + BAD_LINES["a lane that is not one"])
+    with pytest.raises(MergeConflict) as caught:
+        merge_logs(str(base), str(ours), str(theirs))
+    message = str(caught.value)
+    assert "THEIRS" in message and "line 2: invalid event structure: transition:" in message
+    assert "'to_lane' must be a lane" in message and "got 'doing'" in message
 
 
 def test_line_longer_than_the_limit_is_unreadable(sides):
@@ -376,9 +401,11 @@ def test_merge_keeps_the_file_mode_of_ours(sides, mode):
 def test_merge_of_large_logs_keeps_every_line_in_order(sides):
     # 100,000 lines a side, half shared (speed is the benchmark's business, not this test's).
     base, ours, theirs = sides
-    shared = [b'{"event_id": "S%07d", "n": %d}\n' % (i, i) for i in range(50_000)]
-    mine = [b'{"event_id": "O%07d"}\n' % i for i in range(50_000)]
-    new = [b'{"event_id": "T%07d"}\n' % i for i in range(50_000)]
+    # (spec-kitty's record lines, the shortest a log may hold: an id, a type and a time)
+    shared = [b'{"at": "t", "event_id": "01HS%022d", "n": %d, "type": "r"}\n' % (i, i)
+              for i in range(50_000)]  # fmt: skip
+    mine = [b'{"at": "t", "event_id": "01HR%022d", "type": "r"}\n' % i for i in range(50_000)]
+    new = [b'{"at": "t", "event_id": "01HT%022d", "type": "r"}\n' % i for i in range(50_000)]
     write(ours, b"".join(shared + mine))
     write(theirs, b"".join(new[::-1] + shared))
     assert merge_logs(str(base), str(ours), str(theirs)) == 50_000

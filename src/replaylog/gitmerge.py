@@ -20,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import DiskError, StoreError, UsageError, os_error
+from .errors import DiskError, EventValidationError, StoreError, UsageError, os_error
 from .lines.canonical import MAX_LINE_BYTES
 from .lines.canonical import same_json as _same_json
+from .lines.kinds import check_line
 from .log import EVENTS_FILENAME, parse_line
 from .log.read import snippet as _snippet
 from .posix import replace_atomically, temp_beside
@@ -123,9 +124,14 @@ def _mapped(label: str, path: str, where: str, *, nofollow: bool) -> Iterator[_S
         os.close(fd)
 
 
-def _unreadable(side: _Side, number: int, start: int, end: int, where: str) -> MergeConflict:
-    """The error for a line that is not a JSON object with a string ``event_id``."""
-    if end - start > MAX_LINE_BYTES - 1:
+def _unreadable(
+    side: _Side, number: int, start: int, end: int, where: str, structure: str | None = None
+) -> MergeConflict:
+    """The error for a line that is not a JSON object with a string ``event_id``, or (with
+    ``structure``, the reason) one that sections 2 and 10 refuse."""
+    if structure is not None:
+        problem = f"invalid event structure: {structure}"
+    elif end - start > MAX_LINE_BYTES - 1:
         raw = side.buf[start : start + 4096]  # enough for the snippet, not the whole line
         problem = f"invalid JSON: {_snippet(raw)} (the line is longer than the 1 MiB limit)"
     else:
@@ -183,13 +189,20 @@ def _read_ids(
             raise _unreadable(side, number, start, end, where)
         raw = buf[start:end]
         try:
-            eid = parse_line(raw)["event_id"]
+            obj = parse_line(raw)
+            eid = obj["event_id"]
         except (ValueError, RecursionError, TypeError, KeyError, IndexError):
             if not raw.strip():
                 continue
             raise _unreadable(side, number, start, end, where) from None
-        if type(eid) is not str:
+        if type(eid) is not str or type(obj) is not dict:
             raise _unreadable(side, number, start, end, where)
+        try:
+            # A line the readers refuse (sections 2 and 10) would make the merged log
+            # unreadable: that side cannot be merged.
+            check_line(obj)
+        except EventValidationError as exc:
+            raise _unreadable(side, number, start, end, where, str(exc)) from None
         yield eid, number, start, end
 
 
