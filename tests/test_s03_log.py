@@ -473,16 +473,18 @@ def test_a_bad_middle_line_is_never_repaired(tmp_path: Path) -> None:
 
 
 def test_torn_tail_of_json_null_is_treated_as_valid_json_everywhere(tmp_path: Path) -> None:
-    # Appends and repair agree: null is valid JSON, so it only gets its newline (and
-    # then fails reads as the bad line it is, as it did while torn).
+    # Appends and repair agree: null is valid JSON, so repair only gives it its newline;
+    # it then fails reads as the bad line it is, as it did while torn, and an append,
+    # which reads the log's ids first, refuses it as the store's appends do.
     a, c = new_event(1), new_event(3)
     path = write_log(tmp_path, a.to_line(), b"null")
     assert repair_log(tmp_path) is None
     assert path.read_bytes() == a.to_line() + b"null\n"
-    path.write_bytes(a.to_line() + b"null")
-    append_event(tmp_path, c, fsync=False)
-    assert path.read_bytes() == a.to_line() + b"null\n" + c.to_line()
     assert read_error(tmp_path).line == 2
+    path.write_bytes(a.to_line() + b"null")
+    with pytest.raises(StoreError, match="Line 2: invalid event structure"):
+        append_event(tmp_path, c, fsync=False)
+    assert path.read_bytes() == a.to_line() + b"null"
 
 
 def test_huge_torn_tail_is_refused_and_repaired_in_bounded_memory(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from ..clock import lamport_of
-from ..errors import StoreError, os_error
+from ..errors import StoreError, UsageError, os_error
 from ..lines.canonical import MAX_LINE_BYTES
 from ..posix import flock, fsync_dir, open_regular
 from .paths import log_path
@@ -210,17 +210,28 @@ class LogWriter:
             self.fd = -1
 
     def __exit__(self, *exc: object) -> None:
+        if self.created and self.fd >= 0 and os.fstat(self.fd).st_size == 0:
+            # A first append that wrote nothing (refused, or failed before its write):
+            # the log it made, empty, is removed, so that it leaves no new feature.
+            with suppress(OSError):
+                os.unlink(self.path)
         self.close()
 
 
-def _max_clock(writer: LogWriter) -> int:
-    """The largest Lamport value in the log (a full scan; the store keeps it in the index)."""
+def _log_state(writer: LogWriter) -> tuple[int, set[str]]:
+    """The largest Lamport value in the log and its event ids (a full scan; the store
+    keeps both in its index). A torn but valid last line counts: the write completes it."""
     best = 0
+    ids: set[str] = set()
     for line in scan_log(writer.path, lock=False):
         best = max(best, lamport_of(line.obj, best))
-    if writer.torn_tail is not None:
-        best = max(best, lamport_of(writer.torn_tail, best))
-    return best
+        ids.add(line.obj["event_id"])
+    tail = writer.torn_tail
+    if tail is not None:
+        best = max(best, lamport_of(tail, best))
+        if type(tail.get("event_id")) is str:
+            ids.add(tail["event_id"])
+    return best, ids
 
 
 def append_events(
@@ -228,20 +239,43 @@ def append_events(
 ) -> list[Line]:
     """Append lines of any kind to a feature's log with one lock, one write and one fsync.
 
-    An :class:`Event` whose ``lamport_clock`` is 0 is given a value above every value in
-    the log; this reads the whole log, which :class:`~replaylog.EventStore` avoids with
-    its index. Lines of other kinds (a :class:`~replaylog.lines.StatusEvent`, ...) and
+    The whole log is read first, under its lock (which :class:`~replaylog.EventStore`
+    avoids with its index): an event whose id the log holds already, or one given twice,
+    is refused (:class:`UsageError`) and nothing is written. An :class:`Event` whose
+    ``lamport_clock`` is 0 is given a value above every value in the log. Lines of other kinds (a :class:`~replaylog.lines.StatusEvent`, ...) and
     events whose ``lamport_clock`` is absent are written as they are: their Lamport value
     is derived from the log (SPEC section 10).
     """
+    from ..lines._base import LineRecord
     from ..lines.event import Event  # (here: a command that appends builds no Event)
 
     events = list(events)
     if not events:
         return []
+    for event in events:
+        if not isinstance(event, (Event, LineRecord)):
+            raise UsageError(
+                "append_event takes an Event or a line record (StatusEvent, Annotation,"
+                f" Record), not {type(event).__name__}; build one with Event.new(...) or"
+                " from_dict(...)"
+            )
+    ids = [e.event_id for e in events]
+    given: set[str] = set()
+    for event_id in ids:
+        if event_id in given:
+            raise UsageError(f"event {event_id} is given twice; each needs its own event_id")
+        given.add(event_id)
     with LogWriter(feature_dir, fsync=fsync) as writer:
+        # Under the log's lock: an id the log holds already would make a second line of
+        # one event, which no reader could read past (SPEC section 3).
+        clock, known = _log_state(writer)
+        held = next((i for i in ids if i in known), None)
+        if held is not None:
+            raise UsageError(
+                f"event {held} is already in the log {writer.path}; a new event needs a new"
+                " event_id"
+            )
         if any(type(e) is Event and e.lamport_clock == 0 for e in events):
-            clock = _max_clock(writer)
             stamped: list[Line] = []
             for event in events:
                 if type(event) is Event and event.lamport_clock == 0:
