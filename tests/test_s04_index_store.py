@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -762,12 +763,54 @@ def test_an_unreadable_clock_file_is_never_trusted(root: Path) -> None:
     assert store.status()["lamport_clock"] == 5
 
 
+def _write_clock(root: Path, value: int, key: int = 0) -> None:
+    """A clock file as replaylog writes it, with a valid check for ``key``."""
+    clock_file(root).write_bytes(struct.pack("<qq", value, value ^ 0x72706C67636C6F63 ^ key))
+
+
+def test_a_clock_file_no_index_backs_is_ignored(root: Path) -> None:
+    # SPEC 12: the clock file is a cache. A value in it that neither a log nor this
+    # index backs (a file of the old format, the constant check alone, or a file left
+    # by a deleted index) does not count.
+    with EventStore(root, fsync=False) as store:
+        for _ in range(3):
+            store.append("f1", "T", "A")
+    _write_clock(root, 2**63 - 3)  # valid for no index's key: ignored
+    with EventStore(root, fsync=False) as store:
+        assert store.status()["lamport_clock"] == 3
+        assert store.append("f1", "T", "B").lamport_clock == 4
+    # A file with this index's key, then the index deleted: the new index has its own
+    # key, and its clock is the logs' (SPEC 4: the same as before the deletion).
+    with EventStore(root, fsync=False) as store:
+        key = store.index._clock_key()
+        assert key != 0
+    _write_clock(root, 900, key)
+    with EventStore(root, fsync=False) as store:
+        assert store.status()["lamport_clock"] == 900  # this index's own: it counts
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(root / ".replaylog" / "queue.db") + suffix).unlink(missing_ok=True)
+    with EventStore(root, fsync=False) as store:
+        assert store.rebuild_index() == {"features": 1, "events": 4}
+        assert store.status()["lamport_clock"] == 4
+        assert store.append("f1", "T", "C").lamport_clock == 5
+
+
+def test_rebuild_index_keeps_the_clock_of_the_index_it_replaces(root: Path) -> None:
+    with EventStore(root, fsync=False) as store:
+        store.append("f1", "T", "A")
+        write_by_hand(root, "f1", foreign_line(50))
+        assert store.append("f1", "T", "B").lamport_clock == 51
+        store.rebuild_index()
+        assert store.status()["lamport_clock"] == 51
+        assert store.append("f1", "T", "C").lamport_clock == 52
+
+
 def test_a_clock_with_no_value_left_refuses_the_append_and_writes_nothing(
     store: EventStore, root: Path
 ) -> None:
     write_by_hand(root, "f1", foreign_line(2**63 - 1))
     before = log_file(root, "f1").read_bytes()
-    with pytest.raises(StoreError, match="corrected by hand"):
+    with pytest.raises(StoreError, match="Correct such a line by hand"):
         store.append("f1", "T", "A")
     assert log_file(root, "f1").read_bytes() == before
 

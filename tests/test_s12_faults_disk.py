@@ -312,6 +312,37 @@ def test_append_when_only_the_log_is_full_names_the_log(disk: Disk, tmp_path: Pa
     assert_index_equals_rebuilt(root, index, tmp_path)
 
 
+def test_an_append_that_fails_on_a_full_disk_leaves_the_clock_as_it_was(
+    disk: Disk, tmp_path: Path
+) -> None:
+    # "A command that reports a failure did not do it": the Lamport values it reserved
+    # are given back, so a rebuilt index (and one made again from nothing) agrees.
+    root = disk.path / "root"
+    root.mkdir()
+    index = tmp_path / "index" / "queue.db"
+    seed(root, index=index)
+    big = {"text": "x" * 3 * PAGE}
+    with EventStore(root, index_path=index, fsync=True) as store:
+        store.append(FEATURE, "t", "a")  # the log now kept open: the next take the fast path
+        clock = store.status()["lamport_clock"]
+        disk.fill()
+        with pytest.raises(DiskFullError):
+            store.append(FEATURE, "t", "a", big)  # the fast path
+        with pytest.raises(DiskFullError):
+            store.append_many(FEATURE, [{"event_type": "t", "aggregate_id": "a"}] * 200)
+        with pytest.raises(DiskFullError):
+            store.append("another", "t", "a", big)  # the whole transaction, a new log
+        assert store.status()["lamport_clock"] == clock
+        disk.free()
+        assert store.append(FEATURE, "t", "a").lamport_clock == clock + 1
+    assert_index_equals_rebuilt(root, index, tmp_path)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(index) + suffix).unlink(missing_ok=True)
+    with EventStore(root, index_path=index, fsync=False) as store:
+        store.rebuild_index()
+        assert store.status()["lamport_clock"] == clock + 1
+
+
 def test_append_many_that_does_not_fit_writes_none_of_the_batch(disk: Disk, tmp_path: Path) -> None:
     root = disk.path / "root"
     root.mkdir()

@@ -141,9 +141,14 @@ class Appender:
                 first = index.reserve_clock(len(objs))
             progress = index.progress(feature)
             size_before, lines_before = (progress[0], progress[1]) if progress else (0, 0)
-            # 2. Write and fsync (cut back if it fails: all of the batch or nothing).
+            # 2. Write and fsync (cut back if it fails: all of the batch or nothing, and
+            #    the values reserved are given back).
             lines = lines_of(templates, first)
-            offset = writer.write(lines)
+            try:
+                offset = writer.write(lines)
+            except BaseException:
+                index.clock_file.release(first, len(objs))
+                raise
             # 3. Record the new lines in the index, without reading them back. A torn
             #    (but valid) last line was completed by this write: it is a line too.
             number = lines_before + (1 if size_before < offset else 0)
@@ -249,6 +254,7 @@ class Appender:
             try:
                 write_durably(fd, data, open_log.size, store.fsync, open_log.path)
             except BaseException:
+                clock.release(first, len(templates))  # nothing of them is in the log
                 self.open_logs.pop(feature).close()
                 raise
             open_log.size += len(data)

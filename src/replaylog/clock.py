@@ -80,8 +80,12 @@ class ClockFile:
     # can hold too).
     SIZE = 16
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key: int = 0) -> None:
+        """``key``: the index's own (see :meth:`replaylog.index.Index.clock_file`); a file
+        written for another index (a deleted one's) has no valid check for it."""
         self.path = path
+        self.key = key
+        self._check = _CLOCK_CHECK ^ key
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             self.fd = os.open(path, flags, 0o600)
@@ -123,10 +127,10 @@ class ClockFile:
 
     def _read(self) -> int | None:
         value, check = _CLOCK.unpack_from(self._map)
-        return value if value >= 0 and check == value ^ _CLOCK_CHECK else None
+        return value if value >= 0 and check == value ^ self._check else None
 
     def _write(self, value: int) -> None:
-        _CLOCK.pack_into(self._map, 0, value, value ^ _CLOCK_CHECK)
+        _CLOCK.pack_into(self._map, 0, value, value ^ self._check)
 
     def reserve(self, count: int, floor: int | None = None) -> int | None:
         """Issue ``count`` values above the file's value (and above ``floor``, when given);
@@ -138,7 +142,8 @@ class ClockFile:
             value: int
             check: int
             value, check = _CLOCK.unpack_from(self._map)
-            if value < 0 or check != value ^ _CLOCK_CHECK:
+            mark = self._check
+            if value < 0 or check != value ^ mark:
                 if floor is None:
                     return None
                 value = 0
@@ -148,11 +153,27 @@ class ClockFile:
             if last > MAX_CLOCK:
                 raise StoreError(
                     "the Lamport clock would pass 2**63-1, the largest value a line may"
-                    f" hold (it is at {value}): a log holds a value close to that limit,"
-                    " which must be corrected by hand"
+                    f" hold (it is at {value}): a log holds, or held, a value close to that"
+                    " limit. Correct such a line by hand; if no log holds one any more,"
+                    f" remove {self.path} and run `replaylog rebuild-index`, which takes"
+                    " the clock from the logs again"
                 )
-            _CLOCK.pack_into(self._map, 0, last, last ^ _CLOCK_CHECK)
+            _CLOCK.pack_into(self._map, 0, last, last ^ mark)
             return value + 1
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def release(self, first: int, count: int) -> None:
+        """Give back the values ``first`` to ``first + count - 1`` of a reservation whose
+        lines were not written (a full disk): if nothing was issued after them, the clock
+        goes back to where it was, so that a failed append leaves it as it found it."""
+        fd = self.fd
+        if fd < 0:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if self._read() == first + count - 1:
+                self._write(first - 1)
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
@@ -193,14 +214,16 @@ def observe(clock_file: ClockFile, value: int, record: Callable[[int], None]) ->
     clock_file.raise_to(value)
 
 
-def reserve(clock_file: ClockFile, count: int, recorded: int, record: Callable[[int], None]) -> int:
+def reserve(clock_file: ClockFile, count: int, recorded: int) -> int:
     """Issue ``count`` values above both the file's value and ``recorded``, the index's
     record (a missing or unreadable file is started again from it); returns the first.
-    The index's record is then raised to the last value issued, as :func:`observe` does.
+
+    The index's record is raised when it takes the lines in (their values are then in a
+    log), not here: a reservation whose lines are never written (a full disk) is given
+    back (:meth:`ClockFile.release`) and leaves no value that no log backs.
 
     Lock order: the caller holds the SQLite write lock; the file's lock is taken here,
-    once for the reservation and once to raise it, never while waiting for anything."""
+    never while waiting for anything."""
     first = clock_file.reserve(count, floor=recorded)
     assert first is not None  # with a floor, an unreadable file is started again
-    observe(clock_file, first + count - 1, record)
     return first

@@ -39,6 +39,7 @@ from .sql import (
     LOG_FILE_ID,
     LOG_PROGRESS,
     PROGRESS,
+    RECORD_CLOCK,
     RELEASE_CLEAN_INGEST,
     ROLLBACK_TO_CLEAN_INGEST,
     SAVE_PROGRESS,
@@ -541,7 +542,9 @@ def add_appended(
             head_hash = prior.head_hash  # appends never change a log's first bytes
         if prior.prefix_crc is not None:
             crc_from = (prior.size, prior.prefix_crc)  # only the appended bytes are read
-    # No clock observe: the values were reserved, so the clock is at least top already.
+    # The clock file is at least top already (the values were reserved from it); the
+    # index's record is raised now that they are in the log.
+    conn.execute(RECORD_CLOCK, (top,))
     _record_progress(
         conn,
         feature,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +26,15 @@ from ..clock import ClockFile
 from . import catchup, opening
 from .catchup import LogProgress
 from .remembered import restore
-from .sql import BEGIN_IMMEDIATE, COMMIT, RECORD_CLOCK, RECORDED_CLOCK, ROLLBACK
+from .sql import (
+    BEGIN_IMMEDIATE,
+    CLOCK_KEY,
+    COMMIT,
+    RECORD_CLOCK,
+    RECORDED_CLOCK,
+    ROLLBACK,
+    SET_CLOCK_KEY,
+)
 
 __all__ = ["Index"]
 
@@ -80,13 +89,35 @@ class Index:
     @property
     def clock_file(self) -> ClockFile:
         """The clock file, opened on first use (and again in a forked child, whose
-        inherited descriptor would share its parent's lock)."""
+        inherited descriptor would share its parent's lock).
+
+        Its value counts only with this index's key (:meth:`_clock_key`): a file left by
+        an index that was deleted, or junk with a valid check of another key, backs no
+        value and is started again from this index's record (SPEC section 12)."""
         clock_file = self._clock_file
-        if clock_file is None or clock_file.pid != os.getpid():
+        if clock_file is None or clock_file.pid != os.getpid() or clock_file.key == 0:
+            key = self._clock_key()
+            if clock_file is not None and clock_file.pid == os.getpid() and clock_file.key == key:
+                return clock_file
             if clock_file is not None:
                 clock_file.close()
-            clock_file = self._clock_file = ClockFile(self.clock_path)
+            clock_file = self._clock_file = ClockFile(self.clock_path, key)
         return clock_file
+
+    def _clock_key(self) -> int:
+        """This index's key for its clock file, made (in a write transaction) when it
+        has none; 0, the mark of files written before keys, until then."""
+        row = self.conn.execute(CLOCK_KEY).fetchone()
+        if row is None and self._in_write:
+            self.conn.execute(SET_CLOCK_KEY, (secrets.randbits(62) | 1,))
+            row = self.conn.execute(CLOCK_KEY).fetchone()
+        return int(row[0]) if row else 0
+
+    def adopt_clock_key(self, key: int) -> None:
+        """Take ``key`` as this index's clock key (a rebuild's new index takes the key of
+        the index it replaces, so that the clock file they share counts for both). Call
+        inside :meth:`write`, before anything uses the clock."""
+        self.conn.execute(SET_CLOCK_KEY, (key,))
 
     def opened_clock(self) -> ClockFile | None:
         """The clock file if this process has it open, else None (it is not opened here).
@@ -115,8 +146,9 @@ class Index:
         _clock.observe(self.clock_file, value, self._record_clock)
 
     def reserve_clock(self, count: int) -> int:
-        """Issue ``count`` clock values; returns the first. Call inside :meth:`write`."""
-        return _clock.reserve(self.clock_file, count, self._recorded_clock(), self._record_clock)
+        """Issue ``count`` clock values; returns the first. Call inside :meth:`write`.
+        If their lines are not written, give them back with ``clock_file.release``."""
+        return _clock.reserve(self.clock_file, count, self._recorded_clock())
 
     # ------------------------------------------------------------------ catch-up
 

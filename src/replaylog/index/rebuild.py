@@ -23,6 +23,7 @@ from .locks import replay_lock, replay_lock_path
 from .opening import foreign_file
 from .remembered import DeliveryState, delivery_states, remember_states
 from .sql import (
+    CLOCK_KEY,
     DROP_INDEX_SQL,
     INDEX_SQL,
     JOURNAL_DELETE,
@@ -79,6 +80,22 @@ def _old_states(index_path: str) -> list[DeliveryState]:
         return []
     finally:
         old.close()
+
+
+def _old_clock_key(index_path: str) -> int | None:
+    """The clock key of the index at ``index_path`` (see ``Index.clock_file``), or None
+    when there is no such index, it has no key yet, or it cannot be read."""
+    if not os.path.exists(index_path) or os.path.getsize(index_path) == 0:
+        return None
+    try:
+        conn = sqlite3.connect(index_path, timeout=60.0)
+        try:
+            row = conn.execute(CLOCK_KEY).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(row[0]) if row and type(row[0]) is int else None
 
 
 def _settle(index_path: str) -> None:
@@ -182,7 +199,13 @@ def _rebuild(
         fresh.conn.execute(SYNCHRONOUS_OFF)
         for statement in DROP_INDEX_SQL:
             fresh.conn.execute(statement)
+        old_key = _old_clock_key(index_path)
         with fresh.write():
+            if old_key is not None:
+                # The clock file is shared with the index this one replaces: its value
+                # counts for the new index too. With no old index (deleted), the file
+                # counts for none and the clock is taken from the logs alone.
+                fresh.adopt_clock_key(old_key)
             for name, path in logs:
                 # Every log is read even after a bad one, so that all are listed (SPEC 10).
                 fresh.conn.execute(SAVEPOINT_ONE_LOG)

@@ -37,8 +37,10 @@ __all__ = [
     "LOG_FILE_ID",
     "LOG_PROGRESS",
     "PROGRESS",
+    "CLOCK_KEY",
     "RECORDED_CLOCK",
     "RECORD_CLOCK",
+    "SET_CLOCK_KEY",
     "RELEASE_CLEAN_INGEST",
     "RELEASE_ONE_LOG",
     "REMEMBER_FEATURE",
@@ -154,6 +156,9 @@ STAMP_REVISION = "INSERT INTO alembic_version (version_num) VALUES (?)"
 # ---------------------------------------------------------------- the clock
 
 RECORDED_CLOCK = "SELECT value FROM meta WHERE key = 'lamport'"
+#: The index's key for its clock file (see Index.clock_file); set once, never changed.
+CLOCK_KEY = "SELECT value FROM meta WHERE key = 'clock_key'"
+SET_CLOCK_KEY = "INSERT INTO meta (key, value) VALUES ('clock_key', ?) ON CONFLICT(key) DO NOTHING"
 #: Raises the recorded clock, never lowers it.
 RECORD_CLOCK = (
     "INSERT INTO meta (key, value) VALUES ('lamport', ?) ON CONFLICT(key)"

@@ -242,9 +242,10 @@ def append_events(
     The whole log is read first, under its lock (which :class:`~replaylog.EventStore`
     avoids with its index): an event whose id the log holds already, or one given twice,
     is refused (:class:`UsageError`) and nothing is written. An :class:`Event` whose
-    ``lamport_clock`` is 0 is given a value above every value in the log. Lines of other kinds (a :class:`~replaylog.lines.StatusEvent`, ...) and
-    events whose ``lamport_clock`` is absent are written as they are: their Lamport value
-    is derived from the log (SPEC section 10).
+    ``lamport_clock`` is 0 is given a value above every value in the log. Lines of other
+    kinds (a :class:`~replaylog.lines.StatusEvent`, ...) and events whose
+    ``lamport_clock`` is absent are written as they are: their Lamport value is derived
+    from the log (SPEC section 10).
     """
     from ..lines._base import LineRecord
     from ..lines.event import Event  # (here: a command that appends builds no Event)
