@@ -20,6 +20,7 @@ from spec_kitty_reader import SpecKittyReadError, read_event_stream, read_lanes
 from replaylog import StoreError, UsageError
 from replaylog.board import (
     ALLOWED_MOVES,
+    EXECUTION_MODES,
     LANES,
     canonical_lane,
     check_move,
@@ -484,17 +485,74 @@ def test_allowed_moves_are_exactly_spec_section_10s() -> None:
     ("source", "target"), [(s, t) for s, targets in SPEC_MOVES.items() for t in targets]
 )
 def test_every_allowed_move_passes_without_force(source: str, target: str) -> None:
-    check_move(source, target, force=False)
+    # spec-kitty takes a move to done without force only with evidence of a review.
+    check_move(source, target, force=False, evidence=DONE_EVIDENCE if target == "done" else None)
 
 
 @pytest.mark.parametrize(
     ("source", "target"),
-    [(s, t) for s in LANES for t in LANES if t not in SPEC_MOVES[s]],
+    [(s, t) for s in LANES for t in LANES[1:] if t not in SPEC_MOVES[s]],
 )
 def test_every_other_move_needs_force(source: str, target: str) -> None:
     with pytest.raises(UsageError, match=f"from {source} to {target} without --force"):
         check_move(source, target, force=False)
-    check_move(source, target, force=True)
+    check_move(source, target, force=True, review_ref="R1")
+
+
+DONE_EVIDENCE = {"review": {"reviewer": "ann", "verdict": "approved", "reference": "PR#1"}}
+
+
+@pytest.mark.parametrize("source", LANES)
+def test_no_move_goes_to_genesis_even_forced(source: str) -> None:
+    for force in (False, True):
+        with pytest.raises(UsageError, match="cannot move WP02 to genesis"):
+            check_move(source, "genesis", force=force, wp_id="WP02")
+    with pytest.raises(UsageError, match="to genesis.*even with --force"):
+        new_transition(**{**MOVE_ARGS, "to_lane": "genesis", "force": True, "reason": "r"})
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        None,
+        {},
+        {"review": {"reviewer": "ann", "verdict": "approved"}},
+        {"review": {"reviewer": "", "verdict": "approved", "reference": "PR#1"}},
+        {"review": {"reviewer": "ann", "verdict": " ", "reference": "PR#1"}},
+        {"review": "PR#1"},
+    ],
+)
+@pytest.mark.parametrize("source", ["approved", "in_review"])
+def test_done_without_evidence_of_a_review_needs_force(source: str, evidence: Any) -> None:
+    with pytest.raises(UsageError, match="to done without evidence.*--evidence-file.*--force"):
+        check_move(source, "done", force=False, wp_id="WP03", evidence=evidence)
+    check_move(source, "done", force=True, evidence=evidence)
+    check_move(source, "done", force=False, evidence=DONE_EVIDENCE)
+
+
+def test_for_review_back_to_in_progress_needs_a_review_ref() -> None:
+    with pytest.raises(
+        UsageError, match="from for_review back to in_progress without --review-ref"
+    ):
+        check_move("for_review", "in_progress", force=True, wp_id="WP01")
+    check_move("for_review", "in_progress", force=True, review_ref="R1")
+    check_move("in_review", "in_progress", force=False)  # the review itself is the reference
+
+
+def test_a_forced_move_line_needs_a_reason() -> None:
+    with pytest.raises(UsageError, match="a forced move needs a reason: give --reason"):
+        new_transition(**{**MOVE_ARGS, "force": True})
+    with pytest.raises(UsageError, match="reason must be a non-empty string"):
+        new_transition(**{**MOVE_ARGS, "force": True, "reason": " "})
+    assert new_transition(**{**MOVE_ARGS, "force": True, "reason": "r"})["reason"] == "r"
+
+
+@pytest.mark.parametrize("mode", ["foo", "Worktree", "direct-repo", "worktree "])
+def test_a_move_line_has_one_of_spec_kittys_execution_modes(mode: str) -> None:
+    with pytest.raises(UsageError, match="must be 'worktree' or 'direct_repo', not"):
+        new_transition(**{**MOVE_ARGS, "execution_mode": mode})
+    for known in EXECUTION_MODES:
+        assert new_transition(**{**MOVE_ARGS, "execution_mode": known})["execution_mode"] == known
 
 
 def test_a_refused_move_names_the_allowed_lanes() -> None:

@@ -47,7 +47,10 @@ AT_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")
 #: A corpus feature with a status.json, a meta.json (and its mission_id) and annotations.
 FEATURE = "002-lightweight-pypi-release"
 MOVES = [(source, target) for source, targets in ALLOWED_MOVES.items() for target in targets]
-REFUSED = [(s, t) for s in LANES for t in LANES if t not in ALLOWED_MOVES[s]]
+#: Refused by the lane rules; a move to genesis is refused before them (see its own test).
+REFUSED = [(s, t) for s in LANES for t in LANES[1:] if t not in ALLOWED_MOVES[s]]
+#: Evidence spec-kitty's ``validate_done_evidence`` accepts for a move to done.
+EVIDENCE = {"review": {"reviewer": "rev", "verdict": "approved", "reference": "PR#1"}}
 
 
 @dataclass
@@ -165,7 +168,14 @@ def moved(root: Path, feature: str, wp: str, to: str, *args: str) -> dict[str, A
 def put_in_lane(root: Path, feature: str, wp: str, lane: str) -> None:
     """Bring ``wp`` to ``lane`` with a forced move (none for genesis)."""
     if lane != "genesis":
-        moved(root, feature, wp, lane, "--force")
+        moved(root, feature, wp, lane, "--force", "--reason", "set up for the test")
+
+
+def evidence_file(root: Path) -> str:
+    """A file beside the project (not in it) holding ``EVIDENCE``."""
+    path = root.parent / "evidence.json"
+    path.write_text(json.dumps(EVIDENCE))
+    return str(path)
 
 
 # --------------------------------------------------------------------------- board
@@ -393,7 +403,9 @@ def test_a_feature_without_meta_json_gets_no_mission_id(small: Path) -> None:
 @pytest.mark.parametrize(("source", "target"), MOVES)
 def test_every_allowed_move_is_written(small: Path, source: str, target: str) -> None:
     put_in_lane(small, "demo", "WP01", source)
-    line = moved(small, "demo", "WP01", target)
+    # spec-kitty takes a move to done without --force only with evidence.
+    extra = ("--evidence-file", evidence_file(small)) if target == "done" else ()
+    line = moved(small, "demo", "WP01", target, *extra)
     assert (line["from_lane"], line["to_lane"], line["force"]) == (source, target, False)
     board = json.loads(run(small, "board", "demo", "--json").out)
     assert board["work_packages"]["WP01"]["lane"] == target
@@ -446,9 +458,164 @@ def test_force_passes_the_lane_rules_and_is_recorded(project: Path) -> None:
     state = status_of(project, FEATURE)["work_packages"]["WP01"]
     assert state["lane"] == "in_progress"
     assert state["force_count"] == 2  # the migration's forced move, and this one
-    text = move(project, FEATURE, "WP01", "done", "--force")
+    text = move(project, FEATURE, "WP01", "done", "--force", "--reason", "merged by hand")
     assert text.code == 0, text
     assert re.fullmatch(r"[0-9A-Z]{26}  WP01  in_progress -> done \(forced\)\n", text.out)
+
+
+# --------------------------------------------------------------------------- spec-kitty checks
+
+
+def spec_kitty_findings(lines: list[dict[str, Any]]) -> list[str]:
+    """What spec-kitty's ``validate_event_schema`` and ``validate_done_evidence``
+    (``specify_cli/status/validate.py``) find wrong in transition lines, rule by rule."""
+    findings = []
+    for line in lines:
+        event_id = line["event_id"]
+        for name in ("from_lane", "to_lane"):
+            canonical = set(LANES[1:]) | ({"genesis"} if name == "from_lane" else set())
+            if line[name] not in canonical:
+                findings.append(f"{name} is not canonical: {line[name]}")
+        if line["execution_mode"] not in ("worktree", "direct_repo"):
+            findings.append(f"Event {event_id}: execution_mode must be 'worktree' or 'direct_repo'")
+        if line["force"] is True and not line.get("reason"):
+            findings.append(f"Event {event_id}: force=true without reason")
+        if (line["from_lane"], line["to_lane"]) == ("for_review", "in_progress") and not line.get(
+            "review_ref"
+        ):
+            findings.append(f"Event {event_id}: for_review->in_progress without review_ref")
+        if line["to_lane"] == "done" and not line["force"]:
+            review = (line.get("evidence") or {}).get("review") or {}
+            if not all(review.get(k) for k in ("reviewer", "verdict", "reference")):
+                findings.append(f"Event {event_id}: done without evidence (not forced)")
+    return findings
+
+
+def log_lines(root: Path, feature: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in log_of(root, feature).read_text().splitlines()]
+
+
+def assert_refused(root: Path, r: Run, message: str, before: dict[str, str]) -> None:
+    """A usage error (exit 2) saying ``message``, with every file as it was."""
+    assert r.code == 2, r
+    assert message in r.error_line()
+    assert r.out == ""
+    assert files_of(root) == before
+
+
+def test_force_without_a_reason_is_refused_naming_reason(small: Path) -> None:
+    run(small, "status")
+    before = files_of(small)
+    for args in (("--force",), ("--force", "--evidence-file", evidence_file(small))):
+        r = move(small, "demo", "WP03", "done", *args)
+        assert_refused(small, r, "a forced move needs a reason: give --reason", before)
+    with EventStore(small) as store, pytest.raises(UsageError, match="give --reason"):
+        store.move("demo", "WP03", to="planned", actor="lead", force=True)
+    assert files_of(small) == before
+    # A feature without a log gets none for a refused first move.
+    r = move(small, "fresh", "WP01", "canceled", "--force")
+    assert r.code == 2, r
+    assert not feature_dir(small, "fresh").exists()
+    line = moved(small, "demo", "WP03", "done", "--force", "--reason", "merged by hand")
+    assert (line["force"], line["reason"]) == (True, "merged by hand")
+    assert spec_kitty_findings(log_lines(small, "demo")) == []
+
+
+@pytest.mark.parametrize("mode", ["foo", "Worktree", "direct-repo", " worktree"])
+def test_an_execution_mode_spec_kitty_does_not_know_is_refused_naming_the_modes(
+    small: Path, mode: str
+) -> None:
+    before = files_of(small)
+    r = move(small, "demo", "WP04", "planned", "--execution-mode", mode)
+    assert_refused(small, r, "must be 'worktree' or 'direct_repo', not", before)
+    with EventStore(small) as store, pytest.raises(UsageError, match="'worktree' or 'direct_repo'"):
+        store.move("demo", "WP04", to="planned", actor="lead", execution_mode=mode)
+    assert files_of(small) == before
+
+
+def test_both_execution_modes_spec_kitty_knows_are_written(small: Path) -> None:
+    for wp, mode in (("WP01", "worktree"), ("WP02", "direct_repo")):
+        assert moved(small, "demo", wp, "planned", "--execution-mode", mode)["execution_mode"] == (
+            mode
+        )
+    assert spec_kitty_findings(log_lines(small, "demo")) == []
+
+
+@pytest.mark.parametrize("source", LANES)
+def test_no_move_goes_to_genesis_even_forced(small: Path, source: str) -> None:
+    put_in_lane(small, "demo", "WP02", source)
+    run(small, "status")
+    before = files_of(small)
+    for args in ((), ("--force", "--reason", "r")):
+        r = move(small, "demo", "WP02", "genesis", *args)
+        assert_refused(small, r, "cannot move WP02 to genesis", before)
+    with EventStore(small) as store, pytest.raises(UsageError, match="to genesis"):
+        store.move("demo", "WP02", to="genesis", actor="a", force=True, reason="r")
+    assert files_of(small) == before
+
+
+def test_a_new_feature_is_not_made_for_a_move_to_genesis(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    (root / ".git").mkdir(parents=True)
+    r = move(root, "newf", "WP02", "genesis", "--force", "--reason", "r")
+    assert r.code == 2, r
+    assert "cannot move WP02 to genesis" in r.error_line()
+    assert not (root / "kitty-specs").exists()
+
+
+@pytest.mark.parametrize("source", ["approved", "in_review"])
+def test_done_without_evidence_is_refused_unless_forced(
+    small: Path, tmp_path: Path, source: str
+) -> None:
+    put_in_lane(small, "demo", "WP05", source)
+    run(small, "status")
+    before = files_of(small)
+    blank = tmp_path / "blank.json"
+    blank.write_text(json.dumps({"review": {"reviewer": " ", "verdict": "ok", "reference": "r"}}))
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")  # no evidence, as in spec-kitty
+    for args in ((), ("--evidence-file", str(blank)), ("--evidence-file", str(empty))):
+        r = move(small, "demo", "WP05", "done", *args)
+        assert_refused(small, r, "cannot move WP05 to done without evidence", before)
+        assert "--evidence-file" in r.error_line() and "--force" in r.error_line()
+    with EventStore(small) as store, pytest.raises(UsageError, match="--evidence-file"):
+        store.move("demo", "WP05", to="done", actor="lead")
+    assert files_of(small) == before
+    line = moved(small, "demo", "WP05", "done", "--evidence-file", evidence_file(small))
+    assert line["evidence"] == EVIDENCE and line["force"] is False
+    put_in_lane(small, "demo", "WP06", source)
+    forced = moved(small, "demo", "WP06", "done", "--force", "--reason", "no review needed")
+    assert (forced["force"], forced["evidence"]) == (True, None)
+    assert spec_kitty_findings(log_lines(small, "demo")) == []
+
+
+def test_for_review_back_to_in_progress_needs_a_review_ref(small: Path) -> None:
+    put_in_lane(small, "demo", "WP07", "for_review")
+    run(small, "status")
+    before = files_of(small)
+    r = move(small, "demo", "WP07", "in_progress", "--force", "--reason", "rework")
+    assert_refused(small, r, "without --review-ref", before)
+    line = moved(
+        small, "demo", "WP07", "in_progress", "--force", "--reason", "rework", "--review-ref", "R1"
+    )
+    assert (line["from_lane"], line["review_ref"]) == ("for_review", "R1")
+    assert spec_kitty_findings(log_lines(small, "demo")) == []
+
+
+def test_every_line_move_writes_is_one_spec_kittys_validators_accept(small: Path) -> None:
+    """Each allowed move, then each other move forced, as the commands above write them."""
+    for n, (source, target) in enumerate(MOVES + REFUSED):
+        wp = f"WP{n:03d}"
+        put_in_lane(small, "demo", wp, source)
+        extra: tuple[str, ...] = ()
+        if (source, target) in REFUSED:
+            extra = ("--force", "--reason", "forced for the test", "--review-ref", "R1")
+        elif target == "done":
+            extra = ("--evidence-file", evidence_file(small))
+        moved(small, "demo", wp, target, *extra)
+    lines = log_lines(small, "demo")
+    assert len(lines) > len(MOVES) + len(REFUSED)
+    assert spec_kitty_findings(lines) == []
 
 
 def test_doing_is_read_as_in_progress(small: Path) -> None:
@@ -457,7 +624,7 @@ def test_doing_is_read_as_in_progress(small: Path) -> None:
     assert line["to_lane"] == "in_progress"
     assert status_of(small, "demo")["work_packages"]["WP01"]["lane"] == "in_progress"
     with EventStore(small) as store:
-        record = store.move("demo", "WP01", to="Doing", actor="a", force=True)
+        record = store.move("demo", "WP01", to="Doing", actor="a", force=True, reason="r")
     assert record.to_lane == "in_progress"
     assert (
         move(small, "demo", "WP01", "nowhere")

@@ -35,6 +35,7 @@ from .lines.transition import LANES  # every lane a transition may name, in life
 __all__ = [
     "ALLOWED_MOVES",
     "DISPLAY_LANES",
+    "EXECUTION_MODES",
     "LANES",
     "UNINITIALIZED",
     "canonical_lane",
@@ -63,6 +64,9 @@ ALLOWED_MOVES: dict[str, tuple[str, ...]] = {
     "done": (),
     "canceled": (),
 }
+
+#: The execution modes spec-kitty's ``validate_event_schema`` accepts; the first is its default.
+EXECUTION_MODES: tuple[str, ...] = ("worktree", "direct_repo")
 
 _LANE_SET = frozenset(LANES)
 _LANE_ALIASES = {"doing": "in_progress"}
@@ -109,21 +113,66 @@ def canonical_lane(name: str) -> str:
     return lane
 
 
-def check_move(from_lane: str, to_lane: str, *, force: bool, wp_id: str | None = None) -> None:
-    """Refuse a move SPEC section 10 does not allow, unless ``force``.
+def _refuse_genesis_target(target: str, wp_id: str | None) -> None:
+    """``genesis`` is where a WP starts: spec-kitty never moves one there, forced or not."""
+    if target == "genesis":
+        who = f"{wp_id} " if wp_id else "a work package "
+        raise UsageError(
+            f"cannot move {who}to genesis: it is where a work package starts, not a lane"
+            " to move to (spec-kitty refuses it, even with --force)"
+        )
 
-    The ``UsageError`` names the lanes that are allowed from ``from_lane``.
+
+def _names_a_review(evidence: Any) -> bool:
+    """Whether ``evidence`` holds the review spec-kitty's ``validate_done_evidence`` asks for."""
+    review = evidence.get("review") if isinstance(evidence, Mapping) else None
+    if not isinstance(review, Mapping):
+        return False
+    return all(
+        isinstance(review.get(name), str) and review[name].strip()
+        for name in ("reviewer", "verdict", "reference")
+    )
+
+
+def check_move(
+    from_lane: str,
+    to_lane: str,
+    *,
+    force: bool,
+    wp_id: str | None = None,
+    review_ref: str | None = None,
+    evidence: Any = None,
+) -> None:
+    """Refuse a move SPEC section 10 does not allow, or one spec-kitty would not accept.
+
+    Without ``force`` only the moves of ``ALLOWED_MOVES`` pass; the ``UsageError``
+    names the lanes that are allowed from ``from_lane``. Past the lane rules, as
+    spec-kitty's validators refuse them: a move to ``genesis`` (even forced); a move to
+    ``done`` without ``force`` whose ``evidence`` does not name a reviewer, a verdict
+    and a reference; and a move from ``for_review`` back to ``in_progress`` (forced,
+    since the lane rules refuse it) without a ``review_ref``.
     """
     source = canonical_lane(from_lane)
     target = canonical_lane(to_lane)
-    if force or target in ALLOWED_MOVES[source]:
-        return
-    allowed = ", ".join(ALLOWED_MOVES[source]) or "none (it is a final lane)"
+    _refuse_genesis_target(target, wp_id)
     who = f"{wp_id} " if wp_id else ""
-    raise UsageError(
-        f"cannot move {who}from {source} to {target} without --force; "
-        f"allowed from {source}: {allowed}"
-    )
+    if not force and target not in ALLOWED_MOVES[source]:
+        allowed = ", ".join(ALLOWED_MOVES[source]) or "none (it is a final lane)"
+        raise UsageError(
+            f"cannot move {who}from {source} to {target} without --force; "
+            f"allowed from {source}: {allowed}"
+        )
+    if target == "done" and not force and not _names_a_review(evidence):
+        raise UsageError(
+            f"cannot move {who}to done without evidence: give --evidence-file (a review"
+            " naming its reviewer, verdict and reference), or --force and --reason"
+            " (spec-kitty refuses an unforced done without evidence)"
+        )
+    if source == "for_review" and target == "in_progress" and not review_ref:
+        raise UsageError(
+            f"cannot move {who}from for_review back to in_progress without --review-ref,"
+            " the review it answers (spec-kitty refuses it without one, even forced)"
+        )
 
 
 def current_lane(snap: Mapping[str, Any], wp_id: str) -> str:
@@ -565,15 +614,22 @@ def new_transition(
     ``evidence`` and ``policy_metadata``, always present (``null`` when unset;
     ``policy_metadata`` is always ``null`` here), and ``mission_id`` only when given.
     ``review_result`` is written by spec-kitty only for a review verdict, never here.
-    ``execution_mode`` defaults to spec-kitty's ``"worktree"``. Lanes are canonical
-    (``doing`` is written ``in_progress``); ``evidence`` is normalized to spec-kitty's
+    ``execution_mode`` is one of ``EXECUTION_MODES`` (default spec-kitty's
+    ``"worktree"``). Lanes are canonical (``doing`` is written ``in_progress``), and
+    ``to_lane`` is never ``genesis``; a forced move has a ``reason``, as spec-kitty's
+    ``validate_event_schema`` asks. ``evidence`` is normalized to spec-kitty's
     ``DoneEvidence`` shape (``review`` required, empty lists left out). This checks
-    the values, not the move: call ``check_move`` first.
+    the values, not the move from the WP's lane: call ``check_move`` first.
     """
     if not isinstance(event_id, str) or not _ULID_RE.fullmatch(event_id):
         raise UsageError(f"event_id {event_id!r} is not a ULID")
     if not isinstance(force, bool):
         raise UsageError("force must be true or false")
+    if force and reason is None:
+        raise UsageError(
+            "a forced move needs a reason: give --reason (spec-kitty refuses force=true"
+            " without one)"
+        )
     line: dict[str, Any] = {
         "event_id": event_id,
         "mission_slug": _text(mission_slug, "mission_slug"),
@@ -589,6 +645,12 @@ def new_transition(
         "evidence": _evidence(evidence),
         "policy_metadata": None,
     }
+    _refuse_genesis_target(line["to_lane"], line["wp_id"])
+    if line["execution_mode"] not in EXECUTION_MODES:
+        raise UsageError(
+            "execution_mode (--execution-mode) must be"
+            f" {' or '.join(map(repr, EXECUTION_MODES))}, not {execution_mode!r}"
+        )
     if mission_id is not None:
         line["mission_id"] = _text(mission_id, "mission_id")
     return line

@@ -275,13 +275,16 @@ def _read_evidence(evidence_file: str | None) -> dict[str, Any] | None:
 @click.argument("wp")
 @click.option("--to", "to_lane", required=True, help="The lane to move to (doing = in_progress).")
 @click.option("--actor", required=True, help="Who moves it.")
-@click.option("--reason", help="Why (spec-kitty asks for one with --force).")
+@click.option("--reason", help="Why; required with --force, as spec-kitty asks.")
 @click.option("--review-ref", help="A reference to the review this move answers.")
 @click.option(
     "--evidence-file",
-    help="A JSON file (or - for stdin) holding the evidence object: review, repos, verification.",
+    help="A JSON file (or - for stdin) holding the evidence object: review, repos,"
+    " verification; a move to done without --force needs one.",
 )
-@click.option("--execution-mode", help="spec-kitty's execution mode.  [default: worktree]")
+@click.option(
+    "--execution-mode", help="worktree or direct_repo, as spec-kitty.  [default: worktree]"
+)
 @click.option("--force", is_flag=True, help="Allow a move the lane rules do not allow.")
 @json_option
 @pass_ctx

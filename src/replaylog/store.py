@@ -538,10 +538,14 @@ class EventStore:
         The move starts from the WP's current lane (``genesis`` for a WP the log has not
         moved yet) and follows SPEC section 10's lane rules unless ``force``; ``doing`` is
         ``in_progress``. A refused move is a :class:`UsageError` naming the allowed lanes,
-        and touches no file. The log is read and appended under its exclusive lock, so
-        concurrent moves see each other. When the feature has a ``status.json``, the new
-        snapshot is written there atomically. A feature without a log gets one, as
-        spec-kitty's first transition makes it.
+        and touches no file. So is a move spec-kitty would not accept, even forced: a
+        forced one without ``reason``, an ``execution_mode`` other than ``worktree`` or
+        ``direct_repo``, a move to ``genesis``, one to ``done`` without ``force`` and
+        without ``evidence`` naming a reviewer, a verdict and a reference, and one from
+        ``for_review`` back to ``in_progress`` without ``review_ref``. The log is read and
+        appended under its exclusive lock, so concurrent moves see each other. When the
+        feature has a ``status.json``, the new snapshot is written there atomically. A
+        feature without a log gets one, as spec-kitty's first transition makes it.
 
         Once the line is durable the move has happened: should ``status.json`` or the
         index fail after that, a ``ReplaylogWarning`` says so (the index catches up at the
@@ -605,10 +609,16 @@ class EventStore:
             return obj, record, record.to_line()
 
         transition("genesis")  # checks every value given, before the log is opened
+
+        def check_rules(source: str) -> None:
+            check_move(
+                source, target, force=force, wp_id=wp_id, review_ref=review_ref, evidence=evidence
+            )
+
         path = _log.log_path(feature_dir)
         if not os.path.lexists(path):
             # LogWriter would create the log: a refused first move must not.
-            check_move("genesis", target, force=force, wp_id=wp_id)
+            check_rules("genesis")
 
         with _log.LogWriter(feature_dir, fsync=self.fsync) as writer:
             try:
@@ -619,7 +629,7 @@ class EventStore:
                     exc.path = exc.path or writer.path
                     raise
                 source = current_lane(before, wp_id)
-                check_move(source, target, force=force, wp_id=wp_id)
+                check_rules(source)
                 obj, record, data = transition(source)
                 after = snapshot([*lines, obj], meta=meta)
                 last = before["work_packages"].get(wp_id) or {}
