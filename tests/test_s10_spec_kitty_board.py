@@ -422,9 +422,13 @@ def test_mission_fields_come_from_meta_and_the_earliest_transition() -> None:
         "7",
         "research",
     )
-    # No meta.json: the number is the slug's prefix, the type spec-kitty's default.
+    # No meta.json: the number is the slug's prefix, the type spec-kitty's default at the
+    # corpus's commit; an older meta.json names the type ``mission``.
     snap = snapshot(lines)
     assert (snap["mission_number"], snap["mission_type"]) == ("42", "software-dev")
+    assert snapshot(lines, meta={"mission": "research"})["mission_type"] == "research"
+    both = {"mission_type": "documentation", "mission": "research"}
+    assert snapshot(lines, meta=both)["mission_type"] == "documentation"
     # Older lines name the feature ``feature_slug``; an unsafe slug is dropped.
     legacy = move("WP01", "genesis", "planned", at(1), feature_slug="035-old")
     del legacy["mission_slug"]

@@ -337,6 +337,32 @@ def test_a_feature_without_a_log_has_an_empty_board(small: Path) -> None:
     assert run(small, "board", "../etc").code == 2
 
 
+@pytest.mark.parametrize(
+    ("meta", "mission_type"),
+    [
+        (None, "software-dev"),
+        ({"mission": "research"}, "research"),
+        ({"mission_type": "documentation", "mission": "research"}, "documentation"),
+        ({"mission_type": " ", "mission": None}, "software-dev"),
+    ],
+)
+def test_mission_type_is_resolved_as_spec_kitty_at_the_corpus_commit_resolves_it(
+    small: Path, meta: dict[str, Any] | None, mission_type: str
+) -> None:
+    """meta.json's ``mission_type``, else its older ``mission``, else ``software-dev``
+    (no meta.json at all too), as spec-kitty's ``resolve_mission_identity`` did at the
+    corpus's commit; later releases give ``""`` instead (see the README)."""
+    path = feature_dir(small, "demo") / "meta.json"
+    path.unlink()
+    if meta is not None:
+        path.write_text(json.dumps(meta))
+    moved(small, "demo", "WP01", "planned")
+    board = json.loads(run(small, "board", "demo", "--json").out)
+    assert board["mission_type"] == mission_type
+    assert (board["mission_slug"], board["mission_number"]) == ("demo", "")
+    assert status_of(small, "demo")["mission_type"] == mission_type
+
+
 def test_board_of_a_feature_that_does_not_exist_is_an_error_as_in_log(small: Path) -> None:
     r = run(small, "board", "nosuch")
     assert r.code == 1, r

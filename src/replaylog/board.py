@@ -329,6 +329,12 @@ def _mission_number(raw: Any, slug: str) -> str:
 
 
 def _mission_type(meta: Mapping[str, Any] | None) -> str:
+    """``mission_type`` as spec-kitty at the corpus's commit resolves it: meta.json's
+    ``mission_type``, else its older ``mission`` key, else ``"software-dev"`` (also
+    with no meta.json). Later spec-kitty releases (3.2.7, for one) read
+    ``mission_type`` only and give ``""`` for a feature that has none; every corpus
+    feature has one, so both agree on every committed status.json.
+    """
     if meta:
         value = meta.get("mission_type") or meta.get("mission")
         if value is not None and str(value).strip():
