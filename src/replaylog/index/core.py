@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -109,7 +108,8 @@ class Index:
         has none; 0, the mark of files written before keys, until then."""
         row = self.conn.execute(CLOCK_KEY).fetchone()
         if row is None and self._in_write:
-            self.conn.execute(SET_CLOCK_KEY, (secrets.randbits(62) | 1,))
+            # (os.urandom, not secrets: that imports hashlib, which the CLI append avoids)
+            self.conn.execute(SET_CLOCK_KEY, (int.from_bytes(os.urandom(8), "big") >> 2 | 1,))
             row = self.conn.execute(CLOCK_KEY).fetchone()
         return int(row[0]) if row else 0
 
