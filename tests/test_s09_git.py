@@ -12,11 +12,14 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -647,9 +650,12 @@ def test_git_setup_outside_a_git_work_tree_is_a_usage_error(tmp_path, git_env):
     assert not (tmp_path / ".gitattributes").exists()
 
 
-def test_driver_command_prefers_replaylog_on_path(monkeypatch):
+def test_driver_command_is_this_python_by_its_absolute_path_whatever_is_on_path(monkeypatch):
+    """A `replaylog` on PATH now may not be on the PATH git merges with later."""
     monkeypatch.setattr(shutil, "which", lambda name: f"/somewhere/bin/{name}")
-    assert driver_command() == "replaylog merge-driver %O %A %B %P"
+    words = shlex.split(driver_command())
+    assert os.path.isabs(words[0]) and os.path.samefile(words[0], sys.executable)
+    assert words[1:] == [*PYTHON_FLAGS, "-m", "replaylog", "merge-driver", "%O", "%A", "%B", "%P"]
 
 
 def test_driver_command_quotes_an_interpreter_path_with_spaces(monkeypatch):
@@ -658,6 +664,7 @@ def test_driver_command_quotes_an_interpreter_path_with_spaces(monkeypatch):
     command = driver_command()
     assert shlex.split(command) == [
         "/opt/my tools/bin/python3",
+        *PYTHON_FLAGS,
         "-m",
         "replaylog",
         "merge-driver",
@@ -666,6 +673,23 @@ def test_driver_command_quotes_an_interpreter_path_with_spaces(monkeypatch):
         "%B",
         "%P",
     ]
+
+
+def test_driver_command_is_the_same_whichever_name_of_one_python_runs_it(tmp_path, monkeypatch):
+    """`.venv/bin/python`, `python3` and `python3.11` are one program: one command, so
+    setting up again from the same install changes nothing."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python3").symlink_to(sys.executable)
+    (bin_dir / "python").symlink_to("python3")
+    (bin_dir / "python3.99").symlink_to("python3")
+    commands = set()
+    for name in ("python", "python3", "python3.99"):
+        monkeypatch.setattr(sys, "executable", str(bin_dir / name))
+        commands.add(driver_command())
+    assert len(commands) == 1
+    (program,) = {shlex.split(c)[0] for c in commands}
+    assert os.path.dirname(program) == str(bin_dir), "a venv's link is never resolved"
 
 
 def test_driver_warning_for_a_clone_with_the_attribute_but_no_driver_config(origin):
@@ -698,7 +722,73 @@ def test_driver_warning_is_silent_without_the_attribute_outside_git_or_without_g
     assert driver_warning(str(repo)) is None  # git is not installed
 
 
+def test_git_merges_with_the_driver_where_replaylog_is_not_on_path(origin, monkeypatch):
+    """git-setup ran with a `replaylog` on PATH; git merges later without it there (the
+    README's `.venv/bin/replaylog`, no venv activated)."""
+    scripts = origin.parent / "scripts"
+    scripts.mkdir()
+    script = scripts / "replaylog"
+    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m replaylog "$@"\n')
+    script.chmod(0o755)
+    plain_path = os.pathsep.join(
+        folder
+        for folder in os.environ["PATH"].split(os.pathsep)
+        if not os.path.exists(os.path.join(folder, "replaylog"))
+    )
+    monkeypatch.setenv("PATH", f"{scripts}{os.pathsep}{plain_path}")
+    alice = configured_clone(origin, "alice")
+    bob = configured_clone(origin, "bob")
+    add_events(alice, 1, "alice")
+    git(alice, "push", "-q", "origin", "main")
+    add_events(bob, 1, "bob")
+
+    monkeypatch.setenv("PATH", plain_path)
+    assert shutil.which("replaylog") is None
+    assert driver_warning(str(bob)) is None
+    pull = git(bob, "pull", "--no-rebase", "--no-edit", "origin", "main", check=False)
+
+    assert pull.returncode == 0, pull.stdout + pull.stderr
+    assert git(bob, "status", "--porcelain").stdout == ""
+    assert len(ids_of(bob)) == 4
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "replaylog-not-installed merge-driver %O %A %B %P",
+        "/nowhere/bin/python3 -m replaylog merge-driver %O %A %B %P",
+        "venv/bin/replaylog merge-driver %O %A %B %P",  # from the top of the work tree
+    ],
+)
+def test_verify_warns_when_the_configured_driver_program_cannot_be_found(
+    tmp_path, git_env, command
+):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    git_setup(str(repo))
+    assert driver_warning(str(repo)) is None
+    git(repo, "config", "--local", "merge.replaylog.driver", command)
+
+    warning = driver_warning(str(repo))
+
+    assert warning is not None and "\n" not in warning
+    assert shlex.split(command)[0] in warning and "git-setup" in warning
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(r.stdout)
+    assert r.returncode == 0 and report["ok"] is True
+    assert [p["level"] for p in report["problems"]] == ["warning"]
+    assert git_setup(str(repo)) == {"gitattributes": False, "config": True}
+    assert driver_warning(str(repo)) is None
+
+
 SPEC_KITTY_ATTRIBUTES = b"kitty-specs/**/status.events.jsonl merge=spec-kitty-event-log\n"
+#: What the driver command puts between the interpreter and `-m replaylog`.
+PYTHON_FLAGS = ["-P"] if sys.version_info >= (3, 11) else []
 
 
 def test_git_setup_leaves_spec_kittys_merge_driver_alone_and_says_so(tmp_path, git_env):
@@ -724,7 +814,7 @@ def test_git_setup_leaves_spec_kittys_merge_driver_alone_and_says_so(tmp_path, g
     assert git(repo, "config", "--local", "--list").stdout == before
 
 
-def test_git_setup_replace_makes_git_use_replaylog_and_keeps_spec_kittys_line(tmp_path, git_env):
+def test_git_setup_replace_leaves_one_line_naming_replaylog_for_the_logs(tmp_path, git_env):
     repo = tmp_path / "repo"
     git(tmp_path, "init", "-q", "-b", "main", str(repo))
     write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES)
@@ -735,12 +825,176 @@ def test_git_setup_replace_makes_git_use_replaylog_and_keeps_spec_kittys_line(tm
         "existing_driver": "spec-kitty-event-log",
     }
     text = (repo / ".gitattributes").read_bytes()
-    assert text == SPEC_KITTY_ATTRIBUTES + ATTRIBUTES_LINE.encode() + b"\n"
+    assert text == ATTRIBUTES_LINE.encode() + b"\n"  # spec-kitty's line held nothing else
     attr = git(repo, "check-attr", "merge", "--", "kitty-specs/f/status.events.jsonl").stdout
     assert attr.strip().endswith("merge: replaylog")
+    assert driver_warning(str(repo)) is None  # no longer "names two merge drivers"
     # Once git uses replaylog's driver, setting up again changes nothing.
     assert git_setup(str(repo), replace=True) == {"gitattributes": False, "config": False}
     assert git_setup(str(repo)) == {"gitattributes": False, "config": False}
+    assert (repo / ".gitattributes").read_bytes() == text
+
+
+def test_git_setup_replace_keeps_every_other_line_byte_for_byte_and_the_file_mode(
+    tmp_path, git_env
+):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    attributes = repo / ".gitattributes"
+    before = (
+        b"# attributes\r\n"
+        b"*.png   binary\r\n"
+        b"kitty-specs/**/status.events.jsonl merge=spec-kitty-event-log\n"
+        b"\n"
+        b"docs/**/status.events.jsonl  -text merge=spec-kitty-event-log\r\n"
+        b"*.md text"  # no final newline
+    )
+    write(attributes, before)
+    attributes.chmod(0o640)
+    inode = attributes.stat().st_ino
+
+    r = cli(repo, "git-setup", "--replace", "--json")
+
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        "gitattributes": True,
+        "config": True,
+        "existing_driver": "spec-kitty-event-log",
+    }
+    assert attributes.read_bytes() == (
+        b"# attributes\r\n"
+        b"*.png   binary\r\n"
+        b"\n"
+        b"docs/**/status.events.jsonl -text\r\n"  # its other attribute stays
+        b"*.md text\n" + ATTRIBUTES_LINE.encode() + b"\n"
+    )
+    assert stat.S_IMODE(attributes.stat().st_mode) == 0o640
+    assert attributes.stat().st_ino != inode, "written beside and renamed over, not in place"
+    assert sorted(p.name for p in repo.iterdir()) == [".git", ".gitattributes"]
+    report = json.loads(cli(repo, "verify", "--json").stdout)
+    assert report == {"ok": True, "problems": []}
+    again = cli(repo, "git-setup", "--replace", "--json")
+    assert json.loads(again.stdout) == {"gitattributes": False, "config": False}
+
+
+def test_git_setup_replace_that_git_would_not_follow_is_an_error_that_changes_nothing(
+    tmp_path, git_env
+):
+    """The other driver is set where git-setup does not write: saying "updated" would lie."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES)
+    write(repo / ".git" / "info" / "attributes", SPEC_KITTY_ATTRIBUTES)  # wins over both
+    config = git(repo, "config", "--local", "--list").stdout
+
+    with pytest.raises(StoreError, match="merge=spec-kitty-event-log.*nothing was changed"):
+        git_setup(str(repo), replace=True)
+    r = cli(repo, "git-setup", "--replace")
+
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert (repo / ".gitattributes").read_bytes() == SPEC_KITTY_ATTRIBUTES
+    assert git(repo, "config", "--local", "--list").stdout == config
+
+
+def test_git_setup_that_cannot_write_the_config_leaves_gitattributes_as_it_was(tmp_path, git_env):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    (repo / ".git" / "config.lock").write_text("")  # another git is writing the config
+
+    with pytest.raises(StoreError, match="merge.replaylog.*nothing was changed"):
+        git_setup(str(repo))
+    assert not (repo / ".gitattributes").exists()
+
+    write(repo / ".gitattributes", SPEC_KITTY_ATTRIBUTES)
+    with pytest.raises(StoreError, match="nothing was changed"):
+        git_setup(str(repo), replace=True)
+    assert (repo / ".gitattributes").read_bytes() == SPEC_KITTY_ATTRIBUTES
+    (repo / ".git" / "config.lock").unlink()
+    assert "replaylog" not in git(repo, "config", "--local", "--list").stdout
+
+
+@contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail, rather than hang the run, if the block takes longer (opening a FIFO does)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise AssertionError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def make_not_a_regular_file(path: Path, what: str, outside: Path) -> None:
+    if what == "symlink":
+        path.symlink_to(outside)
+    elif what == "dangling symlink":
+        path.symlink_to(outside.parent / "nowhere")
+    elif what == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+
+
+@pytest.mark.parametrize("what", ["symlink", "dangling symlink", "directory", "fifo"])
+def test_git_setup_refuses_a_gitattributes_that_is_a_link_or_not_a_file_changing_nothing(
+    tmp_path, git_env, what
+):
+    """replaylog never writes through a link it did not make; this one led out of the repo."""
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"*.png binary\n")
+    attributes = repo / ".gitattributes"
+    make_not_a_regular_file(attributes, what, outside)
+    config = git(repo, "config", "--local", "--list").stdout
+
+    with deadline(30), pytest.raises(StoreError, match="nothing was changed") as caught:
+        git_setup(str(repo))
+    assert caught.value.path == str(attributes)
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "git-setup", "--replace"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.startswith(f"Error: {attributes} is ") and r.stderr.count("\n") == 1
+    assert "regular file" in r.stderr and "Traceback" not in r.stderr
+
+    assert outside.read_bytes() == b"*.png binary\n"
+    assert not (outside.parent / "nowhere").exists()
+    assert attributes.is_symlink() == what.endswith("symlink")
+    assert git(repo, "config", "--local", "--list").stdout == config
+    assert sorted(p.name for p in repo.iterdir()) == [".git", ".gitattributes"]
+
+
+@pytest.mark.parametrize("what", ["symlink", "directory", "fifo"])
+def test_verify_warns_about_a_gitattributes_that_is_a_link_or_not_a_file(tmp_path, git_env, what):
+    repo = tmp_path / "repo"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes((ATTRIBUTES_LINE + "\n").encode())
+    make_not_a_regular_file(repo / ".gitattributes", what, outside)
+
+    with deadline(30):
+        warning = driver_warning(str(repo))
+
+    assert warning is not None and "\n" not in warning and "regular file" in warning
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] is True and [p["level"] for p in report["problems"]] == ["warning"]
 
 
 def test_verify_warns_when_the_logs_are_given_two_merge_drivers(tmp_path, git_env):
@@ -765,8 +1019,8 @@ def test_verify_warns_when_the_logs_are_given_two_merge_drivers(tmp_path, git_en
     assert "two merge drivers" in report["problems"][0]["message"]
 
     git_setup(str(repo), replace=True)
-    warning = driver_warning(str(repo))
-    assert warning is not None and "git uses replaylog" in warning
+    assert driver_warning(str(repo)) is None
+    assert (repo / ".gitattributes").read_bytes() == ATTRIBUTES_LINE.encode() + b"\n"
 
 
 def test_verify_in_a_fresh_clone_naming_two_drivers_says_the_driver_is_not_configured(
@@ -778,9 +1032,16 @@ def test_verify_in_a_fresh_clone_naming_two_drivers_says_the_driver_is_not_confi
     warning = driver_warning(str(repo))  # git picks replaylog's line, which is not configured
     assert warning is not None and "no merge.replaylog.driver" in warning
     assert "git-setup" in warning
-    git_setup(str(repo), replace=True)
+    git_setup(str(repo))
     warning = driver_warning(str(repo))
-    assert warning is not None and "git uses replaylog" in warning
+    assert warning is not None and "git uses replaylog" in warning and "--replace" in warning
+    assert git_setup(str(repo), replace=True) == {
+        "gitattributes": True,
+        "config": False,
+        "existing_driver": "spec-kitty-event-log",  # named, though git did not use it
+    }
+    assert driver_warning(str(repo)) is None
+    assert (repo / ".gitattributes").read_bytes() == ATTRIBUTES_LINE.encode() + b"\n"
 
 
 def append_and_commit(clone: Path, n: int, who: str) -> list[str]:

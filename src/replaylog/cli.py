@@ -608,7 +608,7 @@ def merge_driver(base: str, ours: str, theirs: str, path: str | None, as_json: b
     "--replace",
     is_flag=True,
     help="Take over the logs from a merge driver .gitattributes already names"
-    " (spec-kitty's, say): replaylog's line is added after it; no line is removed.",
+    " (spec-kitty's, say): it is taken off its line and replaylog's line is added.",
 )
 @json_option
 @pass_ctx

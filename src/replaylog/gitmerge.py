@@ -9,6 +9,7 @@ different contents, which no automatic rule can settle.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import shlex
@@ -16,11 +17,19 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any
 
-from .errors import DiskError, EventValidationError, StoreError, UsageError, os_error
+from .errors import (
+    DiskError,
+    EventValidationError,
+    ReplaylogError,
+    StoreError,
+    UsageError,
+    os_error,
+)
 from .lines.canonical import MAX_LINE_BYTES
 from .lines.canonical import same_json as _same_json
 from .lines.kinds import check_line
@@ -333,12 +342,38 @@ def _inside_work_tree(root: str) -> bool:
     return result.returncode == 0 and result.stdout.strip() == "true"
 
 
+def _interpreter() -> str:
+    """The absolute path of this Python, by the name its folder gives it most plainly.
+
+    ``.venv/bin/python``, ``python3`` and ``python3.11`` are one program: the command is
+    the same whichever of them ran ``git-setup``, so that running it again changes
+    nothing. Only names in the same folder are tried: a link is never resolved out of a
+    venv, whose packages the interpreter it points at does not see.
+    """
+    exe = os.path.abspath(sys.executable)
+    folder = os.path.dirname(exe)
+    for name in ("python3", "python"):
+        candidate = os.path.join(folder, name)
+        try:
+            if os.path.samefile(candidate, exe):
+                return candidate
+        except OSError:
+            continue
+    return exe
+
+
 def driver_command() -> str:
-    """The command git runs for the driver: ``replaylog`` when on PATH, else this Python."""
-    if shutil.which("replaylog"):
-        program = "replaylog"
-    else:
-        program = f"{shlex.quote(sys.executable)} -m replaylog"
+    """The command git runs for the driver: this Python, by its absolute path, with
+    ``-m replaylog``. It works whatever PATH git runs with (a venv need not be active).
+    """
+    if sys.executable:
+        program = shlex.quote(_interpreter())
+        # -P (Python 3.11+): the work tree, where git runs the driver, is not put first on
+        # sys.path, so a folder named replaylog there is not imported instead.
+        program += " -P -m replaylog" if sys.version_info >= (3, 11) else " -m replaylog"
+    else:  # an embedded Python that cannot name itself: the script on PATH, by its path
+        found = shutil.which("replaylog")
+        program = shlex.quote(os.path.abspath(found)) if found else "replaylog"
     # git fills in %O %A %B with plain temporary names and %P already shell-quoted.
     return f"{program} merge-driver %O %A %B %P"
 
@@ -368,12 +403,121 @@ def _names_driver(text: str) -> bool:
     return any("merge=replaylog" in tokens[1:] for tokens in _attribute_lines(text))
 
 
-def _read_attributes(path: str) -> bytes:
+def _is_other_driver(attr: str) -> bool:
+    return attr.startswith("merge=") and attr != "merge=replaylog"
+
+
+def _kind(path: str) -> str | None:
+    """What ``path`` is when it exists but is not a regular file ("a symbolic link", ...)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None  # absent, or the read that follows says what is wrong
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _refused(path: str, kind: str) -> StoreError:
+    why = (
+        "git-setup does not write through a link (it may lead outside the repository)"
+        if kind == "a symbolic link"
+        else "git-setup writes .gitattributes only as a regular file"
+    )
+    return StoreError(
+        f"{path} is {kind}; {why}, so nothing was changed. Replace it with a regular file"
+        " holding the lines you want, then run `replaylog git-setup` again",
+        path=path,
+    )
+
+
+def _read_attributes(path: str) -> tuple[bytes, int | None]:
+    """The bytes and mode of ``.gitattributes`` (``b""`` and None when there is none).
+
+    A symbolic link or anything but a regular file is refused (:class:`StoreError`).
+    """
+    kind = _kind(path)
+    if kind is not None:
+        raise _refused(path, kind)
+    try:
+        # O_NOFOLLOW: a link put there since the look above is refused all the same.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return b""
+        return b"", None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused(path, "a symbolic link") from exc
+        raise os_error(exc, path, "read") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refused(path, "not a regular file")
+        with open(fd, "rb", closefd=False) as f:
+            return f.read(), stat.S_IMODE(info.st_mode)
+    except OSError as exc:
+        raise os_error(exc, path, "read") from exc
+    finally:
+        os.close(fd)
+
+
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the umask (which only setting reads)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_attributes(path: str, data: bytes, mode: int) -> None:
+    """Replace ``.gitattributes`` atomically: a temporary file beside it, fsynced, renamed."""
+
+    def write(fd: int) -> None:
+        with open(fd, "wb", closefd=False) as out:
+            out.write(data)
+
+    try:
+        tmp_fd, tmp = temp_beside(path, ".tmp")
+        replace_atomically(tmp_fd, tmp, path, write, mode=mode, folder_best_effort=True)
+    except OSError as exc:
+        exc.filename = None  # the temporary file's name means nothing to the user
+        raise os_error(exc, path, "write") from exc
+
+
+def _without_other_drivers(data: bytes) -> tuple[bytes, list[str]]:
+    """``data`` without the merge drivers other than replaylog that its lines give to
+    event logs, and the drivers taken off.
+
+    A line left with its pattern only goes; one with other attributes keeps them. Every
+    other line stays byte for byte.
+    """
+    kept: list[bytes] = []
+    removed: list[str] = []
+    for line in data.splitlines(keepends=True):
+        body = line.rstrip(b"\r\n")
+        tokens = body.decode("utf-8", "surrogateescape").split()
+        if (
+            not tokens
+            or tokens[0].startswith("#")
+            or not tokens[0].endswith(EVENTS_FILENAME)
+            or not any(_is_other_driver(attr) for attr in tokens[1:])
+        ):
+            kept.append(line)
+            continue
+        removed += [a[len("merge=") :] for a in tokens[1:] if _is_other_driver(a)]
+        rest = [attr for attr in tokens[1:] if not _is_other_driver(attr)]
+        if rest:
+            text = " ".join([tokens[0], *rest])
+            kept.append(text.encode("utf-8", "surrogateescape") + line[len(body) :])
+    return b"".join(kept), removed
+
+
+def _with_our_line(data: bytes) -> bytes:
+    """``data`` with ``**/status.events.jsonl merge=replaylog`` added unless it applies."""
+    if _has_our_attribute(data.decode("utf-8", "surrogateescape")):
+        return data
+    prefix = b"\n" if data and not data.endswith(b"\n") else b""
+    return data + prefix + ATTRIBUTES_LINE.encode() + b"\n"
 
 
 def effective_driver(root: str, logs_dir: str = "kitty-specs") -> str | None:
@@ -387,18 +531,31 @@ def effective_driver(root: str, logs_dir: str = "kitty-specs") -> str | None:
     return None if value in ("", "unspecified", "unset") else value
 
 
+def _restore_config(root: str, key: str, values: list[str]) -> None:
+    _git(root, "config", "--local", "--unset-all", key)
+    for value in values:
+        _git(root, "config", "--local", "--add", key, value)
+
+
 def git_setup(root: str, *, replace: bool = False, logs_dir: str = "kitty-specs") -> dict[str, Any]:
     """Configure the clone at ``root`` for the merge driver (SPEC section 9). Idempotent.
 
     Adds ``**/status.events.jsonl merge=replaylog`` to ``<root>/.gitattributes`` unless it
-    is there, and sets ``merge.replaylog.name`` and ``merge.replaylog.driver`` in the
-    repository's local git config. Returns whether each step changed anything in this run.
+    is there, and sets ``merge.replaylog.name`` and ``merge.replaylog.driver`` (see
+    :func:`driver_command`) in the repository's local git config. Returns whether each
+    step changed anything in this run.
 
     When ``.gitattributes`` already gives the logs another merge driver (spec-kitty writes
     ``kitty-specs/**/status.events.jsonl merge=spec-kitty-event-log``), nothing is changed
     unless ``replace``; the result's ``existing_driver`` names it either way. Replacing
-    appends our line after theirs (the last line wins in git) and removes no line.
-    Raises :class:`UsageError` if ``root`` is not inside a git work tree.
+    takes that driver off its line (the line goes if nothing else is on it) and adds ours,
+    so that one driver is named for the logs; every other line stays byte for byte, and
+    the file is replaced atomically with its mode kept.
+
+    Raises :class:`UsageError` if ``root`` is not inside a git work tree, and
+    :class:`StoreError` if ``.gitattributes`` is a symbolic link or not a regular file,
+    if the config cannot be written, or if after replacing git would still use another
+    driver (set elsewhere). An error leaves the file and the config as they were.
     """
     root = os.fspath(root)
     try:
@@ -411,57 +568,122 @@ def git_setup(root: str, *, replace: bool = False, logs_dir: str = "kitty-specs"
         )
 
     attributes = os.path.join(root, ".gitattributes")
+    data, mode = _read_attributes(attributes)  # a link is refused before anything changes
     existing = effective_driver(root, logs_dir)
     other = existing if existing not in (None, "replaylog") else None
     if other is not None and not replace:
         return {"gitattributes": False, "config": False, "existing_driver": other}
-    data = _read_attributes(attributes)
-    changed_attributes = other is not None or not _has_our_attribute(
-        data.decode("utf-8", "surrogateescape")
-    )
-    if changed_attributes:
-        prefix = b"\n" if data and not data.endswith(b"\n") else b""
-        try:
-            with open(attributes, "ab") as f:
-                f.write(prefix + ATTRIBUTES_LINE.encode() + b"\n")
-        except OSError as exc:
-            raise StoreError(
-                f"{attributes}: cannot write: {exc.strerror}", path=attributes
-            ) from exc
+    removed: list[str] = []
+    new = data
+    if replace:
+        new, removed = _without_other_drivers(data)
+    new = _with_our_line(new)
 
-    changed_config = False
-    for key, value in (
-        ("merge.replaylog.name", DRIVER_NAME),
-        ("merge.replaylog.driver", driver_command()),
-    ):
-        current = _git(root, "config", "--local", "--get-all", key)
-        if current.returncode == 0 and current.stdout.splitlines() == [value]:
-            continue
-        result = _git(root, "config", "--local", "--replace-all", key, value)
-        if result.returncode != 0:
-            raise StoreError(
-                f"cannot set {key} in the git config of {root}: {result.stderr.strip()}"
-            )
-        changed_config = True
-    outcome: dict[str, Any] = {"gitattributes": changed_attributes, "config": changed_config}
-    if other is not None:
-        outcome["existing_driver"] = other
+    undo: list[Callable[[], None]] = []
+    try:
+        if new != data:
+            _write_attributes(attributes, new, _new_file_mode() if mode is None else mode)
+            if mode is None:
+                undo.append(lambda: os.unlink(attributes))
+            else:
+                undo.append(lambda: _write_attributes(attributes, data, mode))
+        if other is not None:
+            now = effective_driver(root, logs_dir)
+            if now != "replaylog":
+                used = f"merge={now}" if now else "no merge driver"
+                raise StoreError(
+                    f"{attributes}: git gives the logs {used} even with replaylog's line,"
+                    " so another attributes file or line sets it (.git/info/attributes, a"
+                    " .gitattributes nearer the logs, or a wider pattern later in this"
+                    " file); nothing was changed. Remove it there, then run"
+                    " `replaylog git-setup --replace` again",
+                    path=attributes,
+                )
+        changed_config = False
+        for key, value in (
+            ("merge.replaylog.name", DRIVER_NAME),
+            ("merge.replaylog.driver", driver_command()),
+        ):
+            current = _git(root, "config", "--local", "--get-all", key)
+            before = current.stdout.splitlines() if current.returncode == 0 else []
+            if before == [value]:
+                continue
+            result = _git(root, "config", "--local", "--replace-all", key, value)
+            if result.returncode != 0:
+                raise StoreError(
+                    f"cannot set {key} in the git config of {root}: {result.stderr.strip()};"
+                    " nothing was changed"
+                )
+            undo.append(partial(_restore_config, root, key, before))
+            changed_config = True
+    except BaseException:
+        for step in reversed(undo):
+            with suppress(OSError, ReplaylogError):
+                step()
+        raise
+    outcome: dict[str, Any] = {"gitattributes": new != data, "config": changed_config}
+    if other is not None or removed:
+        outcome["existing_driver"] = other if other is not None else removed[0]
     return outcome
+
+
+def _missing_program(root: str, command: str) -> str | None:
+    """The program ``command`` runs when it cannot be found, as ``sh`` would look for it
+    from the top of the work tree; None when it is there or the command is more than a
+    program and its arguments."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or "=" in words[0] or words[0] in ("exec", "command", "eval", "."):
+        return None  # an assignment or a shell builtin: a shell command not read here
+    program = words[0]
+    if "/" not in program:
+        return None if shutil.which(program) else program
+    if not os.path.isabs(program):
+        top = _git(root, "rev-parse", "--show-toplevel").stdout.strip()
+        program = os.path.join(top or root, program)
+    return None if os.path.isfile(program) and os.access(program, os.X_OK) else words[0]
+
+
+def _program_warning(root: str, attributes: str) -> str | None:
+    """The warning for a configured driver whose program cannot be found."""
+    command = _git(root, "config", "--get", "merge.replaylog.driver").stdout.strip()
+    program = _missing_program(root, command)
+    if program is None:
+        return None
+    where = "is not on PATH" if "/" not in program else "does not exist or cannot be run"
+    return (
+        f"{attributes} names merge=replaylog, but this clone's merge.replaylog.driver runs"
+        f" {program}, which {where}, so `git merge` fails on the logs and marks them"
+        " conflicted: run `replaylog git-setup` to configure a command that does not"
+        " depend on PATH"
+    )
 
 
 def driver_warning(root: str, logs_dir: str = "kitty-specs") -> str | None:
     """A one-line warning when git will not merge the logs with the driver the
-    ``.gitattributes`` names: the clone has not configured it, or another driver is
-    named for the logs too (the one git uses is said).
+    ``.gitattributes`` names: the clone has not configured it, its program cannot be
+    found, another driver is named for the logs too (the one git uses is said), or
+    ``.gitattributes`` is a symbolic link or not a regular file (git does not read it).
 
     None when the attribute is absent, outside a git work tree, or when git is not
     installed.
     """
     root = os.fspath(root)
     attributes = os.path.join(root, ".gitattributes")
+    kind = _kind(attributes)
     try:
-        text = _read_attributes(attributes).decode("utf-8", "surrogateescape")
-    except OSError:
+        if kind is not None:
+            if not _inside_work_tree(root):
+                return None
+            return (
+                f"{attributes} is {kind}, which git does not read attributes from, so no"
+                " merge driver it names is used for the logs (and `replaylog git-setup`"
+                " does not write to it): replace it with a regular file"
+            )
+        text = _read_attributes(attributes)[0].decode("utf-8", "surrogateescape")
+    except (OSError, StoreError):
         return None
     if not _names_driver(text):
         return None
@@ -469,6 +691,7 @@ def driver_warning(root: str, logs_dir: str = "kitty-specs") -> str | None:
         if not _inside_work_tree(root):
             return None
         others = sorted(_other_drivers(text) - {"replaylog"})
+        configured = _git(root, "config", "--get", "merge.replaylog.driver").returncode == 0
         if others:
             used = effective_driver(root, logs_dir)
             named = (
@@ -476,22 +699,22 @@ def driver_warning(root: str, logs_dir: str = "kitty-specs") -> str | None:
                 f" (replaylog and {', '.join(others)})"
             )
             if used == "replaylog":
-                if _git(root, "config", "--get", "merge.replaylog.driver").returncode != 0:
+                if not configured:
                     return (
                         f"{named}; git picks replaylog's, whose line comes last, but this"
                         " clone's git config has no merge.replaylog.driver, so git merges"
                         " the logs as plain text: run `replaylog git-setup`"
                     )
-                return (
+                return _program_warning(root, attributes) or (
                     f"{named}; git uses replaylog, whose line comes last. Remove the other"
-                    " line if no one merges with it"
+                    " line if no one merges with it (`replaylog git-setup --replace` does)"
                 )
             return (
                 f"{named}; git uses {used or 'neither'}, so replaylog's driver does not run:"
                 " `replaylog git-setup --replace` makes it the one git uses"
             )
-        if _git(root, "config", "--get", "merge.replaylog.driver").returncode == 0:
-            return None
+        if configured:
+            return _program_warning(root, attributes)
     except OSError:
         return None
     return (
