@@ -704,6 +704,30 @@ def test_replay_on_a_full_disk_keeps_every_outcome_it_recorded(disk: Disk, tmp_p
 # --------------------------------------------------------------------------- repair, merge
 
 
+def test_a_move_whose_status_json_the_full_disk_refuses_warns_naming_the_device(
+    disk: Disk, tmp_path: Path
+) -> None:
+    # The line is durable (it fits in the log's last page), so the move has happened:
+    # a success with a warning that names status.json and the disk, as every command does.
+    root = disk.path / "root"
+    feature = root / "kitty-specs" / "demo"
+    feature.mkdir(parents=True)
+    (feature / "status.json").write_text("{}\n")
+    index = tmp_path / "index" / "queue.db"
+    first = cli(root, "move", "demo", "WP01", "--to", "planned", "--actor", "a", index=index)
+    assert first.code == 0, first
+    status_before = (feature / "status.json").read_bytes()
+    disk.fill()
+    run = cli(root, "move", "demo", "WP01", "--to", "claimed", "--actor", "a", index=index)
+    assert run.code == 0, run
+    assert "is in the log, but" in run.err and str(feature / "status.json") in run.err
+    assert FULL in run.err and "mounted at " + str(disk.path) in run.err
+    assert ".tmp" not in run.err and "Errno" not in run.err
+    assert (feature / "status.json").read_bytes() == status_before
+    assert sorted(p.name for p in feature.iterdir()) == ["status.events.jsonl", "status.json"]
+    assert log_file(root, "demo").read_text().count("\n") == 2
+
+
 def test_repair_on_a_full_disk_moves_all_of_the_torn_bytes_or_nothing(
     disk: Disk, tmp_path: Path
 ) -> None:

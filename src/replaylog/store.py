@@ -32,6 +32,7 @@ from .errors import (
     TransientDeliveryError,
     UsageError,
     is_log_problem,
+    os_error,
     translate,
 )
 from .index import Index
@@ -660,9 +661,15 @@ class EventStore:
                 try:
                     write_status_json(status_path, after, fsync=self.fsync)
                 except (ReplaylogError, OSError, ValueError) as exc:
+                    # A full or read-only disk is named as every other command names it
+                    # (the temporary file's name means nothing to the user).
+                    why: object = exc
+                    if isinstance(exc, OSError):
+                        exc.filename = None
+                        why = os_error(exc, status_path, "write")
                     warnings.warn(
                         f"{record.event_id} is in the log, but {status_path} could not be"
-                        f" updated: {exc}; `replaylog board {feature} --json` gives the"
+                        f" updated: {why}; `replaylog board {feature} --json` gives the"
                         " snapshot",
                         ReplaylogWarning,
                         stacklevel=2,
