@@ -346,12 +346,13 @@ def test_a_same_size_edit_of_a_delivered_line_is_indexed_again(tmp_path: Path) -
     assert row == ("b1200",)
 
 
-def test_an_edit_made_together_with_an_append_is_noticed_at_once(
+def test_an_edit_made_together_with_an_append_is_indexed_again_by_the_next_run(
     tmp_path: Path,
 ) -> None:
-    # A log that grew is read from where the index stopped (SPEC section 4), once the
-    # bytes it took in are known to be unchanged (their CRC): an edit made together with
-    # the growth is noticed by the first command, which indexes the log again.
+    # The same file grown is read from where the index stopped, reading only the new
+    # bytes (SPEC section 4); an edit made in place together with the growth is noticed
+    # when replay reads the line back, and the log is indexed again then: one run says
+    # so, the next delivers everything.
     root = tmp_path / "proj"
     ids = fill(root, 1500)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
@@ -362,11 +363,36 @@ def test_an_edit_made_together_with_an_append_is_noticed_at_once(
     with open(log, "ab") as f:
         f.write(Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line())
     with Receiver() as server:
+        runs = [cli(root, "replay", "--url", server.url, "--json") for _ in range(2)]
+        assert runs[-1].code == 0, runs
+        if runs[0].code != 0:
+            message = json.loads(runs[0].out)["error"]["message"]
+            assert "it is indexed again by the next command: run again" in message, runs[0]
+        assert replacement in server.events and victim not in server.events
+        assert len(server.events) == 1501
+    assert totals(root) == {"events": 1501, "pending": 0, "delivered": 1501, "failed": 0}
+
+
+def test_a_log_replaced_by_a_longer_file_with_an_old_line_changed_is_noticed_at_once(
+    tmp_path: Path,
+) -> None:
+    # A checkout or a merge puts a new file in the log's place: grown or not, every byte
+    # the index took in is checked (by its CRC), so the first command indexes it again.
+    root = tmp_path / "proj"
+    ids = fill(root, 1500)
+    log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
+    assert totals(root)["events"] == 1500
+    victim = ids[1000]  # far beyond the first 64 KiB, and not the last line
+    replacement = victim[:-4] + ("ZZZZ" if not victim.endswith("ZZZZ") else "YYYY")
+    extra = Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line()
+    new_file = log.with_name("checked-out")
+    new_file.write_bytes(log.read_bytes().replace(victim.encode(), replacement.encode()) + extra)
+    os.replace(new_file, log)
+    with Receiver() as server:
         run = cli(root, "replay", "--url", server.url, "--json")
         assert run.code == 0, run
         assert json.loads(run.out)["accepted"] == 1501
         assert replacement in server.events and victim not in server.events
-        assert len(server.events) == 1501
     assert totals(root) == {"events": 1501, "pending": 0, "delivered": 1501, "failed": 0}
 
 

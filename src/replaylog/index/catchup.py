@@ -179,7 +179,7 @@ def catch_up_locked(index: Index, feature: str, path: str, *, lock_log: bool) ->
         return
     start, start_line = 0, 0
     if row is not None:
-        if _prefix_unchanged(path, row, st.st_size):
+        if _prefix_unchanged(path, row, st):
             start, start_line = row.size, row.lines
         else:
             remember(conn, feature)
@@ -188,18 +188,21 @@ def catch_up_locked(index: Index, feature: str, path: str, *, lock_log: bool) ->
     restore(conn, feature)
 
 
-def _prefix_unchanged(path: str, row: LogProgress, size_now: int) -> bool:
+def _prefix_unchanged(path: str, row: LogProgress, st: os.stat_result) -> bool:
     """True if the log still begins with exactly the bytes indexed so far.
 
-    The first 64 KiB and the last indexed line are compared by SHA-256, then every
-    indexed byte by its CRC-32, which the index keeps as it takes bytes in: a change
-    anywhere in them is noticed (SPEC section 12), also in a log that grew since (an
-    edit in place of an old line, then an append), whose new bytes alone are then read
-    (SPEC section 4). The CRC reads the log once (zlib, about 2 GB/s); the index's own
-    appends record their bytes without it, and a log that is as the index last saw it
-    (the same inode, size, mtime and ctime) is not read at all.
+    The first 64 KiB and the last indexed line are compared by SHA-256. The same file
+    (inode) grown is taken to have gained lines, and only its new bytes are read (SPEC
+    section 4); an edit made in place together with such growth is noticed when replay
+    reads its line back. Any other change has every indexed byte compared by its
+    CRC-32, which the index keeps as it takes bytes in, so that a change anywhere in
+    them is noticed (SPEC section 12): a file that did not grow yet is not the one this
+    index last saw (an edit in place, also with its mtime set back, a checkout of a
+    version of the same size), and a file put in the log's place (a checkout or merge
+    writes a new file) that grew.
     """
     size, tail_offset = row.size, row.tail_offset
+    size_now = st.st_size
     if size_now < size:
         return False
     try:
@@ -211,6 +214,8 @@ def _prefix_unchanged(path: str, row: LogProgress, size_now: int) -> bool:
         tail = os.pread(fd, size - tail_offset, tail_offset) if size else b""
         if _sha(head) != row.head_hash or _sha(tail) != row.tail_hash:
             return False
+        if size_now > size and row.file_id.split(":", 1)[0] == str(st.st_ino):
+            return True
         # No CRC: a log indexed before it was kept; indexing it again is always right.
         crc = row.prefix_crc
         return crc is not None and _crc(fd, 0, size, 0) == crc
