@@ -140,6 +140,7 @@ def test_index_and_its_companions_stay_private_and_git_ignored_even_with_umask_0
 
     # While a store is open the index is in WAL mode: its -wal and -shm are private too.
     other = root.parent / "other"
+    other.mkdir()
     old = os.umask(0)
     try:
         with EventStore(other, fsync=False) as store:
@@ -201,6 +202,7 @@ def test_a_symlinked_log_is_refused_by_every_command_and_its_target_is_untouched
     outside = tmp_path / "outside"
     outside.mkdir()
     target = outside / "precious.jsonl"
+    (tmp_path / "donor").mkdir()
     with EventStore(tmp_path / "donor", fsync=False) as donor:
         donor.append(FEATURE, "t", "a", {"n": 1})
     shutil.copy(log_of(tmp_path / "donor"), target)  # a valid log: following it would work
@@ -255,6 +257,7 @@ def test_a_symlinked_feature_folder_is_refused_and_nothing_is_written_through_it
     (root / "kitty-specs").mkdir(parents=True)
     link = root / "kitty-specs" / FEATURE
     link.symlink_to(real, target_is_directory=True)
+    (tmp_path / "donor").mkdir()
     with EventStore(tmp_path / "donor", fsync=False) as donor:
         donor.append(FEATURE, "t", "a", {"n": 1})
     for run in cli_many(root, [APPEND, ["log", FEATURE], ["repair", FEATURE]], cwd=cwd):
@@ -344,7 +347,7 @@ def test_a_feature_name_holding_nul_is_refused_by_the_api_before_any_file_exists
 ) -> None:
     # A command line cannot carry a NUL byte (execve ends the argument there): the API can.
     name = "feat\x00../../x"
-    with EventStore(tmp_path / "proj", fsync=False) as store:
+    with EventStore(tmp_path, fsync=False) as store:
         calls: list[Callable[[], object]] = [
             lambda: store.append(name, "t", "a"),
             lambda: store.append_many(name, [{"event_type": "t", "aggregate_id": "a"}]),
@@ -495,6 +498,7 @@ def test_the_token_is_in_no_repr_exception_or_debug_log_record(
     caplog.set_level(logging.DEBUG)
     s = servers
     texts: list[str] = []
+    (tmp_path / "proj").mkdir()
     with EventStore(tmp_path / "proj", fsync=False) as store:
         store.append(FEATURE, "t", "a", {"n": 1})
         failures: list[tuple[str, type[BaseException]]] = [

@@ -576,6 +576,7 @@ EVENTS_IN_INDEX_TESTS = 200
 def indexed(tmp_path: Path) -> Project:
     """A project of 200 events, indexed: the index spans enough pages to cut in half."""
     root = tmp_path / "proj"
+    root.mkdir()
     with EventStore(root, fsync=False) as store:
         store.append_many(
             FEATURE,

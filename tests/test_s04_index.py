@@ -96,6 +96,7 @@ def assert_at_head_with_schema(index: Index) -> None:
 
 
 def make_store_with_events(root: Path) -> EventStore:
+    root.mkdir(parents=True, exist_ok=True)  # the store refuses a root that does not exist
     store = EventStore(root, fsync=False)
     store.append("feat-a", "Created", "WP01", {"n": 1})
     store.append("feat-b", "Created", "WP02", {"n": 2})

@@ -564,6 +564,7 @@ def test_two_replays_at_once_lose_nothing_and_never_send_two_contents(
 ) -> None:
     """Two ``replaylog replay`` at once, while a third process appends to the project."""
     root = tmp_path / "project"
+    root.mkdir()
     per_feature = 1000 if big else 100
     with EventStore(root, fsync=False) as store:
         for start in range(0, per_feature, 10):
@@ -667,6 +668,7 @@ def test_a_stalled_log_reader_does_not_hold_up_appends(tmp_path: Path) -> None:
     an append in progress); it then reads what was there without keeping the lock.
     """
     root = tmp_path / "project"
+    root.mkdir()
     with EventStore(root, fsync=False) as store:
         store.append_many(
             "f",

@@ -44,10 +44,12 @@ from replaylog.index import Index
 from replaylog.lines.ids import local_node_id
 
 
-# Not made beforehand (unlike conftest's ``root``): the store creates what it needs.
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    return tmp_path / "proj"
+    """The project root: it exists (the store refuses one that does not, as the CLI does)."""
+    path = tmp_path / "proj"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture
@@ -297,6 +299,7 @@ OPERATIONS = st.one_of(
 def test_rebuilt_index_equals_incremental_index(ops: list[tuple[str, str, int]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "proj"
+        root.mkdir()
         store = EventStore(root, fsync=False)
         try:
             for kind, feature, n in ops:

@@ -179,6 +179,7 @@ def test_soak_of_cli_replays_exits_0_or_3_and_delivers_everything_once(
     n = 1000 if big else 120
     max_runs = 300 if big else 100
     root = tmp_path / "project"
+    root.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
     started = time.monotonic()
     with EventStore(root, fsync=False) as store:

@@ -179,6 +179,7 @@ def test_an_event_in_two_logs_counts_as_the_two_events_the_answer_settles(
     tmp_path: Path, receiver: Receiver, answer: str
 ) -> None:
     root = tmp_path / "p"
+    root.mkdir()
     with EventStore(root, fsync=False) as store:
         ids = fill(store, 3)
     # A copied log: the same three lines in a second feature (SPEC section 10 reads it).
@@ -632,6 +633,7 @@ def test_sync_without_url_writes_nothing(tmp_path):
 
 def test_two_replays_at_once_send_each_event_once(tmp_path, receiver):
     root = tmp_path / "p"
+    root.mkdir()
     with EventStore(root, fsync=False) as s:
         s.append_many("f", [{"event_type": "t", "aggregate_id": f"A{i}"} for i in range(300)])
     procs = [

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -668,6 +669,78 @@ def test_verify_fails_on_same_id_with_different_content(root: Path) -> None:
     assert json.loads(r.out)["ok"] is False
 
 
+def test_verify_lists_a_symlinked_feature_folder_and_checks_every_other_log(
+    root: Path, tmp_path: Path
+) -> None:
+    # The tester's tree: kitty-specs/linked -> a folder elsewhere holding a log, beside
+    # good logs (and here a bad one, to show that every log is still checked).
+    append(root, "good")
+    broken = corrupt_line_3(root)
+    elsewhere = tmp_path / "elsewhere" / "f"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "status.events.jsonl").write_bytes(log_file(root, "good").read_bytes())
+    link = root / "kitty-specs" / "linked"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    r = at(root, "verify")
+    assert r.code == 1, r
+    assert r.err == "", r  # its report is the output: no Error: line
+    bad_line, linked = r.out.splitlines()
+    assert bad_line.startswith(f"{broken}:3: Line 3: invalid JSON: {{broken"), r
+    assert linked == (
+        f"{link}: {link} is a symbolic link; replaylog refuses to follow a link between the"
+        " root and a log (it could lead anywhere). Replace it with the real folder."
+    )
+    j = at(root, "verify", "--json")
+    assert j.code == 1, j
+    report = json.loads(j.out)
+    assert set(report) == {"ok", "problems"} and report["ok"] is False
+    assert [(p["path"], p["line"]) for p in report["problems"]] == [
+        (str(broken), 3),
+        (str(link), None),
+    ]
+    assert os.listdir(elsewhere) == ["status.events.jsonl"]
+
+
+#: Folders under the logs folder whose names cannot be a feature's (SPEC section 1).
+STRAY_FOLDERS = ["ünï", "a b", ".hid"]
+
+
+@pytest.mark.parametrize("command", [["verify"], ["status"], ["rebuild-index"]])
+def test_a_log_in_a_folder_that_cannot_be_a_feature_is_listed_and_the_command_exits_1(
+    root: Path, command: list[str]
+) -> None:
+    append(root, "good")
+    strays = []
+    for name in STRAY_FOLDERS:
+        path = log_file(root, name)
+        path.parent.mkdir()
+        path.write_bytes(log_file(root, "good").read_bytes())
+        strays.append(path)
+    r = at(root, *command)
+    assert r.code == 1, r
+    for name, path in zip(STRAY_FOLDERS, strays, strict=True):
+        assert (
+            f"{path}: the folder name {name!r} is not a feature name (1-128 characters from"
+            " A-Z a-z 0-9 . _ -, starting with a letter or digit), so this log is not read,"
+            " indexed or replayed: rename the folder"
+        ) in r.out.splitlines(), r
+    if command == ["verify"]:
+        assert r.err == "", r
+    else:
+        assert r.error_line().startswith("Error: 3 logs cannot be read"), r
+    j = at(root, *command, "--json")
+    assert j.code == 1, j
+    out = json.loads(j.out)
+    assert sorted(p["path"] for p in out["problems"]) == sorted(map(str, strays))
+    if command == ["status"]:
+        assert list(out["features"]) == ["good"]
+    if command == ["rebuild-index"]:
+        skipped = at(root, "rebuild-index", "--skip-bad", "--json")
+        assert skipped.code == 0, skipped
+        result = json.loads(skipped.out)
+        assert (result["features"], len(result["skipped"])) == (1, 3)
+
+
 # --------------------------------------------------------------------------- repair
 
 
@@ -737,6 +810,65 @@ def test_requeue_json_counts_failed_events_made_pending(root: Path) -> None:
     assert counts["one"]["pending"] == 2 and counts["two"]["failed"] == 1
     assert json.loads(at(root, "requeue", "--json").out) == {"requeued": 1}
     assert json.loads(at(root, "requeue", "--json").out) == {"requeued": 0}
+
+
+UNKNOWN_ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+
+
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        (["log", "nosuch"], 1, "feature 'nosuch' has no log"),  # what the others follow
+        (["status", "nosuch"], 1, "feature 'nosuch' has no log"),
+        (["requeue", "nosuch"], 1, "feature 'nosuch' has no log"),
+        (["requeue", "nosuch", "--event", "{one}"], 1, "feature 'nosuch' has no log"),
+        (["requeue", "two", "--event", "{one}"], 1, "not in the log of feature 'two'"),
+        (["requeue", "--event", UNKNOWN_ID], 1, f"event {UNKNOWN_ID} is in no log"),
+        (["requeue", "one", "--event", UNKNOWN_ID], 1, "not in the log of feature 'one'"),
+        (["requeue", "--event", "NOTANID"], 2, "the event id 'NOTANID' is not a ULID"),
+        (["requeue", "one", "--event", "{lower}"], 2, "is not a ULID"),
+    ],
+)
+def test_a_feature_or_event_that_is_not_there_is_an_error_and_changes_nothing(
+    root: Path, args: list[str], code: int, says: str
+) -> None:
+    one = append(root, "one")
+    append(root, "two")
+    fail_all(root)
+    args = [a.format(one=one, lower=one.lower()) for a in args]
+    index = root / ".replaylog" / "queue.db"
+
+    def states() -> list[tuple[Any, ...]]:
+        with sqlite3.connect(index) as db:
+            rows = db.execute("SELECT feature, event_id, status FROM events ORDER BY 1").fetchall()
+        db.close()
+        return rows
+
+    before = states()
+    r = at(root, *args)
+    assert r.code == code, r
+    assert says in r.error_line(), r
+    j = at(root, *args, "--json")
+    assert j.code == code, j
+    assert json.loads(j.out)["error"]["type"] == ("UsageError" if code == 2 else "StoreError")
+    assert states() == before
+    assert not (root / "kitty-specs" / "nosuch").exists()
+
+
+@pytest.mark.parametrize("command", [["status"], ["requeue"], list(APPEND), ["rebuild-index"]])
+def test_a_fifo_in_place_of_the_index_is_named_as_such_not_as_a_disk_error(
+    root: Path, command: list[str]
+) -> None:
+    index = root / ".replaylog" / "queue.db"
+    index.parent.mkdir()
+    os.mkfifo(index)
+    r = at(root, *command)
+    assert r.code == 1, r
+    line = r.error_line()
+    assert f"{index} is not a replaylog index (it is not a regular file" in line, line
+    assert "I/O error" not in line and "disk" not in line, line
+    assert stat.S_ISFIFO(os.lstat(index).st_mode)  # left as it was
+    assert not (root / "kitty-specs").exists()
 
 
 # --------------------------------------------------------------------------- errors

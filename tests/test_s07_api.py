@@ -27,19 +27,14 @@ from conftest import (
     write_by_hand,
 )
 
-from replaylog import EVENTS_FILENAME, Event, EventStore, StoreError, UsageError
-
-ZERO = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-# Not made beforehand (unlike conftest's ``root``): the store creates what it needs.
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "proj"
-
+from replaylog import (
+    EVENTS_FILENAME,
+    Event,
+    EventStore,
+    LogsUnreadableError,
+    StoreError,
+    UsageError,
+)
 
 # --------------------------------------------------------------------------- append and read
 
@@ -80,7 +75,7 @@ def test_append_many_takes_events_and_mappings_in_order(store: EventStore) -> No
 
 def test_append_many_of_nothing_touches_nothing(store: EventStore, root: Path) -> None:
     assert store.append_many("feat-1", []) == []
-    assert not root.exists()
+    assert os.listdir(root) == []
 
 
 BAD_NAMES = ["", ".", "..", "a/b", "../x", "-lead", ".hidden", "x" * 129, "sp ace", "ä", "a\nb"]
@@ -96,7 +91,7 @@ def test_bad_feature_name_is_refused_before_any_file_or_index_exists(root: Path,
         for call in (store.status, store.pending, store.requeue, store.read, store.repair):
             with pytest.raises(UsageError, match="invalid feature name"):
                 call(name)
-    assert not root.exists()
+    assert os.listdir(root) == []
 
 
 BAD_ITEMS: dict[str, Any] = {
@@ -162,6 +157,76 @@ def test_features_lists_every_log_sorted(store: EventStore, root: Path) -> None:
     assert store.features() == ["Alpha", "mid.1", "zeta"]
 
 
+#: Folders that cannot be a feature's (SPEC section 1), and how a report shows their log:
+#: a name that is not printable text is escaped, so that it cannot break the report.
+STRAY_FOLDERS = {"ünï": "ünï", "a b": "a b", ".hid": ".hid", "nl\nx": "nl\\nx"}
+
+
+def test_a_log_in_a_folder_that_cannot_be_a_feature_is_listed_never_skipped(
+    store: EventStore, root: Path
+) -> None:
+    store.append("good", "T", "A")
+    write_by_hand(root, "broken", foreign_line(1), b"{oops\n")
+    for name in STRAY_FOLDERS:
+        (root / "kitty-specs" / name).mkdir()
+        (root / "kitty-specs" / name / EVENTS_FILENAME).write_bytes(foreign_line(1))
+    (root / "kitty-specs" / "no log here").mkdir()  # holds no log: nothing to say
+    strays = sorted(
+        str(root / "kitty-specs" / shown / EVENTS_FILENAME) for shown in STRAY_FOLDERS.values()
+    )
+    broken = str(log_file(root, "broken"))
+    assert store.features() == ["broken", "good"]
+
+    report = store.verify()
+    assert not report.ok
+    assert sorted((p.path, p.line) for p in report.problems) == sorted(
+        [(broken, 2)] + [(path, None) for path in strays]
+    )
+    for problem in report.problems:
+        assert problem.level == "error" and problem.message.isprintable()
+        if problem.path != broken:
+            assert "is not a feature name" in problem.message, problem
+
+    with pytest.raises(LogsUnreadableError) as caught:
+        store.status()
+    assert sorted(path for path, _, _ in caught.value.problems) == sorted([broken, *strays])
+    assert list(caught.value.partial["features"]) == ["good"]  # type: ignore[index]
+
+    index = os.stat(store.index_path)
+    with pytest.raises(LogsUnreadableError, match="the index was not rebuilt") as caught:
+        store.rebuild_index()
+    # Every log was read all the same: the bad line of another log is listed too.
+    assert sorted(path for path, _, _ in caught.value.problems) == sorted([broken, *strays])
+    assert os.stat(store.index_path).st_ino == index.st_ino  # the old index, kept
+    result = store.rebuild_index(skip_bad=True)
+    assert result["features"] == 1 and result["events"] == 1
+    assert sorted(s["path"] for s in result["skipped"]) == sorted([broken, *strays])
+
+
+def test_verify_lists_a_symlinked_feature_folder_and_checks_every_other_log(
+    store: EventStore, root: Path, tmp_path: Path
+) -> None:
+    store.append("good", "T", "A")
+    write_by_hand(root, "broken", foreign_line(1), b"{oops\n")
+    elsewhere = tmp_path / "elsewhere" / "f"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / EVENTS_FILENAME).write_bytes(log_file(root, "good").read_bytes())
+    link = root / "kitty-specs" / "linked"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    report = store.verify()
+    assert not report.ok
+    assert sorted((p.path, p.line) for p in report.problems) == [
+        (str(log_file(root, "broken")), 2),
+        (str(link), None),
+    ]
+    [linked] = [p for p in report.problems if p.path == str(link)]
+    assert f"{link} is a symbolic link" in linked.message
+    assert [(p.path, p.level) for p in store.verify(["linked", "good"]).problems] == [
+        (str(link), "error")
+    ]
+    assert os.listdir(elsewhere) == [EVENTS_FILENAME]  # read through the link by nothing
+
+
 def test_log_of_a_feature_without_a_log_raises_before_any_line(
     store: EventStore, root: Path
 ) -> None:
@@ -203,7 +268,17 @@ def test_status_json_shape_is_exactly_the_spec(store: EventStore) -> None:
     one = store.status("feat-2")
     assert one["features"] == {"feat-2": status["features"]["feat-2"]}
     assert one["totals"] == status["features"]["feat-2"]
-    assert store.status("feat-none")["features"] == {"feat-none": ZERO}
+
+
+def test_status_of_a_feature_without_a_log_raises_as_log_does(
+    store: EventStore, root: Path
+) -> None:
+    store.append("real", "T", "A")
+    for call in (store.status, store.log):
+        with pytest.raises(StoreError, match="feature 'nosuch' has no log") as caught:
+            call("nosuch")
+        assert caught.value.path == str(log_file(root, "nosuch"))
+    assert not (root / "kitty-specs" / "nosuch").exists()
 
 
 def test_status_counts_delivery_states(store: EventStore) -> None:
@@ -313,13 +388,52 @@ def test_requeue_moves_failed_events_back_to_pending(store: EventStore) -> None:
     a, b = store.append_many("f1", [{"event_type": "T", "aggregate_id": "A"}] * 2)
     c = store.append("f2", "T", "A")
     record(store, accepted=[a.event_id], rejected={b.event_id: "bad", c.event_id: "worse"})
-    assert store.requeue("f2", event_id=b.event_id) == 0
+    assert store.requeue("f1", event_id=a.event_id) == 0  # in f1, but not failed
     assert store.requeue(event_id=b.event_id) == 1
     assert states(store)[b.event_id] == ("pending", 1, "bad")
     assert store.requeue("f2") == 1
     assert store.requeue() == 0
     assert states(store)[a.event_id][0] == "delivered"
     assert store.status()["totals"] == {"events": 3, "pending": 2, "delivered": 1, "failed": 0}
+
+
+def test_requeue_refuses_a_feature_without_a_log_and_an_event_outside_its_scope(
+    store: EventStore, root: Path
+) -> None:
+    a = store.append("f1", "T", "A")
+    b = store.append("f2", "T", "A")
+    record(store, rejected={a.event_id: "bad", b.event_id: "worse"})
+    before = states(store)
+    with pytest.raises(StoreError, match=f"event {a.event_id} is not in the log of feature 'f2'"):
+        store.requeue("f2", event_id=a.event_id)  # it is in f1's log
+    with pytest.raises(StoreError, match="feature 'nosuch' has no log"):
+        store.requeue("nosuch")
+    with pytest.raises(StoreError, match="feature 'nosuch' has no log"):
+        store.requeue("nosuch", event_id=a.event_id)
+    unknown = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
+    with pytest.raises(StoreError, match=f"event {unknown} is in no log"):
+        store.requeue(event_id=unknown)
+    for bad_id in ("NOTANID", "", a.event_id.lower(), a.event_id + "0"):
+        with pytest.raises(UsageError, match="is not a ULID"):
+            store.requeue(event_id=bad_id)
+        with pytest.raises(UsageError, match="is not a ULID"):
+            store.requeue("f1", event_id=bad_id)
+    assert states(store) == before  # nothing changed by any refused call
+    assert not (root / "kitty-specs" / "nosuch").exists()
+    assert store.requeue("f2", event_id=b.event_id) == 1
+
+
+def test_a_root_that_does_not_exist_is_refused_and_nothing_is_made(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-project"
+    with pytest.raises(UsageError, match=f"the root {missing} does not exist"):
+        EventStore(missing).append("f1", "T", "A")
+    with pytest.raises(UsageError, match=f"the root {missing} does not exist"):
+        EventStore.from_environment(missing)
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UsageError, match="is not a folder"):
+        EventStore(tmp_path / "a-file")
+    assert os.listdir(tmp_path) == ["a-file"]
 
 
 def test_verify_passes_a_clean_log_and_warns_on_identical_duplicates(

@@ -464,6 +464,69 @@ def test_replay_without_feature_sends_the_readable_logs_and_lists_the_bad_one(
         assert set(r.events) == {obj["event_id"] for obj in expected}
 
 
+KEPT_FEATURE = "write-side-context-factory-adoption-01KV9W0X"
+
+
+def link_and_stray(project: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """``kitty-specs/linked``, a link to a copy of a corpus feature elsewhere (a valid log
+    behind it), and a valid log in ``kitty-specs/not a feature/``: neither can be read
+    (SPEC sections 1 and 12), and neither may stop the other logs or go unsaid."""
+    source = project / "kitty-specs" / KEPT_FEATURE
+    elsewhere = tmp_path / "elsewhere" / KEPT_FEATURE
+    shutil.copytree(source, elsewhere)
+    link = project / "kitty-specs" / "linked"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    stray = project / "kitty-specs" / "not a feature" / "status.events.jsonl"
+    stray.parent.mkdir()
+    shutil.copy(source / "status.events.jsonl", stray)
+    return link, stray
+
+
+def test_a_linked_folder_and_a_log_outside_any_feature_are_listed_by_every_command_over_logs(
+    project: Path, tmp_path: Path
+) -> None:
+    features = {p.parent.name for p in (project / "kitty-specs").glob("*/status.events.jsonl")}
+    run(project, "rebuild-index")
+    before = index_rows(project)
+    link, stray = link_and_stray(project, tmp_path)
+    for command in ("status", "verify", "rebuild-index"):
+        proc = run(project, command, "--json", check=False)
+        assert proc.returncode == 1, (command, proc.stderr)
+        out = json.loads(proc.stdout)
+        errors = [p for p in out["problems"] if p.get("level", "error") == "error"]
+        assert {p["path"]: p["line"] for p in errors} == {str(link): None, str(stray): None}
+        assert "is a symbolic link" in errors[0]["message"] + errors[1]["message"]
+        assert "is not a feature name" in errors[0]["message"] + errors[1]["message"]
+        if command == "status":
+            assert set(out["features"]) == features  # every readable log is counted
+        human = run(project, command, check=False)
+        assert human.returncode == 1
+        shown = [line.split(": ", 1)[0] for line in human.stdout.splitlines()]
+        assert {str(link), str(stray)} <= set(shown), human.stdout
+        if command == "verify":
+            assert human.stderr == "", human.stderr  # the report is its output
+        else:
+            assert human.stderr.startswith("Error: 2 logs cannot be read"), human.stderr
+    assert index_rows(project) == before  # rebuild-index kept the old index
+
+
+def test_replay_without_feature_sends_every_log_but_a_linked_folder_and_lists_it(
+    project: Path, tmp_path: Path
+) -> None:
+    for p in (project / "kitty-specs").iterdir():
+        if p.name != KEPT_FEATURE:
+            shutil.rmtree(p)
+    link, _stray = link_and_stray(project, tmp_path)
+    expected = corpus_lines(project / "kitty-specs" / KEPT_FEATURE / "status.events.jsonl")
+    with Receiver() as r:
+        proc = run(project, "replay", "--url", r.url, "--json", check=False)
+        assert proc.returncode == 1, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["accepted"] == len(expected)
+        assert str(link) in [p["path"] for p in out["problems"]]
+        assert set(r.events) == {obj["event_id"] for obj in expected}
+
+
 def test_an_envelope_read_from_elsewhere_is_not_written_by_the_store_without_its_fields(
     project: Path,
 ) -> None:

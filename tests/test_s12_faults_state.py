@@ -96,6 +96,7 @@ def wait_for_requests(server: Receiver, count: int, *, seconds: float = 30) -> N
 
 def test_a_rebuild_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 40)
     with Receiver() as server:
         server.hook = slow(0.05)
@@ -125,6 +126,7 @@ def test_a_rebuild_waits_for_a_replay_a_bounded_time_and_says_what_it_waits_for(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     fill(root, 6)
     with Receiver() as server:
         server.hook = slow(1.0)
@@ -146,6 +148,7 @@ def test_a_rebuild_waits_for_a_replay_a_bounded_time_and_says_what_it_waits_for(
 
 def test_a_requeue_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 30)
     with Receiver() as server:
         server.reject_ids = {ids[0]: "no"}
@@ -172,6 +175,7 @@ def test_a_requeue_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path
 
 def test_a_repair_during_a_replay_loses_no_outcome_the_replay_recorded(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 30)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     with Receiver() as server:
@@ -204,6 +208,7 @@ def deliver_all(root: Path, server: Receiver) -> None:
 
 def test_delivery_state_survives_a_command_run_with_another_logs_dir(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     fill(root, 12)
     fill(root, 5, feature="other-feat")
     (root / "elsewhere" / "x").mkdir(parents=True)
@@ -277,6 +282,7 @@ def test_delivery_state_survives_a_checkout_of_an_older_commit_and_back(tmp_path
 
 def test_failed_state_and_retry_counts_come_back_with_their_events(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 3)
     with Receiver() as server:
         server.reject_ids = {ids[1]: "bad event"}
@@ -316,6 +322,7 @@ def test_a_same_size_edit_beyond_the_first_64_kib_is_noticed_and_indexed_again(
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 1500)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     assert log.stat().st_size > 4 * 64 * 1024
@@ -333,6 +340,7 @@ def test_a_same_size_edit_beyond_the_first_64_kib_is_noticed_and_indexed_again(
 
 def test_a_same_size_edit_of_a_delivered_line_is_indexed_again(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     fill(root, 1500)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     with Receiver() as server:
@@ -354,6 +362,7 @@ def test_an_edit_made_together_with_an_append_is_indexed_again_by_the_next_run(
     # when replay reads the line back, and the log is indexed again then: one run says
     # so, the next delivers everything.
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 1500)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     assert totals(root)["events"] == 1500
@@ -379,6 +388,7 @@ def test_a_log_replaced_by_a_longer_file_with_an_old_line_changed_is_noticed_at_
     # A checkout or a merge puts a new file in the log's place: grown or not, every byte
     # the index took in is checked (by its CRC), so the first command indexes it again.
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 1500)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     assert totals(root)["events"] == 1500
@@ -398,6 +408,7 @@ def test_a_log_replaced_by_a_longer_file_with_an_old_line_changed_is_noticed_at_
 
 def test_an_edit_whose_modification_time_was_set_back_is_noticed(tmp_path: Path) -> None:
     root = tmp_path / "proj"
+    root.mkdir()
     ids = fill(root, 50)
     log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
     assert totals(root)["events"] == 50

@@ -334,7 +334,10 @@ def move(
 @json_option
 @pass_ctx
 def status(ctx: _Context, feature: str | None, as_json: bool) -> None:
-    """Per feature: events, pending, delivered and failed; and the Lamport clock."""
+    """Per feature: events, pending, delivered and failed; and the Lamport clock.
+
+    A FEATURE that has no log is an error (exit 1), as in `replaylog log`.
+    """
     with _errors(as_json), ctx.store() as store:
         report, bad = _over_logs(lambda: store.status(feature))
         if as_json and bad is None:
@@ -556,11 +559,16 @@ def repair(ctx: _Context, feature: str, as_json: bool) -> None:
 
 @cli.command(epilog=EXIT_CODES)
 @click.argument("feature", required=False)
-@click.option("--event", "event_id", help="Only this event id.")
+@click.option("--event", "event_id", help="Only this event id (a ULID).")
 @json_option
 @pass_ctx
 def requeue(ctx: _Context, feature: str | None, event_id: str | None, as_json: bool) -> None:
-    """Make failed events pending again, so the next replay sends them."""
+    """Make failed events pending again, so the next replay sends them.
+
+    A FEATURE that has no log, or an --event that is not in FEATURE's log (or, without
+    FEATURE, in any log), is an error (exit 1) and nothing changes; an --event that is
+    not a ULID is a usage error (exit 2).
+    """
     with _errors(as_json), ctx.store() as store:
         count = store.requeue(feature, event_id=event_id)
         if as_json:

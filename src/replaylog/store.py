@@ -16,6 +16,7 @@ import errno
 import functools
 import json
 import os
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,7 +40,7 @@ from .index import Index
 from .index.locks import replay_lock
 from .lines.canonical import ITEM_KEYS, LineTemplate, new_line_object, new_lines
 from .lines.envelope import build_events, build_new_event
-from .lines.ids import local_node_id, utc_now
+from .lines.ids import local_node_id, utc_now, validate_ulid_format
 from .posix import open_regular, refuse_links
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from .replay import ReplayConfig
     from .reports import EmitResult, ReplayReport, VerifyReport
 
-__all__ = ["EventStore", "find_root"]
+__all__ = ["EventStore", "check_root", "find_root"]
 
 DEFAULT_LOGS_DIR = "kitty-specs"
 
@@ -69,6 +70,29 @@ def find_root(start: str | None = None) -> str:
         if parent == current:
             return here
         current = parent
+
+
+def check_root(root: str) -> str:
+    """``root`` if it is an existing folder, else :class:`UsageError`.
+
+    A root that does not exist is a typo: the store makes the logs folder and the index
+    under its root, never the root itself. ``replaylog --root`` refuses the same (click
+    checks the option first, and the store it opens checks again)."""
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(
+            f"the root {root} does not exist: give the folder of an existing project"
+            " (replaylog makes the logs folder and the index under the root, never the"
+            " root itself)"
+        ) from None
+    except ValueError:  # a NUL byte: no such folder can exist
+        raise UsageError(f"the root {root!r} is not a valid path") from None
+    except OSError:
+        return root  # it cannot be looked at: the first file it holds says why
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"the root {root} is not a folder: give the folder of a project")
+    return root
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -122,7 +146,7 @@ class EventStore:
         node_id: str | None = None,
         fsync: bool = True,
     ) -> None:
-        self.root = os.path.abspath(os.fspath(root))
+        self.root = check_root(os.path.abspath(os.fspath(root)))
         self.logs_root = os.path.join(self.root, logs_dir)
         self.index_path = (
             os.path.abspath(os.fspath(index_path))
@@ -202,21 +226,42 @@ class EventStore:
     @_edge
     def features(self) -> list[str]:
         """Every feature that has a log, sorted by name."""
+        return self._listing()[0]
+
+    def _listing(self) -> tuple[list[str], dict[str, StoreError]]:
+        """Every feature that has a log, sorted; and every folder of the logs folder that
+        holds a log but whose name cannot be a feature's, by name, as the error that says
+        so. Such a log is never read, indexed or replayed: the commands over many logs
+        list it as a bad one, so that nothing is left out silently."""
         try:
             names = os.listdir(self.logs_root)
         except FileNotFoundError:
-            return []
+            return [], {}
         except NotADirectoryError as exc:
             raise StoreError(f"{self.logs_root} is not a folder", path=self.logs_root) from exc
         found = []
-        for name in names:
+        strays: dict[str, StoreError] = {}
+        for name in sorted(names):
+            path = os.path.join(self.logs_root, name, _log.EVENTS_FILENAME)
+            if not os.path.lexists(path):
+                continue
             try:
                 _log.validate_feature_name(name)
             except UsageError:
+                # Shown as PATH:LINE: a name with a control character or an undecodable
+                # byte is escaped (as is a backslash then, so no two names are shown
+                # alike), so that it can neither forge nor break the report's lines.
+                plain = name.isprintable() and "\\" not in name
+                shown = name if plain else ascii(name)[1:-1]
+                strays[shown] = StoreError(
+                    f"the folder name {name!r} is not a feature name (1-128 characters from"
+                    " A-Z a-z 0-9 . _ -, starting with a letter or digit), so this log is not"
+                    " read, indexed or replayed: rename the folder",
+                    path=os.path.join(self.logs_root, shown, _log.EVENTS_FILENAME),
+                )
                 continue
-            if os.path.lexists(os.path.join(self.logs_root, name, _log.EVENTS_FILENAME)):
-                found.append(name)
-        return sorted(found)
+            found.append(name)
+        return found, strays
 
     # ------------------------------------------------------------------ index
 
@@ -456,13 +501,25 @@ class EventStore:
 
     @_edge
     def status(self, feature: str | None = None) -> dict[str, Any]:
-        """Counts per feature (events, pending, delivered, failed), totals, and the clock."""
+        """Counts per feature (events, pending, delivered, failed), totals, and the clock.
+
+        A ``feature`` that has no log is a :class:`StoreError`, as in :meth:`log`. Over
+        every log, the bad ones (and the logs in folders that cannot be a feature's) are
+        left out of the counts and listed by :class:`LogsUnreadableError`.
+        """
         names = [feature] if feature is not None else None
-        bad = self._catch_up_all() if names is None else {}
-        if names is not None:
+        bad: dict[str, StoreError] = {}
+        if names is None:
+            bad = self._catch_up_all()
+            listed, strays = self._listing()
+            bad.update(strays)
+        else:
+            self.require_log(names[0])
             self.catch_up(names)
+            listed = names
         counts = self.delivery.counts(names)
-        listed = names if names is not None else sorted(set(self.features()) | set(counts))
+        if names is None:
+            listed = sorted(set(listed) | set(counts))
         zero = {"events": 0, "pending": 0, "delivered": 0, "failed": 0}
         per = {name: counts.get(name, dict(zero)) for name in listed if name not in bad}
         totals = {k: sum(c[k] for c in per.values()) for k in zero}
@@ -705,13 +762,32 @@ class EventStore:
 
     @_edge
     def verify(self, features: Iterable[str] | None = None) -> VerifyReport:
-        """Check every log (or the ones named): errors, and warnings such as duplicates."""
-        names = list(features) if features is not None else self.features()
+        """Check every log (or the ones named): errors, and warnings such as duplicates.
+
+        A log that cannot be looked at (a symbolic link on the way to it, SPEC section
+        12), a named feature without a log, and, over every log, a log in a folder whose
+        name cannot be a feature's are errors of the report, like a bad line: every
+        other log is checked all the same (SPEC section 10).
+        """
         from .reports import Problem, VerifyReport
 
+        strays: dict[str, StoreError] = {}
+        if features is not None:
+            # Every name is checked before any file is looked at (SPEC section 1).
+            names = [_log.validate_feature_name(f) for f in features]
+        else:
+            names, strays = self._listing()
         problems: list[Problem] = []
-        for name in names:
-            path = self.log_path(name)
+        for name in sorted(set(names) | set(strays)) if features is None else names:
+            stray = strays.get(name)
+            if stray is not None:
+                problems.append(Problem(stray.path or name, None, str(stray)))
+                continue
+            try:
+                path = self.log_path(name)  # refuses a linked folder on the way
+            except StoreError as exc:
+                problems.append(Problem(exc.path or name, exc.line, str(exc)))
+                continue
             if not os.path.lexists(path):
                 problems.append(Problem(path, None, f"feature {name!r} has no log"))
                 continue
@@ -740,11 +816,42 @@ class EventStore:
 
     @_edge
     def requeue(self, feature: str | None = None, *, event_id: str | None = None) -> int:
-        """Make ``failed`` events ``pending`` again; returns how many."""
-        names = [feature] if feature is not None else None
+        """Make ``failed`` events ``pending`` again (of ``feature``, or of every log; only
+        ``event_id``, if given); returns how many.
+
+        As in :meth:`log`, a ``feature`` that has no log is a :class:`StoreError`; so is an
+        ``event_id`` that the log of ``feature`` (or, without one, no log) holds. An
+        ``event_id`` that is not a ULID is a :class:`UsageError`. Nothing changes then.
+        """
+        if feature is not None:
+            _log.validate_feature_name(feature)
+        if event_id is not None and not validate_ulid_format(event_id):
+            raise UsageError(
+                f"the event id {event_id!r} is not a ULID: an event_id is 26 characters of"
+                " Crockford base32, upper case (`replaylog log FEATURE` shows them)"
+            )
+        names = None
+        if feature is not None:
+            self.require_log(feature)
+            names = [feature]
         self.catch_up(names)
         delivery = self.delivery
-        with self.index.write():
+        index = self.index
+        with index.write():
+            if event_id is not None:
+                holders = names if names is not None else index.known_features()
+                if not any(index.known_event_ids(name, [event_id]) for name in holders):
+                    if feature is None:
+                        raise StoreError(
+                            f"event {event_id} is in no log; `replaylog log FEATURE` lists"
+                            " a feature's events"
+                        )
+                    path = self.log_path(feature)
+                    raise StoreError(
+                        f"event {event_id} is not in the log of feature {feature!r} ({path});"
+                        f" `replaylog log {feature}` lists its events",
+                        path=path,
+                    )
             return delivery.requeue(names, event_id)
 
     @_edge
@@ -774,9 +881,17 @@ class EventStore:
             raise UsageError(f"wait must be a number of seconds >= 0, not {wait!r}")
         self.close()
         # Every log there is; a linked folder on the way to one is a bad log (SPEC 12).
-        logs = [
-            (name, _log.log_path(os.path.join(self.logs_root, name))) for name in self.features()
-        ]
+        names, strays = self._listing()
+        logs = [(name, _log.log_path(os.path.join(self.logs_root, name))) for name in names]
+        kept = (
+            "the index was not rebuilt and stays as it was (`rebuild-index --skip-bad`"
+            " builds it from the other logs)"
+        )
+        if strays and not skip_bad:
+            # A log the index cannot take (its folder's name is not a feature's) keeps the
+            # old index as any bad log does; the others are read all the same, so that the
+            # error lists every bad one.
+            raise _unreadable({**self._unreadable_logs(logs, progress), **strays}, kept)
         result, bad = rebuild(
             self.index_path,
             logs,
@@ -787,17 +902,34 @@ class EventStore:
             wait=REPLAY_WAIT_SECONDS if wait is None else wait,
         )
         if bad and not skip_bad:
-            raise _unreadable(
-                bad,
-                "the index was not rebuilt and stays as it was (`rebuild-index --skip-bad`"
-                " builds it from the other logs)",
-            )
+            raise _unreadable(bad, kept)
+        bad.update(strays)
         if bad:
             result["skipped"] = [
                 {"feature": name, "path": err.path, "line": err.line, "message": str(err)}
                 for name, err in sorted(bad.items())
             ]
         return result
+
+    def _unreadable_logs(
+        self, logs: list[tuple[str, str]], progress: Callable[[str, int], None] | None
+    ) -> dict[str, StoreError]:
+        """The logs of ``logs`` that cannot be read, each as its first error; nothing is
+        written (a rebuild that will keep the old index lists them all)."""
+        bad: dict[str, StoreError] = {}
+        for name, path in logs:
+            try:
+                refuse_links(self.root, os.path.dirname(path))  # SPEC section 12
+                error = next((p for p in _log.verify_log(path) if p.level == "error"), None)
+            except StoreError as exc:
+                exc.path = exc.path or path
+                bad[name] = exc
+            else:
+                if error is not None:
+                    bad[name] = StoreError(error.message, path=error.path, line=error.line)
+            if progress is not None:
+                progress(name, 0)
+        return bad
 
     # ------------------------------------------------------------------ replay
 

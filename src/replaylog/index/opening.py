@@ -169,8 +169,16 @@ def connect(path: str) -> sqlite3.Connection:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             created = True
         except FileExistsError:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        os.close(fd)
+            # A FIFO, a folder or a device is never opened as a file (a FIFO would hang
+            # SQLite or fail as "an I/O error"): refused, naming what it is.
+            _refuse_special(path, os.stat(path))
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                _refuse_special(path, os.fstat(fd))  # replaced in between
+            finally:
+                os.close(fd)
+        else:
+            os.close(fd)
     except OSError as exc:
         raise os_error(exc, path, "open the index") from exc
     try:
@@ -200,6 +208,26 @@ def connect(path: str) -> sqlite3.Connection:
         # that needs it: a rebuild that fails then leaves no new file behind.
         make_replay_lock(path)
     return conn
+
+
+_SPECIAL_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _refuse_special(path: str, st: os.stat_result) -> None:
+    """:class:`BadIndexError` if ``st`` is not a regular file's: the index is one."""
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = next((name for test, name in _SPECIAL_KINDS if test(st.st_mode)), "another kind of file")
+    raise BadIndexError(
+        f"{path} is not a replaylog index (it is not a regular file: it is {kind});"
+        f" {_NOT_OURS_HINT}"
+    )
 
 
 def _forget_empty(path: str) -> None:
