@@ -795,7 +795,7 @@ def test_a_status_json_that_cannot_be_written_is_a_warning_after_the_move(
     ]
     r = move(small, "demo", "WP01", "claimed")
     assert r.code == 0
-    assert r.err.startswith("Warning: ") and "No space left on device" in r.err
+    assert r.err.startswith("Warning: ") and "no space left on the device holding it" in r.err
 
 
 def test_spec_kittys_reader_reads_the_log_after_moves_and_shows_the_new_lanes(
