@@ -900,8 +900,9 @@ def test_corrupt_log_in_a_real_process_prints_no_traceback(root: Path) -> None:
             assert f"{path}:3: Line 3: invalid JSON: {{broken" in r.stdout.splitlines()
             assert r.stderr.splitlines() == [
                 f"Error: 1 log cannot be read: {path}: Line 3: invalid JSON: {{broken; left out of"
-                " the counts; every other log is counted. Correct or remove the"
-                " lines named by hand (`replaylog verify` lists every problem)"
+                " the counts; every other log is counted. Fix what each problem names"
+                " (`replaylog verify` lists them all): a torn last line with `replaylog"
+                " repair`, a bad line by hand, a link or a misnamed folder as its message says"
             ]
             continue
         assert r.stderr.splitlines() == [

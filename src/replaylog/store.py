@@ -1167,8 +1167,9 @@ def _unreadable(
     else:
         what = f"{len(bad)} logs cannot be read ({', '.join(sorted(bad))})"
     return LogsUnreadableError(
-        f"{what}; {done}. Correct or remove the lines named by hand (`replaylog verify`"
-        " lists every problem)",
+        f"{what}; {done}. Fix what each problem names (`replaylog verify` lists them all):"
+        " a torn last line with `replaylog repair`, a bad line by hand, a link or a"
+        " misnamed folder as its message says",
         problems=problems,
         partial=partial,
     )
