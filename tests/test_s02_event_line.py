@@ -361,6 +361,14 @@ BAD_FIELDS = [
     ("timestamp", "٢٠٢٦-11-20T22:00:00Z", "ISO-8601"),  # Arabic-Indic digits
     ("timestamp", "yesterday", "ISO-8601"),
     ("timestamp", 1_700_000_000, "ISO-8601"),
+    # Names are identifiers shown one to a line: no control character (C0, DEL, C1).
+    ("event_type", "a\nb", "holds a control character ('\\n')"),
+    ("event_type", "\x1b[31mred", "holds a control character ('\\x1b')"),
+    ("aggregate_id", "x\ry", "holds a control character ('\\r')"),
+    ("aggregate_id", "tab\t", "holds a control character ('\\t')"),
+    ("aggregate_id", "nul\x00", "holds a control character ('\\x00')"),
+    ("node_id", "del\x7f", "holds a control character ('\\x7f')"),
+    ("node_id", "next line\x85", "holds a control character ('\\x85')"),
     ("node_id", "", "non-empty string"),
     ("node_id", 7, "non-empty string"),
     ("node_id", None, "non-empty string"),
@@ -425,6 +433,25 @@ def test_an_envelope_may_give_its_time_as_at_instead_of_timestamp() -> None:
     event = Event.from_dict(d)
     assert event.timestamp is None and event.extra == {"at": d["at"]}
     assert event.to_dict() == d
+
+
+def test_names_of_unusual_printable_text_are_accepted() -> None:
+    # Only control characters are refused: a no-break space, a joiner, a combining mark
+    # or a line separator (none of them "printable" to Python) are text like any other.
+    for name in ("a\u00a0b", "\U0001f469\u200d\U0001f4bb", "e\u0301", "a\u2028b", "\u00a0"):
+        e = Event.new(name, name, node_id=name)
+        assert Event.from_dict(e.to_dict()) == e
+        assert canonical.check_name(name, "event_type") == name
+
+
+def test_a_store_node_id_with_a_control_character_is_refused_at_append() -> None:
+    for node in ("laptop\n7", "\x7f", "n\x9f"):
+        with pytest.raises(EventValidationError, match="field 'node_id' holds a control") as info:
+            new_line_object("T", "a", None, None, None, node)
+        assert "REPLAYLOG_NODE_ID" in str(info.value)
+        assert new_lines([{"event_type": "T", "aggregate_id": "a"}], node, "now") is None
+    with pytest.raises(EventValidationError, match="field 'node_id' must be a non-empty"):
+        new_line_object("T", "a", None, None, None, "")
 
 
 def test_names_of_exactly_200_characters_are_accepted() -> None:
@@ -579,7 +606,7 @@ def test_any_json_payload_survives_append_and_read(tmp_path: Path, payload: dict
 
 # Mostly what append_many writes as it is, now and then what it must refuse or escape.
 good_names = ["T", "WPStatusChanged", "é", "\U0001f600", "a{b}c"]
-names = st.sampled_from(good_names * 6 + ["\ud800", "", "x" * 201])
+names = st.sampled_from(good_names * 6 + ["\ud800", "", "x" * 201, "a\nb", "\x7f", "\u00a0"])
 optional_ids = st.sampled_from([None] * 6 + ["c-1", "ü", "\udc00", 5])
 odd_payloads = [[1], "text", {1: "x"}, {"x": math.nan}, {"big": "y" * (1 << 20)}]
 batch_items = st.lists(
@@ -671,6 +698,7 @@ def test_a_plain_batch_takes_the_column_path_and_a_doubtful_one_does_not() -> No
         {"event_type": "T", "aggregate_id": "A", "payload": [1]},
         {"event_type": "T", "aggregate_id": "A", "extra": 1},
         {"event_type": 5, "aggregate_id": "A"},
+        {"event_type": "T", "aggregate_id": "A\nB"},  # a control character: named one by one
     ):
         assert new_lines([*plain, doubtful], "node-1", "now") is None
 

@@ -472,6 +472,34 @@ def test_a_bad_middle_line_is_never_repaired(tmp_path: Path) -> None:
     assert read_error(tmp_path).line == 2
 
 
+@pytest.mark.parametrize("tail", [b"   ", b"\t", b"\r", b" \t\r "])
+def test_a_torn_tail_of_only_white_space_is_torn_for_readers_appends_and_repair_alike(
+    tmp_path: Path, tail: bytes
+) -> None:
+    # A blank line is skipped; a blank last line without its newline is a torn tail that
+    # is not JSON (SPEC 3). verify once said ok while append refused it as torn.
+    a, b = new_event(1), new_event(2)
+    path = write_log(tmp_path, a.to_line(), b.to_line(), tail)
+    err = read_error(tmp_path)
+    assert err.line == 3 and str(err).startswith("Line 3: invalid JSON: ")
+    assert "(only white space, no JSON value)" in str(err) and "replaylog repair" in str(err)
+    problems = verify_log(str(path))
+    assert [(p.line, p.level) for p in problems] == [(3, "error")]
+    with pytest.raises(StoreError):
+        list(iter_events(tmp_path))
+    with pytest.raises(StoreError, match="replaylog repair"):
+        append_event(tmp_path, Event.new("t", "a"), fsync=False)
+    assert path.read_bytes() == a.to_line() + b.to_line() + tail
+    moved = repair_log(tmp_path)
+    assert moved is not None and Path(moved).read_bytes() == tail
+    assert read_events(tmp_path) == [a, b] and verify_log(str(path)) == []
+    # With its newline it is a blank line, skipped, and appends go after it.
+    path.write_bytes(a.to_line() + tail + b"\n")
+    assert read_events(tmp_path) == [a] and verify_log(str(path)) == []
+    c = append_event(tmp_path, Event.new("t", "c"), fsync=False)
+    assert read_events(tmp_path) == [a, c]
+
+
 def test_torn_tail_of_json_null_is_treated_as_valid_json_everywhere(tmp_path: Path) -> None:
     # Appends and repair agree: null is valid JSON, so repair only gives it its newline;
     # it then fails reads as the bad line it is, as it did while torn, and an append,
@@ -579,6 +607,134 @@ def test_garbage_gives_store_error_naming_the_line(tmp_path: Path, name: str) ->
     with pytest.raises(StoreError):
         list(iter_events(tmp_path))
     assert [p.level for p in verify_log(str(path))][:1] == ["error"]
+
+
+# Why each line is not JSON, after its snippet: in the project's words, none of Python's
+# (int()'s limit once said "use sys.set_int_max_str_digits()").
+JSON_REASONS = {
+    "nan": (b'"n": NaN', "NaN is not a JSON number"),
+    "infinity": (b'"n": -Infinity', "-Infinity is not a JSON number"),
+    "out of range": (b'"n": 1e400', "the number 1e400 is beyond a double's range"),
+    "5000 digits": (b'"n": ' + b"9" * 5000, "an integer of more than 4300 digits"),
+    "deep": (b'"n": ' + b"[" * 5000 + b"]" * 5000, "objects and arrays nested too deeply"),
+    "not utf-8": (b'"n": "\xff"', "not UTF-8 text (byte "),
+    "trailing comma": (b'"n": 1,}', "a key in double quotes expected at character "),
+    "missing colon": (b'"n" 1', "':' expected at character "),
+    "bad escape": (b'"n": "\\q"', "a backslash escape JSON does not have, at character "),
+    "raw control": (b'"n": "\x01"', "a control character not escaped, at character "),
+    "extra": (b'"n": 1}}', "more after the JSON value, from character "),
+    "cut short": (b'"n": [1, 2', "',' or a closing bracket expected at character "),
+}
+
+
+@pytest.mark.parametrize("name", list(JSON_REASONS))
+def test_a_line_that_is_not_json_says_why_after_its_snippet(tmp_path: Path, name: str) -> None:
+    value, reason = JSON_REASONS[name]
+    line = new_event(1).to_line().replace(b'"n": 1', value)
+    path = write_log(tmp_path, new_event(2).to_line(), line)
+    err = read_error(tmp_path)
+    message = str(err)
+    assert message.startswith("Line 2: invalid JSON: " + line.decode("utf-8", "replace")[:40])
+    assert f" ({reason}" in message and message.endswith(")"), message
+    assert "sys." not in message and "Python" not in message and message.isprintable()
+    assert err.line == 2 and err.path == str(path)
+    assert [p.message for p in verify_log(str(path))] == [message]
+
+
+def test_a_line_cut_short_says_so(tmp_path: Path) -> None:
+    write_log(tmp_path, new_event(1).to_line()[:-2] + b"\n")
+    assert "(the line ends before its JSON value does)" in str(read_error(tmp_path))
+    write_log(tmp_path, b"}\n")
+    assert str(read_error(tmp_path)) == "Line 1: invalid JSON: } (no JSON value at character 1)"
+
+
+LONE_SURROGATES = {
+    "payload value": ('"n": 1', '"n": "\\ud800"', "field 'payload.n'"),
+    "payload key": ('"n": 1', '"\\uDC00": 1', "a key in field 'payload'"),
+    "deep in the payload": ('"n": 1', '"n": [{"k": "ok \\udbff"}]', "field 'payload.n[0].k'"),
+    "event_type": ('"WPStatusChanged"', '"WP\\udfffStatus"', "field 'event_type'"),
+    "aggregate_id": ('"WP01"', '"\\ud83dWP01"', "field 'aggregate_id'"),
+    "a high one then a low one reversed": ('"n": 1', '"n": "\\ude00\\ud83d"', "field 'payload.n'"),
+}
+
+
+@pytest.mark.parametrize("name", list(LONE_SURROGATES))
+def test_a_line_holding_a_lone_surrogate_is_invalid_json_on_every_read_path(
+    tmp_path: Path, name: str
+) -> None:
+    # json reads "\ud800" as a string, but it is no text: printing or encoding it fails
+    # (`replaylog log` died half-way on it). orjson and msgspec refuse it as JSON; the
+    # plain path now does too, naming where it is.
+    old, new, where = LONE_SURROGATES[name]
+    bad = new_event(1).to_line().decode().replace(old, new, 1).encode()
+    assert bad != new_event(1).to_line()
+    path = write_log(tmp_path, new_event(2).to_line(), bad, new_event(3).to_line())
+    err = read_error(tmp_path)
+    assert err.line == 2 and str(err).startswith("Line 2: invalid JSON: ")
+    assert str(err).endswith(
+        f"({where} holds a lone surrogate (half of a UTF-16 pair), which is not text)"
+    )
+    for read in (read_events_raw, lambda f: list(iter_events(f))):
+        with pytest.raises(StoreError, match="lone surrogate"):
+            read(tmp_path)
+    with pytest.raises(StoreError, match="lone surrogate"):
+        [line.obj for line in scan_log(str(path))]
+    assert [(p.line, p.level) for p in verify_log(str(path))] == [(2, "error")]
+
+
+def test_a_surrogate_pair_escaped_is_text_and_reads_back(tmp_path: Path) -> None:
+    line = new_event(1).to_line().replace(b'"n": 1', b'"n": "\\ud83d\\ude00 \\\\ud800"')
+    write_log(tmp_path, line)
+    assert read_events(tmp_path)[0].payload["n"] == "\U0001f600 \\ud800"  # (an escaped backslash)
+    assert read_events_raw(tmp_path)[0]["payload"]["n"] == "\U0001f600 \\ud800"
+
+
+CONTROLS = ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\x9f"]
+
+
+@pytest.mark.parametrize("field", ["event_type", "aggregate_id", "node_id"])
+def test_a_name_holding_a_control_character_is_a_bad_line_naming_the_field(
+    tmp_path: Path, field: str
+) -> None:
+    # Names are identifiers, shown one to a line by `replaylog log`: a newline in one
+    # made two events print as three lines. append refuses them; so do the readers.
+    for control in CONTROLS:
+        d = new_event(2).to_dict()
+        d[field] = f"x{control}y"
+        for line in (json.dumps(d, sort_keys=True), json.dumps(d, ensure_ascii=False)):
+            path = write_log(tmp_path, new_event(1).to_line(), line.encode() + b"\n")
+            err = read_error(tmp_path)
+            assert err.line == 2, (control, str(err))
+            assert str(err).startswith(
+                f"Line 2: invalid event structure: envelope: field '{field}' holds a control"
+                f" character ({control!r})"
+            ), str(err)
+            assert str(err).isprintable()
+            with pytest.raises(StoreError, match="control character"):
+                read_events_raw(tmp_path)
+            assert [p.line for p in verify_log(str(path))] == [2]
+    # An envelope written elsewhere, without node_id and the rest: its names all the same.
+    other = {"event_id": new_event(3).event_id, "event_type": "a\nb", "payload": {}, "at": "x"}
+    write_log(tmp_path, (json.dumps(other) + "\n").encode())
+    assert "field 'event_type' holds a control character" in str(read_error(tmp_path))
+
+
+def test_control_characters_outside_names_and_odd_printable_names_are_read(
+    tmp_path: Path,
+) -> None:
+    # Only names are identifiers: a payload, an id, a transition's reason may hold any text
+    # (spec-kitty's reasons hold newlines). A no-break space or a joiner is no control
+    # character (Python does not call them printable: the readers look again).
+    texts = {"s": "line one\nline two\r\n\ttab \x1b[0m \x7f \x85"}
+    events = [
+        Event.new("T", "a", texts, lamport_clock=1, causation_id="c\nd"),
+        Event.new("a\u00a0b", "\U0001f469\u200d\U0001f4bb", lamport_clock=2, node_id="n\u2028"),
+        Event.new("e\u0301", "x", lamport_clock=3, extra={"note": "a\nb"}),
+    ]
+    path = write_log(tmp_path, *lines_of(*events))
+    assert read_events(tmp_path) == events
+    assert [e.event_id for e in iter_events(tmp_path)] == [e.event_id for e in events]
+    assert verify_log(str(path)) == []
 
 
 @pytest.mark.parametrize("depth", [2_000, 200_000])

@@ -274,7 +274,10 @@ BROKEN_LOGS: dict[str, Broken] = {
         lambda g: b"\x80" + random.Random(7).randbytes(64 * 1024) + b"\n", 1, "JSON"
     ),
     "invalid utf-8": Broken(
-        lambda g: g[0] + g[1].replace(b'"WP02"', b'"WP\xff\xfe"') + g[2], 2, "JSON"
+        lambda g: g[0] + g[1].replace(b'"WP02"', b'"WP\xff\xfe"') + g[2],
+        2,
+        "JSON",
+        detail="(not UTF-8 text (byte ",
     ),
     "line of nul bytes": Broken(lambda g: g[0] + b"\x00" * 64 + b"\n" + g[2], 2, "JSON"),
     "nul byte inside a string": Broken(
@@ -288,9 +291,62 @@ BROKEN_LOGS: dict[str, Broken] = {
     ),
     "100,000 open brackets": Broken(lambda g: g[0] + b"[" * 100_000 + b"\n" + g[2], 2, "JSON"),
     "payload nested 100,000 deep": Broken(
-        lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": ' + _deep(100_000)) + g[2], 2, "JSON"
+        lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": ' + _deep(100_000)) + g[2],
+        2,
+        "JSON",
+        detail="(objects and arrays nested too deeply to read",
     ),
-    "nan in a payload": Broken(lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": NaN'), 2, "JSON"),
+    "nan in a payload": Broken(
+        lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": NaN'),
+        2,
+        "JSON",
+        detail="(NaN is not a JSON number)",
+    ),
+    # Python refuses to read an integer of more than 4300 digits: said without Python.
+    "a 5000-digit integer": Broken(
+        lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": ' + b"7" * 5000) + g[2],
+        2,
+        "JSON",
+        detail="(an integer of more than 4300 digits",
+    ),
+    # A lone surrogate (half of a UTF-16 pair) is no text: json reads it, nothing can
+    # print or encode it. Refused as JSON an event may not hold, like NaN.
+    "a lone surrogate in a payload": Broken(
+        lambda g: g[0] + g[1].replace(b'"n": 2', b'"n": "\\ud800"') + g[2],
+        2,
+        "JSON",
+        detail="(field 'payload.n' holds a lone surrogate",
+    ),
+    "a lone surrogate in event_type": Broken(
+        lambda g: g[0] + g[1].replace(b'"WPMoved"', b'"WP\\udc00Moved"') + g[2],
+        2,
+        "JSON",
+        detail="(field 'event_type' holds a lone surrogate",
+    ),
+    # A blank last line without its newline is a torn tail that is not JSON (SPEC 3):
+    # verify and the readers say so, as append and repair do.
+    "a torn tail of spaces": Broken(
+        lambda g: g[0] + g[1] + b"   ", 3, "JSON", torn=True, detail="only white space"
+    ),
+    # Names are identifiers, shown one per line: a control character would forge lines.
+    "a newline in event_type": Broken(
+        lambda g: g[0] + with_field(g[1], "event_type", "a\nb") + g[2],
+        2,
+        "event structure",
+        detail="field 'event_type' holds a control character",
+    ),
+    "a carriage return in aggregate_id": Broken(
+        lambda g: g[0] + with_field(g[1], "aggregate_id", "x\ry") + g[2],
+        2,
+        "event structure",
+        detail="field 'aggregate_id' holds a control character",
+    ),
+    "an escape sequence in node_id": Broken(
+        lambda g: g[0] + g[1] + with_field(g[2], "node_id", "n\x1b[2J"),
+        3,
+        "event structure",
+        detail="field 'node_id' holds a control character",
+    ),
     "two objects on one line": Broken(lambda g: g[0][:-1] + g[1] + g[2], 1, "JSON"),
     "a 2 MiB line in the middle": Broken(
         lambda g: g[0] + b'{"a": "' + b"x" * (2 * MiB) + b'"}\n' + g[2],
@@ -362,6 +418,7 @@ def check_refused_everywhere(project: Project, case: Broken, *, timeout: float =
             assert message.startswith(f"Error: {log}: {expected}"), run
         assert case.detail in message, run
         assert message.isprintable(), run
+        assert "sys." not in message and "codec" not in message, run  # no Python internals
 
     assert sha256(project.log) == before, "a refused command changed the log"
     assert files_under(project.root, skip=".replaylog") == files_before

@@ -608,6 +608,10 @@ def test_verify_clean_logs_exit_0(root: Path) -> None:
     assert json.loads(j.out) == {"ok": True, "problems": []}
 
 
+#: What the reader says of corrupt_line_3's "{broken" after quoting it (SPEC 3).
+WHY = " (a key in double quotes expected at character 2)"
+
+
 def test_verify_names_path_and_line_of_a_corrupt_line(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -616,7 +620,7 @@ def test_verify_names_path_and_line_of_a_corrupt_line(
     r = at(root, "verify")
     assert r.code == 1, r
     assert (
-        "kitty-specs/feat/status.events.jsonl:3: Line 3: invalid JSON: {broken"
+        "kitty-specs/feat/status.events.jsonl:3: Line 3: invalid JSON: {broken" + WHY
         in r.out.splitlines()
     )
     elsewhere = root.parent / "elsewhere"
@@ -624,7 +628,7 @@ def test_verify_names_path_and_line_of_a_corrupt_line(
     monkeypatch.chdir(elsewhere)  # not below the log: the path is shown absolute
     r = at(root, "verify")
     assert r.code == 1, r
-    assert f"{path}:3: Line 3: invalid JSON: {{broken" in r.out.splitlines()
+    assert f"{path}:3: Line 3: invalid JSON: {{broken{WHY}" in r.out.splitlines()
 
 
 def test_verify_json_shape(root: Path) -> None:
@@ -897,16 +901,17 @@ def test_corrupt_log_in_a_real_process_prints_no_traceback(root: Path) -> None:
         assert "Traceback" not in r.stdout + r.stderr
         if command == ["status"]:
             # Over every log (SPEC 10): the bad one listed as verify lists it, one error.
-            assert f"{path}:3: Line 3: invalid JSON: {{broken" in r.stdout.splitlines()
+            assert f"{path}:3: Line 3: invalid JSON: {{broken{WHY}" in r.stdout.splitlines()
             assert r.stderr.splitlines() == [
-                f"Error: 1 log cannot be read: {path}: Line 3: invalid JSON: {{broken; left out of"
+                f"Error: 1 log cannot be read: {path}: Line 3: invalid JSON: {{broken{WHY};"
+                " left out of"
                 " the counts; every other log is counted. Fix what each problem names"
                 " (`replaylog verify` lists them all): a torn last line with `replaylog"
                 " repair`, a bad line by hand, a link or a misnamed folder as its message says"
             ]
             continue
         assert r.stderr.splitlines() == [
-            f"Error: {path}: Line 3: invalid JSON: {{broken; replaylog changes no line of a"
+            f"Error: {path}: Line 3: invalid JSON: {{broken{WHY}; replaylog changes no line of a"
             " log: correct or remove this one by hand (`replaylog verify` lists every problem)"
         ]
 
@@ -964,7 +969,7 @@ def test_json_failure_of_a_corrupt_log(root: Path) -> None:
     assert error["type"] == "LogsUnreadableError"  # a StoreError over many logs (SPEC 10)
     assert str(path) in error["message"] and "Line 3" in error["message"]
     assert out["problems"] == [
-        {"path": str(path), "line": 3, "message": "Line 3: invalid JSON: {broken"}
+        {"path": str(path), "line": 3, "message": "Line 3: invalid JSON: {broken" + WHY}
     ]
     assert out["features"] == {} and out["totals"]["events"] == 0
 

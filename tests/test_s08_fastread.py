@@ -232,7 +232,8 @@ ODD_VALUES = [
     {"role": "r"}, {"role": 1, "profile": None, "tool": None, "model": None},
     "01jd0000000000000000000000", "81JD0000000000000000000000", "01JD000000000000000000000I",
     "01JD00000000000000000000000", "01JD0000000000000000000\u00e90", "annotation", "note",
-    "2026-13-01T00:00:00Z", "t" * 201, "2026-11-20T22:00:00Z"]  # fmt: skip
+    "2026-13-01T00:00:00Z", "t" * 201, "2026-11-20T22:00:00Z",
+    "a\nb", "x\x7f", "n\x85", "\x1b[0m", "a\u00a0b", "T\udc00"]  # fmt: skip
 BAD_VALUES = st.sampled_from(ODD_VALUES)
 
 
@@ -467,6 +468,15 @@ def unusual_files() -> dict[str, bytes]:
         "form feed line": clean + b"\x0c\n",
         "nul line": clean + b"\x00\n",
         "lone surrogate": line({**d, "payload": {"s": "\ud800"}}),
+        "lone surrogate in a type": line({**d, "event_type": "T\udc00"}),
+        "lone surrogate in a key": line({**d, "payload": {"\udbff": 1}}),
+        "newline in a type": clean + line({**d, "event_type": "a\nb"}),
+        "carriage return in an aggregate": line({**d, "aggregate_id": "x\ry"}),
+        "del in a node": clean.replace(b'"node_id": "', b'"node_id": "\x7f'),
+        "c1 in a node, as utf-8": clean.replace(b'"node_id": "', '"node_id": "\x85'.encode()),
+        "no-break space in a type": clean.replace(b'"WPStatusChanged"', b'"WP\\u00a0Status"'),
+        "blank torn tail": clean + b"   ",
+        "tab torn tail": clean + b"\t",
         "null line": clean + b"null\n",
     }
 
@@ -475,6 +485,55 @@ def unusual_files() -> dict[str, bytes]:
 def test_fast_and_slow_read_paths_agree(tmp_path: Path, name: str) -> None:
     write_log(tmp_path, unusual_files()[name])
     assert read_outcome(tmp_path) == scan_outcome(tmp_path)
+
+
+def name_cases() -> dict[str, list[dict[str, Any]]]:
+    """Logs read by each way of the fast path: the store's own lines, envelopes with other
+    keys (the general way), envelopes among spec-kitty's transitions (the typed decoders'
+    leftovers). Their payloads hold escapes and other scripts, so names are looked at."""
+    text = {"s": "line\none \u00e9\u4e8b \\ \x7f \x85", "t": "\t"}
+    store = [Event.new("T\u00e9", f"WP{i}", text, lamport_clock=i).to_dict() for i in range(1, 40)]
+    extra = [{**o, "aggregate_type": "wp"} for o in store]
+    mixed: list[dict[str, Any]] = []
+    for i in range(40):
+        mixed.append(spec_kitty_transition(i))
+        mixed.append({"event_id": ulid(100 + i), "event_type": "Moved", "payload": text, "at": "x"})
+    return {"store lines": store, "other keys": extra, "among transitions": mixed}
+
+
+@pytest.mark.parametrize("way", ["store lines", "other keys", "among transitions"])
+def test_names_are_checked_for_control_characters_on_every_way_of_the_fast_path(
+    tmp_path: Path, way: str
+) -> None:
+    objs = name_cases()[way]
+    clean = b"".join(json.dumps(o, sort_keys=True).encode() + b"\n" for o in objs)
+    path = write_log(tmp_path / "clean", clean)
+    assert fastread.read_lines(str(path)) is not None  # good names: read fast
+    assert_paths_agree(tmp_path / "clean")
+    where = [k for k, o in enumerate(objs) if "event_type" in o][3]  # an envelope
+    for field, value in (
+        ("event_type", "a\nb"),
+        ("event_type", "a\u00a0b"),  # not Python-printable, yet no control: good
+        ("aggregate_id", "x\ry"),
+        ("node_id", "n\x1b"),
+        ("node_id", "n\x7f"),
+        ("aggregate_id", "x\x85"),
+    ):
+        bad = [dict(o) for o in objs]
+        bad[where][field] = value
+        for ascii in (True, False):
+            data = b"".join(
+                json.dumps(o, sort_keys=True, ensure_ascii=ascii).encode() + b"\n" for o in bad
+            )
+            feature = tmp_path / f"{field}-{ord(value[1])}-{ascii}"
+            write_log(feature, data)
+            assert_paths_agree(feature)
+            outcome = plain(feature)
+            if value[1] == "\u00a0":
+                assert outcome[0] == "ok", outcome
+            else:
+                assert outcome[0] == "error" and "control character" in outcome[1], outcome
+                assert outcome[2] == where + 1
 
 
 def test_fast_read_path_takes_a_clean_log_as_the_scan_does(tmp_path: Path) -> None:

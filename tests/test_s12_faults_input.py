@@ -3,8 +3,10 @@
 - files it did not make: an ``--index`` that is not a replaylog index is refused, named,
   and left as it was;
 - the clock file is a cache: a value in it that nothing backs is ignored;
-- what ``append`` accepts every reader gives back: lone surrogates and nesting deeper
-  than the readers allow are refused at append, as usage errors (exit 2);
+- what ``append`` accepts every reader gives back: lone surrogates, nesting deeper
+  than the readers allow and control characters in names are refused at append, as
+  usage errors (exit 2), and a line holding a lone surrogate that got into a log by
+  other means is a bad line every reader names;
 - the smaller promises met on the way: a line of exactly 1 MiB, ``log`` of a feature
   with no log, a ``--root`` that does not exist, bounds given as seconds, a lock held
   by a stuck process, and ``merge-driver --json``.
@@ -30,17 +32,24 @@ import pytest
 from cli_run import Run
 from conftest import clock_file, log_of
 
-from replaylog import Event, EventStore, UsageError
+from replaylog import Event, EventStore, StoreError, UsageError, read_events
 from replaylog.lines.canonical import MAX_LINE_BYTES, MAX_NESTING
 
 FEATURE = "feat"
 APPEND = ("append", FEATURE, "--type", "T", "--aggregate", "a")
 
 
-def cli(root: Path | None, *args: str, stdin: str | None = None, timeout: float = 60.0) -> Run:
+def cli(
+    root: Path | None,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 60.0,
+    env_extra: dict[str, str] | None = None,
+) -> Run:
     """``python -m replaylog [--root ROOT] ARGS`` in a real process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLAYLOG_")}
     env["REPLAYLOG_FSYNC"] = "0"
+    env.update(env_extra or {})
     prefix = ("--root", str(root)) if root is not None else ()
     started = time.monotonic()
     proc = subprocess.run(
@@ -198,6 +207,112 @@ def test_a_lone_surrogate_is_refused_at_append_with_exit_2_and_nothing_written(
     assert log_of(root).read_bytes() == before
 
 
+def test_a_line_holding_a_lone_surrogate_is_a_bad_line_every_command_names(root: Path) -> None:
+    # Written by hand (append refuses it): json reads "\ud800" as a string that no
+    # terminal can print and no encoder can write, so `log` once died half-way with
+    # "'utf-8' codec can't encode character" and no path or line, while verify said ok.
+    with EventStore(root, fsync=False) as store:
+        first = store.append(FEATURE, "T", "a", {"n": 1})
+    good = first.to_line()
+    for field, bad in (
+        ("payload.x", good.replace(b'"n": 1', b'"x": "\\ud800"')),
+        ("event_type", good.replace(b'"event_type": "T"', b'"event_type": "T\\udc00"')),
+    ):
+        other = Event.new("T", "b", {"n": 2}, lamport_clock=2).to_line()
+        bad = bad.replace(first.event_id.encode(), json.loads(other)["event_id"].encode())
+        log_of(root).write_bytes(good + bad)
+        where = f"{log_of(root)}:2: Line 2: invalid JSON: "
+        verify = cli(root, "verify")
+        assert verify.code == 1 and verify.out.startswith(where), verify
+        assert f"field '{field}' holds a lone surrogate" in verify.out, verify
+        for args in (["log", FEATURE], ["log", FEATURE, "--json"], ["status"], [*APPEND]):
+            run = cli(root, *args)
+            assert run.code == 1, run
+            if "--json" in args:  # the first line, then the error as JSON on stdout
+                assert run.err == "" and len(run.out.splitlines()) == 2, run
+                message = json.loads(run.out.splitlines()[-1])["error"]["message"]
+            else:
+                message = run.error_line()
+            assert str(log_of(root)) in message and "Line 2: invalid JSON: " in message, run
+            assert "codec" not in message, run
+        assert log_of(root).read_bytes() == good + bad  # nothing appended
+        with pytest.raises(StoreError, match="lone surrogate") as err:
+            read_events(log_of(root).parent)
+        assert err.value.line == 2 and err.value.path == str(log_of(root))
+
+
+def test_a_control_character_in_a_name_is_refused_at_append_naming_the_field(
+    root: Path,
+) -> None:
+    # A newline in --type made `log` print two events as three lines.
+    assert cli(root, *APPEND).code == 0
+    before = log_of(root).read_bytes()
+    for option, value, field in (
+        ("--type", "a\nb", "event_type"),
+        ("--aggregate", "x\ry", "aggregate_id"),
+        ("--type", "tab\there", "event_type"),
+        ("--aggregate", "x\x1b[31m", "aggregate_id"),
+        ("--aggregate", "del\x7f", "aggregate_id"),
+        ("--type", "c1\x85", "event_type"),
+    ):
+        args = {"--type": "T", "--aggregate": "a", option: value}
+        run = cli(root, "append", FEATURE, *(x for kv in args.items() for x in kv))
+        assert run.code == 2, run
+        assert f"field '{field}' holds a control character" in run.error_line(), run
+    node = cli(root, *APPEND, env_extra={"REPLAYLOG_NODE_ID": "laptop\n7"})
+    assert node.code == 2 and "field 'node_id' holds a control character" in node.error_line()
+    assert "REPLAYLOG_NODE_ID" in node.error_line(), node
+    with EventStore(root, fsync=False) as store:
+        with pytest.raises(UsageError, match="field 'event_type' holds a control character"):
+            store.append(FEATURE, "a\nb", "x")
+        with pytest.raises(UsageError, match="field 'aggregate_id' holds a control character"):
+            store.append_many(FEATURE, [{"event_type": "T", "aggregate_id": "x\ry"}])
+        with pytest.raises(UsageError, match="field 'aggregate_id' holds a control character"):
+            store.append_many(FEATURE, [Event.new("T", "x\x00y")])
+    with EventStore(root, fsync=False, node_id="n\r") as store:
+        with pytest.raises(UsageError, match="field 'node_id' holds a control character"):
+            store.append(FEATURE, "T", "a")
+        with pytest.raises(UsageError, match="field 'node_id' holds a control character"):
+            store.append_many(FEATURE, [{"event_type": "T", "aggregate_id": "a"}])
+    assert log_of(root).read_bytes() == before
+
+
+def test_a_name_of_printable_but_unusual_text_is_appended_and_read_back(root: Path) -> None:
+    # Only control characters are refused: other text that is not "printable" to Python
+    # (a no-break space, a joiner, a line separator) is taken, and every reader gives it back.
+    names = ["a\u00a0b", "\U0001f469\u200d\U0001f4bb", "e\u0301", "a\u2028b"]
+    for name in names:
+        assert cli(root, "append", FEATURE, "--type", name, "--aggregate", name).code == 0
+    with EventStore(root, fsync=False, node_id="node\u00a0one") as store:
+        store.append(FEATURE, "T", "a")
+        assert [e.event_type for e in store.read(FEATURE)] == [*names, "T"]
+    shown = cli(root, "log", FEATURE, "--json")
+    assert shown.code == 0, shown
+    objs = [json.loads(line) for line in shown.out.split("\n") if line]
+    assert [o["aggregate_id"] for o in objs] == [*names, "a"]
+    assert objs[-1]["node_id"] == "node\u00a0one"
+    for args in (["log", FEATURE], ["verify"], ["status"]):
+        assert cli(root, *args).code == 0
+
+
+def test_a_payload_python_cannot_read_is_refused_in_the_projects_words(root: Path) -> None:
+    # json.loads says "Exceeds the limit (4300 digits) for integer string conversion ...;
+    # use sys.set_int_max_str_digits() to increase the limit": advice for Python, not for
+    # a user of the command.
+    for payload, reason in (
+        ('{"n": ' + "7" * 5000 + "}", "an integer of more than 4300 digits"),
+        ('{"n": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+        ('{"n": NaN}', "NaN is not allowed in the payload"),
+        ('{"n": 1', "Expecting ',' delimiter: line 1 column 8"),
+    ):
+        run = cli(root, *APPEND, "--payload-file", "-", stdin=payload)
+        assert run.code == 2, run
+        message = run.error_line()
+        assert message.startswith("Error: the payload from standard input is not valid JSON: ")
+        assert reason in message and "sys." not in message, run
+    assert not log_of(root).exists()
+
+
 def nested(depth: int) -> dict[str, object]:
     payload: dict[str, object] = {}
     current = payload
@@ -237,6 +352,7 @@ def test_a_payload_nested_deeper_than_the_readers_allow_is_refused_at_append(roo
 
 def line_of(root: Path, size: int) -> Run:
     """Append one event whose line is ``size`` bytes, newline included."""
+    (root / "probe").mkdir(exist_ok=True)
     with EventStore(root / "probe", fsync=False) as probe:
         base = len(probe.append(FEATURE, "T", "a", {"p": ""}).to_line())
     payload = json.dumps({"p": "x" * (size - base)})

@@ -215,12 +215,24 @@ def json_object(text: str, what: str, where: str) -> dict[str, Any]:
     """A JSON object given by the user (no NaN or Infinity), or a UsageError naming it."""
 
     def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not allowed in the {what}")
+        raise UsageError(
+            f"the {what} from {where} is not valid JSON: {name} is not allowed in the {what}"
+        )
 
     try:
         value = json.loads(text, parse_constant=no_constants)
-    except (ValueError, RecursionError) as exc:
+    except UsageError:
+        raise
+    except json.JSONDecodeError as exc:  # the parser's words, with line and column
         raise UsageError(f"the {what} from {where} is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # An integer too long for int(), nesting too deep: Python would say so in its own
+        # terms ("use sys.set_int_max_str_digits()"); said as a log's reader says it.
+        from .log.read import json_error_reason
+
+        raise UsageError(
+            f"the {what} from {where} is not valid JSON: {json_error_reason(exc)}"
+        ) from exc
     if not isinstance(value, dict):
         raise UsageError(
             f"the {what} from {where} must be a JSON object, not {type(value).__name__}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from itertools import chain, repeat
 from operator import itemgetter
@@ -27,9 +28,13 @@ __all__ = [
     "LineTemplate",
     "canonical_line",
     "check_name",
+    "check_no_control",
     "check_optional_id",
+    "check_own_node_id",
     "check_readable",
     "is_plain",
+    "lone_surrogate_at",
+    "names_plain",
     "new_line_object",
     "lines_of",
     "new_lines",
@@ -54,13 +59,44 @@ MAX_NESTING = 256
 
 def check_name(value: object, name: str) -> str:
     """``value`` if it is a name (a type, an aggregate): a non-empty string of at most
-    200 characters; else :class:`EventValidationError` naming the field ``name``."""
+    200 characters and no control character; else :class:`EventValidationError` naming
+    the field ``name``."""
     if type(value) is not str or not value or len(value) > MAX_NAME_CHARS:
         raise EventValidationError(
             f"field '{name}' must be a non-empty string of at most {MAX_NAME_CHARS} characters,"
             f" got {_show(value)}"
         )
+    if not value.isprintable():  # the quick test: printable text holds no control character
+        check_no_control(value, name)
     return value
+
+
+#: The control characters (Unicode category Cc: C0, DEL, C1). In a name (an event type,
+#: an aggregate, a node id) one would break the line it is shown on: a newline or a
+#: carriage return forges another line, an escape sequence drives the terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_ASCII_CONTROLS = bytes(range(0x20)) + b"\x7f"
+
+
+def check_no_control(value: str, name: str) -> None:
+    """Refuse a name holding a control character, naming the field ``name``."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise EventValidationError(
+            f"field '{name}' holds a control character ({found.group()!r}): a name is one"
+            f" line of text, without newlines, tabs or other control characters;"
+            f" got {_show(value)}"
+        )
+
+
+def names_plain(names: Iterable[str]) -> bool:
+    """True if no string of ``names`` holds a control character, told in C for all of
+    them at once; False means only "not shown here" (:func:`check_no_control` judges)."""
+    joined = "".join(names)
+    if joined.isascii():  # (a flag of the string: free)
+        data = joined.encode("ascii")
+        return len(data.translate(None, _ASCII_CONTROLS)) == len(data)
+    return joined.isprintable()
 
 
 def check_optional_id(value: object, name: str) -> str | None:
@@ -84,10 +120,20 @@ def new_line_object(
     ``lamport_clock`` is 1 until the store gives the event its value.
     """
     # The checks of check_name and check_optional_id, written out: this runs per append.
-    if type(event_type) is not str or not 0 < len(event_type) <= MAX_NAME_CHARS:
+    if (
+        type(event_type) is not str
+        or not 0 < len(event_type) <= MAX_NAME_CHARS
+        or not event_type.isprintable()
+    ):
         check_name(event_type, "event_type")
-    if type(aggregate_id) is not str or not 0 < len(aggregate_id) <= MAX_NAME_CHARS:
+    if (
+        type(aggregate_id) is not str
+        or not 0 < len(aggregate_id) <= MAX_NAME_CHARS
+        or not aggregate_id.isprintable()
+    ):
         check_name(aggregate_id, "aggregate_id")
+    if type(node_id) is not str or not node_id or not node_id.isprintable():
+        check_own_node_id(node_id)
     if payload is None:
         payload = {}
     elif type(payload) is not dict or not _is_small_and_flat(payload) and not is_plain(payload):
@@ -107,6 +153,20 @@ def new_line_object(
         "causation_id": causation_id,
         "correlation_id": correlation_id,
     }
+
+
+def check_own_node_id(node_id: object) -> None:
+    """Refuse a store's node id that no reader would take back (SPEC section 2's
+    ``node_id``: a non-empty string; a name, so without control characters)."""
+    advice = "; the node id comes from REPLAYLOG_NODE_ID (or EventStore's node_id)"
+    if type(node_id) is not str or not node_id:
+        raise EventValidationError(
+            f"field 'node_id' must be a non-empty string, got {_show(node_id)}{advice}"
+        )
+    try:
+        check_no_control(node_id, "node_id")
+    except EventValidationError as exc:
+        raise EventValidationError(f"{exc}{advice}") from None
 
 
 #: Section 2's fields, in the order of :class:`~replaylog.Event`'s fields (and of the
@@ -134,6 +194,7 @@ def _all_names(values: list[Any]) -> bool:
         set(map(type, values)) == _STR_TYPE
         and min(map(len, values)) > 0
         and max(map(len, values)) <= MAX_NAME_CHARS
+        and names_plain(values)
     )
 
 
@@ -149,7 +210,7 @@ def new_lines(
     type, a payload to normalize, a character that needs escaping, a large line): the
     caller then goes item by item, which names the first problem as it always has.
     """
-    if not items:
+    if not items or type(node_id) is not str or not node_id or not node_id.isprintable():
         return None
     shapes = set(map(frozenset, items))
     if not all(_NEEDED_KEYS <= keys <= ITEM_KEYS for keys in shapes):
@@ -356,6 +417,14 @@ def _lone_surrogate_at(obj: object, where: str) -> str | None:
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
     return None
+
+
+def lone_surrogate_at(value: object) -> str | None:
+    """Where the first string (key or value) in a parsed JSON value holding a lone
+    surrogate is (``"field 'payload.x'"``), or None."""
+    if isinstance(value, Mapping):
+        return _lone_surrogate_at(value, "")
+    return None if _lone_surrogate_at([value], "") is None else "a string"
 
 
 def check_readable(text: str, obj: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ from .canonical import (
     EVENT_FIELDS,
     MAX_CLOCK,
     check_name,
+    check_no_control,
     check_optional_id,
     show_value,
 )
@@ -89,6 +90,8 @@ def _check_fields(d: Mapping[str, Any], *, partial: bool = False) -> None:
             raise EventValidationError(
                 f"field 'node_id' must be a non-empty string, got {show_value(node)}"
             )
+        if not node.isprintable():  # a name: no control character (as check_name says)
+            check_no_control(node, "node_id")
     if not partial or "lamport_clock" in d:
         clock = d.get("lamport_clock")
         if type(clock) is not int or clock < 0 or clock > MAX_CLOCK:

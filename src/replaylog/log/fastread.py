@@ -7,7 +7,7 @@ is parsed by msgspec into a ``Struct`` that checks their fields while it parses.
 spec-kitty's transitions and annotations (told by their sorted keys' last ones): by a
 ``Struct`` of their exact key set, typed by their kind's rules. Any other line is parsed
 into a dict; such lines are grouped by their keys (a log has a handful of key sets),
-and each group's fields are checked by ``msgspec.convert``. The ids and times are
+and each group's fields are checked by ``msgspec.convert``. The ids, times and names are
 checked column by column in C (``bytes.translate``, big integers, one regex over a
 whole joined column). The records are then built group by group with ``map`` over C
 functions, not a Python call per line.
@@ -36,7 +36,7 @@ import msgspec
 
 from ..lines._base import ACTOR_KEYS
 from ..lines.annotation import Annotation
-from ..lines.canonical import MAX_CLOCK, MAX_LINE_BYTES, MAX_NAME_CHARS
+from ..lines.canonical import MAX_CLOCK, MAX_LINE_BYTES, MAX_NAME_CHARS, names_plain
 from ..lines.envelope import FIELD_SET, OPTIONAL_FIELDS, TIMESTAMP_PATTERN
 from ..lines.event import Event
 from ..lines.ids import ULID_PATTERN
@@ -164,6 +164,7 @@ class Plan(NamedTuple):
     spec: Any  # ``list[Struct]`` of the checked fields, for msgspec.convert to check
     times: tuple[str, int] | None  # the field checked as a time, and its rule
     objects: tuple[str, ...]  # the fields that must hold JSON objects
+    names: tuple[str, ...]  # the names, which hold no control character (_NAMES)
 
 
 class Group(NamedTuple):
@@ -226,6 +227,11 @@ _IF_THERE: dict[str, tuple[tuple[str, int], ...]] = {
     _ANNOTATION: (("lamport_clock", _CLOCK),),
     _RECORD: (("lamport_clock", _CLOCK),),
 }
+
+#: The fields that are names (SPEC section 2, an envelope's): check_name and the node
+#: id's check refuse a control character in them. Checked column by column, and only in
+#: a chunk that may hold one (see :func:`_may_hold_controls`).
+_NAMES = ("event_type", "aggregate_id", "node_id")
 
 _plans: dict[tuple[str, ...], Plan] = {}
 _MAX_PLANS = 4096  # key sets remembered; a log of ever-new key sets is still read right
@@ -314,6 +320,7 @@ def _plan(shape: tuple[str, ...]) -> Plan:
         _spec(checked),
         next(((name, rule) for name, rule in checked if rule in (_STAMP, _TIME)), None),
         tuple(name for name, rule in checked if rule == _DICT),
+        tuple(name for name in _NAMES if name in keys) if kind == _ENVELOPE else (),
     )
     if len(_plans) >= _MAX_PLANS:
         _plans.clear()
@@ -500,12 +507,14 @@ def _column(objs: list[dict[str, Any]], name: str) -> list[Any]:
     return list(map(itemgetter(name), objs))
 
 
-def _check_kind(groups: list[Group]) -> None:
+def _check_kind(groups: list[Group], names: bool = True) -> None:
     """Every rule :func:`~replaylog.lines.check_line` applies, over all the lines of one
     kind in a chunk: each group's checked fields by msgspec.convert (in C, a line at a
-    time), then the kind's times and objects column by column."""
+    time), then the kind's times and objects column by column, and with ``names`` its
+    names (see :func:`_may_hold_controls`)."""
     times: dict[int, list[Any]] = {}  # by rule
     objects: list[Any] = []
+    texts: list[str] = []
     for group in groups:  # a handful
         plan = group.plan
         try:
@@ -517,7 +526,12 @@ def _check_kind(groups: list[Group]) -> None:
             times.setdefault(rule, []).extend(map(itemgetter(name), group.objs))
         for name in plan.objects:
             objects.extend(map(itemgetter(name), group.objs))
+        if names:
+            for name in plan.names:  # strings: msgspec.convert checked them
+                texts.extend(map(itemgetter(name), group.objs))
     _need(set(map(type, objects)) <= _TYPE_DICT)
+    if names:
+        _need(names_plain(texts))
     for rule, column in times.items():
         _need(_all_times(_STAMP_TIMES if rule == _STAMP else _ISO_TIMES_RULE, column, len(column)))
 
@@ -535,9 +549,12 @@ def _groups(objs: list[dict[str, Any]]) -> list[tuple[tuple[str, ...], range | l
     return list(found.items())
 
 
-def check_objects(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
+def check_objects(
+    objs: list[dict[str, Any]], *, names: bool = True
+) -> tuple[list[str], list[Group]]:
     """Validate a chunk's parsed lines; returns their ids and groups, or raise
-    :class:`Unclean` on any doubt."""
+    :class:`Unclean` on any doubt. ``names=False``: the lines' bytes hold no control
+    character (see :func:`_may_hold_controls`), so no name need be looked at for one."""
     _need(set(map(type, objs)) == _TYPE_DICT)
     groups = []
     kinds: dict[str, list[Group]] = {}
@@ -550,19 +567,22 @@ def check_objects(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
     eids = _column(objs, "event_id")
     _need(_all_ulids(eids))
     for same_kind in kinds.values():
-        _check_kind(same_kind)
+        _check_kind(same_kind, names)
     return eids, groups
 
 
 _STORE_SHAPE = tuple(_StoreLine.__struct_fields__)
 
 
-def _check_store_lines(objs: list[dict[str, Any]]) -> tuple[list[str], list[Group]]:
+def _check_store_lines(objs: list[dict[str, Any]], names: bool) -> tuple[list[str], list[Group]]:
     """What msgspec left to check of the store's own lines: the ids' alphabet (their length
-    is checked) and the timestamps."""
+    is checked), the timestamps and, with ``names``, the names (see
+    :func:`_may_hold_controls`)."""
     eids = _column(objs, "event_id")
     stamps = _column(objs, "timestamp")
     _need(_all_ulids(eids, sized=True) and _all_times(_STAMP_TIMES, stamps, len(objs)))
+    if names:
+        _need(names_plain(chain.from_iterable(_column(objs, name) for name in _NAMES)))
     return eids, [Group(_plan(_STORE_SHAPE), range(len(objs)), objs)]
 
 
@@ -697,7 +717,7 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
     return list(parts.values())
 
 
-def _parse_typed(parts: list[bytes]) -> tuple[list[Any], list[Group]] | None:
+def _parse_typed(parts: list[bytes], names: bool = True) -> tuple[list[Any], list[Group]] | None:
     """The objects and groups of a chunk whose transitions and annotations are read by
     typed decoders (see :class:`_Typed`), the other lines the general way; None if no
     line could be read so."""
@@ -730,7 +750,7 @@ def _parse_typed(parts: list[bytes]) -> tuple[list[Any], list[Group]] | None:
             others = list(map(_decode, rest_parts))
         except (ValueError, RecursionError):
             raise Unclean from None
-        _, their_groups = check_objects(others)
+        _, their_groups = check_objects(others, names=names)
         for group in their_groups:  # their positions, among the others: in the chunk
             where = (
                 rest
@@ -743,19 +763,22 @@ def _parse_typed(parts: list[bytes]) -> tuple[list[Any], list[Group]] | None:
     return objs, groups
 
 
-def _parse(parts: list[bytes], records: bool) -> tuple[list[Any], list[str], list[Group]]:
-    """The validated objects of a chunk's lines, their ids and groups."""
+def _parse(
+    parts: list[bytes], records: bool, names: bool = True
+) -> tuple[list[Any], list[str], list[Group]]:
+    """The validated objects of a chunk's lines, their ids and groups. ``names=False``:
+    the lines hold no control character (see :func:`_may_hold_controls`)."""
     if records:
         # The store's own lines are parsed and checked at once; spec-kitty's transitions
         # and annotations by typed decoders. Anything else goes to the general parse.
         if parts[0].startswith(b'{"aggregate_id": '):  # sorted keys
             try:
                 objs = list(map(_as_dict, map(_decode_store_line, parts)))
-                eids, groups = _check_store_lines(objs)
+                eids, groups = _check_store_lines(objs, names)
                 return objs, eids, groups
             except (ValueError, RecursionError, Unclean):
                 pass
-        typed = _parse_typed(parts)
+        typed = _parse_typed(parts, names)
         if typed is not None:
             objs, groups = typed
             eids = _column(objs, "event_id")
@@ -767,8 +790,16 @@ def _parse(parts: list[bytes], records: bool) -> tuple[list[Any], list[str], lis
         objs = list(map(_decode, parts))
     except (ValueError, RecursionError):
         raise Unclean from None
-    eids, groups = check_objects(objs)
+    eids, groups = check_objects(objs, names=names)
     return objs, eids, groups
+
+
+def _may_hold_controls(chunk: bytes) -> bool:
+    """False if no string in ``chunk``'s JSON can hold a control character. In JSON one
+    is an escape (a backslash), unless it is DEL or a C1 control written as UTF-8 (its
+    first byte 0xC2): a chunk of none of those three bytes (three memchr, the usual for
+    the store's lines) needs no look at its names."""
+    return b"\\" in chunk or b"\x7f" in chunk or b"\xc2" in chunk
 
 
 def mixed_chunks(
@@ -832,7 +863,7 @@ def mixed_chunks(
                 _need(max(sizes) <= MAX_LINE_BYTES)  # each line shorter than the limit
             elif consumed > MAX_LINE_BYTES:  # (else no line can be longer)
                 _need(max(map(len, parts)) <= MAX_LINE_BYTES)
-            objs, eids, groups = _parse(parts, records)
+            objs, eids, groups = _parse(parts, records, _may_hold_controls(chunk))
             count = len(parts)
             del parts
             # One pass over the ids finds a duplicate within the chunk or with an earlier one.

@@ -14,11 +14,12 @@ import gc
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import EventValidationError, StoreError, os_error
-from ..lines.canonical import MAX_LINE_BYTES, same_json
+from ..lines.canonical import MAX_LINE_BYTES, lone_surrogate_at, same_json
 from ..posix import flock, open_regular
 from .paths import log_path
 
@@ -43,9 +44,11 @@ _fast_loads: Callable[[bytes], Any] = _import_fast_loads
 
 __all__ = [
     "GcPaused",
+    "InvalidJson",
     "LogLine",
     "Unclean",
     "iter_events",
+    "json_error_reason",
     "last_newline",
     "line_object_at",
     "parse_line",
@@ -91,19 +94,67 @@ def _has_wide_int(data: bytes) -> bool:
     return data.translate(_NUMBER_MAP).find(_WIDE_INT) >= 0
 
 
+class InvalidJson(StoreError, ValueError):
+    """A line that is not JSON an event may hold; its message says why, in a user's words
+    (never the parser's own: it may name Python internals). The readers quote the line
+    with its number and path before it; a caller that parses a single line meets a
+    :class:`StoreError` all the same, never a bare ValueError."""
+
+
 def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise InvalidJson(f"{name} is not a JSON number")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400: valid JSON syntax, but no event may hold it
-        raise ValueError(f"{text} is out of range")
+        raise InvalidJson(f"the number {text[:40]} is beyond a double's range")
     return value
 
 
+# What json's syntax errors mean, said for a log's reader (json.JSONDecodeError.msg).
+_SYNTAX = {
+    "Expecting value": "no JSON value at character {at}",
+    "Expecting property name enclosed in double quotes": "a key in double quotes expected"
+    " at character {at}",
+    "Expecting ':' delimiter": "':' expected at character {at}",
+    "Expecting ',' delimiter": "',' or a closing bracket expected at character {at}",
+    "Unterminated string starting at": "the string at character {at} is not closed",
+    "Invalid control character at": "a control character not escaped, at character {at}",
+    "Invalid \\escape": "a backslash escape JSON does not have, at character {at}",
+    "Invalid \\uXXXX escape": "a \\u escape without four hex digits, at character {at}",
+    "Extra data": "more after the JSON value, from character {at}",
+}
+
+
+def json_error_reason(exc: BaseException) -> str:
+    """Why :mod:`json` refused a text, in the project's words (its own may name Python
+    internals: "use sys.set_int_max_str_digits()")."""
+    if isinstance(exc, RecursionError):
+        return "objects and arrays nested too deeply to read: readers stop at about 1,000 levels"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {exc.start + 1})"
+    if isinstance(exc, json.JSONDecodeError):
+        if not exc.doc.strip(" \t\r\n"):
+            return "only white space, no JSON value"
+        if exc.msg != "Unterminated string starting at" and not exc.doc[exc.pos :].strip():
+            return "the line ends before its JSON value does"
+        return _SYNTAX.get(exc.msg, "not JSON at character {at}").format(at=exc.pos + 1)
+    if "integer string conversion" in str(exc):  # int()'s limit (Python 3.11 and later)
+        limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        return f"an integer of more than {limit} digits, more than a reader takes"
+    return "not JSON"
+
+
 def parse_line(raw: bytes) -> Any:
-    """Parse one line strictly: orjson first, then json for what orjson cannot hold."""
+    """Parse one line strictly: orjson first, then json for what orjson cannot hold.
+
+    A line that is not JSON an event may hold raises :class:`InvalidJson`, whose message
+    is the reason: bad syntax, NaN or Infinity, a number beyond a double's range, an
+    integer too long or nesting too deep to read, bytes that are not UTF-8, or a string
+    holding a lone surrogate (``"\\ud800"``: half of a UTF-16 pair, not text; neither
+    orjson nor msgspec reads one, and no reader could print or encode it).
+    """
     if not _has_wide_int(raw):
         try:
             return _fast_loads(raw)
@@ -111,7 +162,23 @@ def parse_line(raw: bytes) -> Any:
             pass
     # json.loads keeps integers wider than 64 bits exact (orjson reads them as floats or
     # refuses them); it must still refuse NaN/Infinity and invalid UTF-8 as orjson does.
-    return json.loads(raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float)
+    try:
+        obj = json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constants, parse_float=_finite_float
+        )
+    except InvalidJson:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise InvalidJson(json_error_reason(exc)) from exc
+    # orjson refuses a lone surrogate and json takes it: only such a line (or one with a
+    # wide integer) gets here, and only one with such an escape is looked through.
+    if b"\\ud" in raw or b"\\uD" in raw:
+        where = lone_surrogate_at(obj)
+        if where is not None:
+            raise InvalidJson(
+                f"{where} holds a lone surrogate (half of a UTF-16 pair), which is not text"
+            )
+    return obj
 
 
 def _raw_lines(fd: int, start: int, limit: int | None) -> Iterator[tuple[int, bytes, bool]]:
@@ -195,7 +262,9 @@ def scan_log(
             if position is not None and terminated:
                 position[0] = offset + len(raw) + 1
                 position[1] = number
-            if not raw.strip(_JSON_SPACE):
+            if terminated and not raw.strip(_JSON_SPACE):
+                # A blank line. A blank last line without its newline is torn (SPEC 3: a
+                # torn tail that is not JSON), as append and repair judge it.
                 continue
             problem: StoreError | None = None
             bad_json = True
@@ -211,9 +280,10 @@ def scan_log(
                 try:
                     obj = parse_line(raw)
                     bad_json = False
-                except (ValueError, RecursionError):
+                except (ValueError, RecursionError) as exc:
+                    why = f" ({exc})" if isinstance(exc, InvalidJson) else ""
                     problem = StoreError(
-                        f"Line {number}: invalid JSON: {snippet(raw)}", path=path, line=number
+                        f"Line {number}: invalid JSON: {snippet(raw)}{why}", path=path, line=number
                     )
             if problem is None and type(obj) is not dict:
                 problem = StoreError(
