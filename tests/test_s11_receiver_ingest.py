@@ -83,6 +83,10 @@ CASES = [
     _with_number("1e400"),
     _with_number("-1E400"),
     _with_number("1e-400"),  # (only rounds to 0.0: a number)
+    # A lone surrogate in a line: the log readers refuse it, so the receiver does too.
+    _layout([dict(envelope(0), payload={"x": "a\ud800b"})]),
+    _layout([dict(envelope(0), payload={"\udfff": 1})]),
+    _layout([dict(envelope(0), payload={"ok": "\U0001f600"})]),  # a pair: text
     # A node id that cannot be stored as text (both were once a 500).
     _layout([envelope(0)], node="a\ud800b"),
     _layout([envelope(0)], node="a\u0000b"),
@@ -115,6 +119,14 @@ def test_a_number_beyond_a_doubles_range_is_refused_on_either_path() -> None:
             assert outcome[1][0][0] == "refused", outcome
             assert "beyond a double's range" in outcome[1][0][2]
     assert _outcome(_with_number("1e-400"))[1][0][0] == "stored"
+
+
+def test_a_line_holding_a_lone_surrogate_is_refused_naming_the_field() -> None:
+    body = _layout([dict(envelope(0), payload={"x": "a\ud800b"}), envelope(1)])
+    for outcome in (_outcome(body), _plain(body)):
+        (kind, _, error), (stored, *_) = outcome[1]
+        assert kind == "refused" and stored == "stored"
+        assert "'payload.x'" in error and "lone surrogate" in error
 
 
 def test_a_node_id_that_is_not_printable_text_is_a_bad_request() -> None:

@@ -16,7 +16,7 @@ import msgspec
 
 from ..errors import EventValidationError
 from ..lines import check_line
-from ..lines.canonical import MAX_LINE_BYTES, MAX_NAME_CHARS
+from ..lines.canonical import MAX_LINE_BYTES, MAX_NAME_CHARS, check_readable
 from .storage import Candidate
 from .tokens import NAME_RE
 
@@ -287,6 +287,7 @@ def parse_batch(body: bytes) -> tuple[str, list[Candidate | dict[str, str]]]:
                 # Section 2's form of the line (sorted keys, default separators, ASCII):
                 # byte for byte what the sender's log holds.
                 line = dumps(obj, sort_keys=True, allow_nan=False)
+            check_readable(line, obj)  # a lone surrogate: no reader of a log takes it
         except EventValidationError as exc:
             entries.append(_refused(event_id, f"invalid event structure: {exc}"))
             continue
