@@ -96,6 +96,7 @@ def main() -> None:
         sys.exit("Error: no floors.py found (see benchmarks/bench.py)")
     n, rounds = args.appends, args.rounds
     with tempfile.TemporaryDirectory(prefix="replaylog-parts-") as tmp:
+        (Path(tmp) / "project").mkdir()
         with EventStore(Path(tmp) / "project", fsync=True) as store:
             store.append("feat", "Warm", "WP00")  # the whole transaction; the log kept open
             store.append("feat", "Warm", "WP00")
@@ -111,6 +112,7 @@ def main() -> None:
                     # The loops above wrote past the store's record of its log's size.
                     open_log.size = os.fstat(open_log.fd).st_size
                     ratios[name].append(rate / floors.fsync_append_rate(n, directory=tmp))
+        (Path(tmp) / "no-fsync").mkdir()
         with EventStore(Path(tmp) / "no-fsync", fsync=False) as quick:
             quick.append("feat", "Warm", "WP00")
             best = float("inf")

@@ -122,6 +122,12 @@ def fmt(value: float | None, unit: str) -> str:
 # --------------------------------------------------------------------------- figures
 
 
+def project(root: Path) -> Path:
+    """``root``, made if need be: a store opens the folder of an existing project."""
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def best_of(
     runs: int, ours: Callable[[], float], floor: Callable[[], float] | None
 ) -> tuple[float, float | None]:
@@ -146,7 +152,7 @@ def bench_single_append(tmp: Path, n: int, runs: int) -> Row:
     names = iter(range(1000))
 
     def ours() -> float:
-        with EventStore(tmp / f"single-{next(names)}", fsync=True) as store:
+        with EventStore(project(tmp / f"single-{next(names)}"), fsync=True) as store:
             store.append("warm", "Warm", "WP00")
             t0 = time.perf_counter()
             for i in range(n):
@@ -177,7 +183,7 @@ def bench_append_many(tmp: Path, n: int, runs: int) -> Row:
     names = iter(range(1000))
 
     def ours() -> float:
-        with EventStore(tmp / f"many-{next(names)}", fsync=True) as store:
+        with EventStore(project(tmp / f"many-{next(names)}"), fsync=True) as store:
             store.append("feat", "Warm", "WP00")
             store.status()
             t0 = time.perf_counter()
@@ -201,7 +207,7 @@ def bench_read(tmp: Path, n: int) -> Row:
     root = tmp / "read"
     path = root / "kitty-specs" / "feat" / EVENTS_FILENAME
     write_log(path, n)
-    store = EventStore(root)
+    store = EventStore(project(root))
     values, floor_values = [], []
     for _ in range(3):  # alternate, keep the best of each: the machine's noise is one-sided
         t0 = time.perf_counter()
@@ -360,7 +366,7 @@ def bench_board(tmp: Path, n: int, runs: int) -> Row:
                 reason="moved",
             )
             f.write(json.dumps(line, sort_keys=True) + "\n")
-    with EventStore(root) as store:
+    with EventStore(project(root)) as store:
         assert store.board("001-board")["event_count"] == n
 
         def board() -> float:
@@ -512,7 +518,7 @@ def bench_replay(tmp: Path, small: int, large: int) -> Row:
         for n in (small, large):
             root = tmp / f"replay-{n}"
             write_log(root / "kitty-specs" / "feat" / EVENTS_FILENAME, n)
-            stores[n] = EventStore(root, fsync=False)
+            stores[n] = EventStore(project(root), fsync=False)
         for _ in range(3):  # alternate, keep the best of each (noise only slows a run)
             for n, store in stores.items():
                 repeats = large // n
@@ -560,7 +566,7 @@ def bench_append_big_log(tmp: Path, n: int, appends: int) -> Row:
     row.limit = 1.2
 
     def rate(root: Path) -> float:
-        with EventStore(root, fsync=True) as store:
+        with EventStore(project(root), fsync=True) as store:
             store.append("feat", "Warm", "WP00")
             t0 = time.perf_counter()
             for i in range(appends):
@@ -569,7 +575,7 @@ def bench_append_big_log(tmp: Path, n: int, appends: int) -> Row:
 
     big = tmp / "big"
     write_log(big / "kitty-specs" / "feat" / EVENTS_FILENAME, n)
-    with EventStore(big, fsync=False) as store:
+    with EventStore(project(big), fsync=False) as store:
         store.status()  # index it once, as a long-lived project's index already is
     empty = tmp / "empty"
     samples_big, samples_empty = [], []
@@ -626,7 +632,8 @@ def _replay_clients(roots: list[Path], url: str, per: int) -> float:
     """Replay every client's store to ``url`` at once; events/s from first start to last end."""
     clients = []
     for root in roots:
-        EventStore(root, fsync=False).rebuild_index(reset_delivery=True)  # all pending again
+        # all pending again
+        EventStore(project(root), fsync=False).rebuild_index(reset_delivery=True)
         clients.append(
             subprocess.Popen(
                 [sys.executable, "-c", _CLIENT, str(root), url],
