@@ -354,6 +354,21 @@ def test_a_same_size_edit_of_a_delivered_line_is_indexed_again(tmp_path: Path) -
     assert row == ("b1200",)
 
 
+_BY_HAND = Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line()
+
+
+def _indexed_log_and_an_edit(tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """A project of 1,500 indexed events; its log, an id far beyond the first 64 KiB
+    (not the last line) and the id of the same length that an edit puts in its place."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    ids = fill(root, 1500)
+    assert totals(root)["events"] == 1500
+    victim = ids[1000]
+    replacement = victim[:-4] + ("ZZZZ" if not victim.endswith("ZZZZ") else "YYYY")
+    return root, root / "kitty-specs" / FEATURE / EVENTS_FILENAME, victim, replacement
+
+
 def test_an_edit_made_together_with_an_append_is_indexed_again_by_the_next_run(
     tmp_path: Path,
 ) -> None:
@@ -361,16 +376,10 @@ def test_an_edit_made_together_with_an_append_is_indexed_again_by_the_next_run(
     # bytes (SPEC section 4); an edit made in place together with the growth is noticed
     # when replay reads the line back, and the log is indexed again then: one run says
     # so, the next delivers everything.
-    root = tmp_path / "proj"
-    root.mkdir()
-    ids = fill(root, 1500)
-    log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
-    assert totals(root)["events"] == 1500
-    victim = ids[1000]
-    replacement = victim[:-4] + ("ZZZZ" if not victim.endswith("ZZZZ") else "YYYY")
+    root, log, victim, replacement = _indexed_log_and_an_edit(tmp_path)
     edit_in_place(log, victim.encode(), replacement.encode())
     with open(log, "ab") as f:
-        f.write(Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line())
+        f.write(_BY_HAND)
     with Receiver() as server:
         runs = [cli(root, "replay", "--url", server.url, "--json") for _ in range(2)]
         assert runs[-1].code == 0, runs
@@ -387,16 +396,9 @@ def test_a_log_replaced_by_a_longer_file_with_an_old_line_changed_is_noticed_at_
 ) -> None:
     # A checkout or a merge puts a new file in the log's place: grown or not, every byte
     # the index took in is checked (by its CRC), so the first command indexes it again.
-    root = tmp_path / "proj"
-    root.mkdir()
-    ids = fill(root, 1500)
-    log = root / "kitty-specs" / FEATURE / EVENTS_FILENAME
-    assert totals(root)["events"] == 1500
-    victim = ids[1000]  # far beyond the first 64 KiB, and not the last line
-    replacement = victim[:-4] + ("ZZZZ" if not victim.endswith("ZZZZ") else "YYYY")
-    extra = Event.new("T", "by-hand", lamport_clock=9999, node_id="elsewhere").to_line()
+    root, log, victim, replacement = _indexed_log_and_an_edit(tmp_path)
     new_file = log.with_name("checked-out")
-    new_file.write_bytes(log.read_bytes().replace(victim.encode(), replacement.encode()) + extra)
+    new_file.write_bytes(log.read_bytes().replace(victim.encode(), replacement.encode()) + _BY_HAND)
     os.replace(new_file, log)
     with Receiver() as server:
         run = cli(root, "replay", "--url", server.url, "--json")
