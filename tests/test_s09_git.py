@@ -418,6 +418,20 @@ def test_merge_of_large_logs_keeps_every_line_in_order(sides):
 # --------------------------------------------------------------------------- git
 
 
+def _verify_warns_once(repo: Path) -> dict[str, Any]:
+    """``replaylog verify --json`` of ``repo``, which passes with one warning."""
+    r = subprocess.run(
+        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report: dict[str, Any] = json.loads(r.stdout)
+    assert r.returncode == 0 and report["ok"] is True
+    assert [p["level"] for p in report["problems"]] == ["warning"]
+    return report
+
+
 @pytest.fixture
 def git_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """An environment where git sees only the repositories of this test."""
@@ -773,15 +787,7 @@ def test_verify_warns_when_the_configured_driver_program_cannot_be_found(
 
     assert warning is not None and "\n" not in warning
     assert shlex.split(command)[0] in warning and "git-setup" in warning
-    r = subprocess.run(
-        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    report = json.loads(r.stdout)
-    assert r.returncode == 0 and report["ok"] is True
-    assert [p["level"] for p in report["problems"]] == ["warning"]
+    _verify_warns_once(repo)
     assert git_setup(str(repo)) == {"gitattributes": False, "config": True}
     assert driver_warning(str(repo)) is None
 
@@ -1007,15 +1013,7 @@ def test_verify_warns_when_the_logs_are_given_two_merge_drivers(tmp_path, git_en
     assert warning is not None and "\n" not in warning
     assert "two merge drivers" in warning and "git uses spec-kitty-event-log" in warning
     assert "--replace" in warning
-    r = subprocess.run(
-        [sys.executable, "-m", "replaylog", "--root", str(repo), "verify", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    report = json.loads(r.stdout)
-    assert r.returncode == 0 and report["ok"] is True
-    assert [p["level"] for p in report["problems"]] == ["warning"]
+    report = _verify_warns_once(repo)
     assert "two merge drivers" in report["problems"][0]["message"]
 
     git_setup(str(repo), replace=True)
