@@ -709,10 +709,15 @@ def test_verify_lists_a_symlinked_feature_folder_and_checks_every_other_log(
 STRAY_FOLDERS = ["ünï", "a b", ".hid"]
 
 
-@pytest.mark.parametrize("command", [["verify"], ["status"], ["rebuild-index"]])
+@pytest.mark.parametrize(
+    "command",
+    [["verify"], ["status"], ["rebuild-index"], ["board"], ["replay", "--url", "URL"]],
+)
 def test_a_log_in_a_folder_that_cannot_be_a_feature_is_listed_and_the_command_exits_1(
     root: Path, command: list[str]
 ) -> None:
+    from receiver import Receiver
+
     append(root, "good")
     strays = []
     for name in STRAY_FOLDERS:
@@ -720,6 +725,15 @@ def test_a_log_in_a_folder_that_cannot_be_a_feature_is_listed_and_the_command_ex
         path.parent.mkdir()
         path.write_bytes(log_file(root, "good").read_bytes())
         strays.append(path)
+    with Receiver() as server:
+        command = [server.url if part == "URL" else part for part in command]
+        _listed_and_exits_1(root, command, strays)
+        if command[0] == "replay":  # the good log was replayed all the same, and only it
+            good = json.loads(log_file(root, "good").read_bytes())
+            assert list(server.events) == [good["event_id"]]
+
+
+def _listed_and_exits_1(root: Path, command: list[str], strays: list[Path]) -> None:
     r = at(root, *command)
     assert r.code == 1, r
     for name, path in zip(STRAY_FOLDERS, strays, strict=True):

@@ -202,6 +202,12 @@ def test_a_log_in_a_folder_that_cannot_be_a_feature_is_listed_never_skipped(
     assert result["features"] == 1 and result["events"] == 1
     assert sorted(s["path"] for s in result["skipped"]) == sorted([broken, *strays])
 
+    for over_logs in (store.catch_up, store.boards):
+        with pytest.raises(LogsUnreadableError) as caught:
+            over_logs()
+        assert sorted(path for path, _, _ in caught.value.problems) == sorted([broken, *strays])
+    assert list(caught.value.partial) == ["good"]  # type: ignore[arg-type]
+
 
 def test_verify_lists_a_symlinked_feature_folder_and_checks_every_other_log(
     store: EventStore, root: Path, tmp_path: Path

@@ -489,7 +489,7 @@ def test_a_linked_folder_and_a_log_outside_any_feature_are_listed_by_every_comma
     run(project, "rebuild-index")
     before = index_rows(project)
     link, stray = link_and_stray(project, tmp_path)
-    for command in ("status", "verify", "rebuild-index"):
+    for command in ("status", "verify", "rebuild-index", "board"):
         proc = run(project, command, "--json", check=False)
         assert proc.returncode == 1, (command, proc.stderr)
         out = json.loads(proc.stdout)
@@ -510,20 +510,20 @@ def test_a_linked_folder_and_a_log_outside_any_feature_are_listed_by_every_comma
     assert index_rows(project) == before  # rebuild-index kept the old index
 
 
-def test_replay_without_feature_sends_every_log_but_a_linked_folder_and_lists_it(
+def test_replay_without_feature_sends_every_log_but_a_linked_or_misnamed_folder_and_lists_them(
     project: Path, tmp_path: Path
 ) -> None:
     for p in (project / "kitty-specs").iterdir():
         if p.name != KEPT_FEATURE:
             shutil.rmtree(p)
-    link, _stray = link_and_stray(project, tmp_path)
+    link, stray = link_and_stray(project, tmp_path)
     expected = corpus_lines(project / "kitty-specs" / KEPT_FEATURE / "status.events.jsonl")
     with Receiver() as r:
         proc = run(project, "replay", "--url", r.url, "--json", check=False)
         assert proc.returncode == 1, proc.stderr
         out = json.loads(proc.stdout)
         assert out["accepted"] == len(expected)
-        assert str(link) in [p["path"] for p in out["problems"]]
+        assert sorted(p["path"] for p in out["problems"]) == sorted([str(link), str(stray)])
         assert set(r.events) == {obj["event_id"] for obj in expected}
 
 

@@ -306,10 +306,11 @@ class EventStore:
 
     def _catch_up_all(self) -> dict[str, StoreError]:
         """Catch up with every log; returns the logs that could not be read, by feature
-        (SPEC section 10: one bad log does not stop the others)."""
+        (SPEC section 10: one bad log does not stop the others), the logs in folders that
+        cannot be a feature's among them."""
         index = self.index
-        bad: dict[str, StoreError] = {}
-        for name in sorted(set(self.features()) | set(index.known_features())):
+        listed, bad = self._listing()
+        for name in sorted(set(listed) | set(index.known_features())):
             path = _log.log_path(os.path.join(self.logs_root, name))
             try:
                 self.feature_dir(name)  # a linked folder is refused (SPEC section 12)
@@ -511,8 +512,7 @@ class EventStore:
         bad: dict[str, StoreError] = {}
         if names is None:
             bad = self._catch_up_all()
-            listed, strays = self._listing()
-            bad.update(strays)
+            listed = self.features()
         else:
             self.require_log(names[0])
             self.catch_up(names)
@@ -565,8 +565,8 @@ class EventStore:
         lists each bad one, and its ``partial`` holds the boards of the others.
         """
         shown: dict[str, dict[str, Any]] = {}
-        bad: dict[str, StoreError] = {}
-        for name in self.features():
+        names, bad = self._listing()  # a log in a misnamed folder is listed, never skipped
+        for name in names:
             try:
                 shown[name] = self.board(name)
             except StoreError as exc:
