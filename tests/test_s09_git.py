@@ -44,6 +44,7 @@ from replaylog.gitmerge import (
     merge_logs,
 )
 from replaylog.index import Index
+from replaylog.log.read import verify_log
 
 # Ids are ULID-shaped; a letter at the end tells them apart and is *not* sorted below.
 ID_A = "01HZZZZZZZZZZZZZZZZZZZZZZA"
@@ -246,6 +247,20 @@ def test_unreadable_line_on_either_side_is_a_conflict_naming_file_and_line(sides
     assert f"{side} ({bad_file}) line {line}:" in str(caught.value)
     assert caught.value.path == str(bad_file) and caught.value.line == line
     assert ours.read_bytes() == ours_bytes
+
+
+@pytest.mark.parametrize("bad", ["invalid JSON", "NaN"])
+def test_a_line_that_is_not_json_is_named_with_the_reason_verify_gives(sides, bad):
+    base, ours, theirs = sides
+    write(ours, event_line(ID_A))
+    write(theirs, event_line(ID_A) + BAD_LINES[bad])
+    with pytest.raises(MergeConflict) as caught:
+        merge_logs(str(base), str(ours), str(theirs))
+    (problem,) = verify_log(str(theirs))
+    assert problem.line == 2 and problem.message.startswith("Line 2: invalid JSON: ")
+    said = problem.message.removeprefix("Line 2: ")
+    assert said.endswith(")"), said  # a reason in brackets
+    assert f"line 2: {said}; fix that line" in str(caught.value)
 
 
 def test_a_line_sections_2_and_10_refuse_is_named_with_its_kind_and_field(sides):

@@ -34,6 +34,7 @@ from .lines.canonical import MAX_LINE_BYTES
 from .lines.canonical import same_json as _same_json
 from .lines.kinds import check_line
 from .log import EVENTS_FILENAME, parse_line
+from .log.read import InvalidJson
 from .log.read import snippet as _snippet
 from .posix import replace_atomically, temp_beside
 
@@ -147,8 +148,9 @@ def _unreadable(
         raw = side.buf[start:end]
         try:
             obj = parse_line(raw)
-        except (ValueError, RecursionError):
-            problem = f"invalid JSON: {_snippet(raw)}"
+        except (ValueError, RecursionError) as exc:
+            why = f" ({exc})" if isinstance(exc, InvalidJson) else ""  # as the readers say
+            problem = f"invalid JSON: {_snippet(raw)}{why}"
         else:
             if type(obj) is not dict:
                 problem = "invalid event structure: a line must hold a JSON object"
