@@ -381,6 +381,13 @@ class EventStore:
         """
         now = utc_now()
         items = events if type(events) is list else list(events)
+        # The collector stays off while the batch is made and written: it makes several
+        # objects per event, none of them cyclic, and each collection would walk them
+        # (and the caller's items) again. The caller's iterable is consumed before.
+        with _log.GcPaused():
+            return self._append_items(feature, items, now)
+
+    def _append_items(self, feature: str, items: list[Any], now: str) -> list[Event]:
         if items and set(map(type, items)) == _DICT_TYPE:
             # New events from plain dicts, the usual batch: made column by column.
             made = new_lines(cast("list[dict[str, Any]]", items), self.node_id, now)
