@@ -441,6 +441,35 @@ def test_logs_dir_option_and_env(root: Path) -> None:
     assert [o["event_id"] for o in listed] == [r.out.strip()]
 
 
+@pytest.mark.parametrize("where", ["absolute", "parent", "empty"])
+def test_a_logs_dir_outside_the_root_or_empty_is_taken_as_given(
+    root: Path, tmp_path: Path, where: str
+) -> None:
+    """README: an absolute --logs-dir, or one that leaves the root by '..', holds the logs
+    where it says; an empty one puts the feature folders under the root. A linked
+    feature folder below it is still refused."""
+    outside = tmp_path / "outside-logs"
+    logs_dir, folder = {
+        "absolute": (str(outside), outside),
+        "parent": (os.path.relpath(outside, root), outside),
+        "empty": ("", root),
+    }[where]
+    r = at(root, "--logs-dir", logs_dir, *APPEND)
+    assert r.code == 0, r
+    assert (folder / "feat" / "status.events.jsonl").is_file()
+    assert not (root / "kitty-specs").exists()
+    listed = at(root, "--logs-dir", logs_dir, "log", "feat", "--json").json_lines()
+    assert [o["event_id"] for o in listed] == [r.out.strip()]
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (folder / "linked").symlink_to(target)
+    refused = at(
+        root, "--logs-dir", logs_dir, "append", "linked", "--type", "T", "--aggregate", "A"
+    )
+    assert refused.code == 1 and "symbolic link" in refused.err, refused
+    assert list(target.iterdir()) == []
+
+
 def test_index_option_and_env_put_the_index_there(root: Path, tmp_path: Path) -> None:
     by_option = tmp_path / "idx" / "a.db"
     by_option.parent.mkdir()
