@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_run import Run
@@ -311,6 +312,46 @@ def test_a_payload_python_cannot_read_is_refused_in_the_projects_words(root: Pat
         assert message.startswith("Error: the payload from standard input is not valid JSON: ")
         assert reason in message and "sys." not in message, run
     assert not log_of(root).exists()
+
+
+@pytest.mark.parametrize("option", ["--payload", "--payload-file"])
+def test_a_payload_that_holds_a_key_twice_is_refused(root: Path, option: str) -> None:
+    # JSON's parsers keep the last value of a key given twice, and drop the first
+    # without a word: the command refuses it instead, naming the key.
+    text = '{"a": {"x": 1, "y": [{"z": 1, "z": 2}]}, "b": 2}'
+    from_file = option == "--payload-file"
+    run = cli(root, *APPEND, option, "-" if from_file else text, stdin=text if from_file else None)
+    assert run.code == 2, run
+    assert "holds the key 'z' twice in one object" in run.error_line(), run
+    assert not log_of(root).exists()
+    ok = cli(root, *APPEND, "--payload", '{"a": {"x": 1}, "b": {"x": 2}}')  # other objects
+    assert ok.code == 0, ok
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {1: "a", "1": "b"},
+        {"deep": [{None: 1, "null": 2}]},
+        {"x": {True: 1, "true": 2}},
+        {"x": {1.5: 1, "1.5": 2}},
+    ],
+)
+def test_a_payload_two_of_whose_keys_json_writes_alike_is_refused(
+    root: Path, payload: dict[Any, Any]
+) -> None:
+    # json.dumps writes the key 1 as "1": beside a key "1", one of the two values would be
+    # lost from the line without a word.
+    with EventStore(root, fsync=False) as store:
+        with pytest.raises(UsageError, match="which JSON writes alike"):
+            store.append(FEATURE, "T", "a", payload)
+        with pytest.raises(UsageError, match="which JSON writes alike"):
+            store.append_many(
+                FEATURE, [{"event_type": "T", "aggregate_id": "a", "payload": payload}]
+            )
+        assert not log_of(root).exists()
+        # A key that is not a string alone is written as JSON writes it, as before.
+        assert store.append(FEATURE, "T", "a", {1: "a"}).payload == {"1": "a"}
 
 
 def nested(depth: int) -> dict[str, object]:

@@ -219,8 +219,21 @@ def json_object(text: str, what: str, where: str) -> dict[str, Any]:
             f"the {what} from {where} is not valid JSON: {name} is not allowed in the {what}"
         )
 
+    def each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):  # the parser would keep the last value of a key
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise UsageError(
+                        f"the {what} from {where} holds the key {key!r} twice in one object:"
+                        " the first value would be lost; give each key once"
+                    )
+                seen.add(key)
+        return obj
+
     try:
-        value = json.loads(text, parse_constant=no_constants)
+        value = json.loads(text, parse_constant=no_constants, object_pairs_hook=each_key_once)
     except UsageError:
         raise
     except json.JSONDecodeError as exc:  # the parser's words, with line and column

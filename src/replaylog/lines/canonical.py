@@ -378,11 +378,14 @@ def normalize_payload(payload: object, name: str = "payload") -> dict[str, Any]:
 
 def _check_nesting(value: object, name: str) -> None:
     """Refuse objects and arrays nested deeper than MAX_NESTING (no recursion: a deep
-    value must not exhaust the stack that checks it)."""
+    value must not exhaust the stack that checks it), and an object two of whose keys
+    JSON writes alike (``1`` and ``"1"``): one of their values would be lost."""
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, Mapping):
+            if set(map(type, item)) - _STR_TYPE:
+                _check_keys_distinct(item, name)
             children: Iterable[object] = item.values()
         elif isinstance(item, (list, tuple)):
             children = item
@@ -394,6 +397,40 @@ def _check_nesting(value: object, name: str) -> None:
                 " not give such a line back"
             )
         stack.extend(zip(children, repeat(depth + 1)))
+
+
+def _json_key(key: object) -> object:
+    """The key JSON writes for ``key``, as ``json.dumps`` makes it (any other key is
+    refused by the encoder: returned as it is)."""
+    if isinstance(key, str):
+        return str(key)
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        return float.__repr__(key)
+    return key
+
+
+def _check_keys_distinct(obj: Mapping[Any, Any], name: str) -> None:
+    seen: dict[object, object] = {}
+    for key in obj:
+        written = _json_key(key)
+        try:
+            first = seen.setdefault(written, key)
+        except TypeError:  # not hashable: the encoder refuses it with its own message
+            continue
+        if first is not key:
+            raise EventValidationError(
+                f"field '{name}' holds the keys {show_value(first)} and {show_value(key)},"
+                f" which JSON writes alike ({show_value(written)}): one value would be lost;"
+                " give distinct string keys"
+            )
 
 
 def _lone_surrogate_at(obj: object, where: str) -> str | None:
