@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,64 @@ def test_append_many_takes_events_and_mappings_in_order(store: EventStore) -> No
 
 def test_append_many_of_nothing_touches_nothing(store: EventStore, root: Path) -> None:
     assert store.append_many("feat-1", []) == []
+    assert os.listdir(root) == []
+
+
+@pytest.mark.parametrize(
+    ("events", "said"),
+    [
+        (None, "got None$"),
+        ({"event_type": "T", "aggregate_id": "a"}, "got dict; for one event, use append"),
+        (Event.new("T", "a"), "got Event; for one event, use append"),
+        ("TT", "got str$"),
+        (5, "got int$"),
+    ],
+)
+def test_append_many_of_something_that_is_not_a_list_of_events_says_so(
+    store: EventStore, root: Path, events: Any, said: str
+) -> None:
+    # A mapping would be taken apart into its keys, and a string into its letters.
+    with pytest.raises(UsageError, match="append_many takes a list of events .*" + said):
+        store.append_many("feat-1", events)
+    assert os.listdir(root) == []
+    made = store.append_many(
+        "feat-1", ({"event_type": "T", "aggregate_id": str(i)} for i in range(2))
+    )
+    assert [e.aggregate_id for e in store.read("feat-1")] == [e.aggregate_id for e in made]
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"url": 5}, "invalid replay URL 5: it must be a string"),
+        ({"batch_size": "10"}, "batch size must be between 1 and 1000, got '10'"),
+        ({"batch_size": 2.0}, "batch size must be between 1 and 1000, got 2.0"),
+        ({"max_retries": "3"}, "max retries must be 0 or more, got '3'"),
+        ({"timeout": "1"}, "timeout must be more than 0 seconds, got '1'"),
+        ({"backoff_base": None}, "backoff base must be 0 or more seconds, got None"),
+    ],
+)
+def test_replay_settings_of_the_wrong_type_are_usage_errors(
+    store: EventStore, given: dict[str, Any], said: str
+) -> None:
+    # The API raises what the CLI would say of a bad --batch-size, not a TypeError.
+    store.append("feat-1", "T", "a")
+    settings = {"url": "http://127.0.0.1:9", **given}
+    with pytest.raises(UsageError, match=re.escape(said)):
+        store.replay(**settings)
+    assert store.status()["totals"]["pending"] == 1
+
+
+def test_move_with_evidence_whose_keys_are_not_strings_is_a_usage_error(
+    store: EventStore, root: Path
+) -> None:
+    for evidence, said in (
+        ({1: "a"}, "evidence has unknown field(s): 1"),
+        ({"review": {"reviewer": "r", 2: "x"}}, "evidence: review has unknown field(s): 2"),
+        ({3: "a", "zz": 1}, "evidence has unknown field(s): 3, zz"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(said)):
+            store.move("feat-1", "WP01", to="planned", actor="me", evidence=evidence)
     assert os.listdir(root) == []
 
 

@@ -534,15 +534,23 @@ def _text(value: Any, name: str, *, optional: bool = False) -> str | None:
     return value
 
 
+def _unknown_fields(obj: Mapping[Any, Any], known: set[str]) -> str:
+    """The keys of ``obj`` not in ``known``, sorted and joined for a message ('' if
+    none); a key that is no string (an API caller's ``{1: ...}``) is shown as Python
+    writes it."""
+    unknown = [key for key in obj if key not in known]
+    return ", ".join(sorted(k if isinstance(k, str) else repr(k) for k in unknown))
+
+
 def _evidence_record(
     value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """One object of the evidence: its required string fields, nothing unknown."""
     if not isinstance(value, dict):
         raise UsageError(f"evidence: {where} must be an object")
-    unknown = sorted(set(value) - set(required) - set(optional))
+    unknown = _unknown_fields(value, {*required, *optional})
     if unknown:
-        raise UsageError(f"evidence: {where} has unknown field(s): {', '.join(unknown)}")
+        raise UsageError(f"evidence: {where} has unknown field(s): {unknown}")
     for name in required:
         if not isinstance(value.get(name), str):
             raise UsageError(f"evidence: {where}.{name} must be a string")
@@ -569,9 +577,9 @@ def _evidence(evidence: Any) -> dict[str, Any] | None:
         raise UsageError("evidence must be a JSON object")
     if not evidence:
         return None
-    unknown = sorted(set(evidence) - {"review", "repos", "verification"})
+    unknown = _unknown_fields(evidence, {"review", "repos", "verification"})
     if unknown:
-        raise UsageError(f"evidence has unknown field(s): {', '.join(unknown)}")
+        raise UsageError(f"evidence has unknown field(s): {unknown}")
     if "review" not in evidence:
         raise UsageError("evidence must have a review: {reviewer, verdict, reference}")
     review = ("reviewer", "verdict", "reference")

@@ -121,17 +121,17 @@ class ReplayConfig:
                 "the token contains characters that cannot go in an HTTP header "
                 "(only printable ASCII without spaces is allowed); check REPLAYLOG_TOKEN"
             )
-        if isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UsageError(
                 f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {self.batch_size!r}"
             )
-        if self.max_retries < 0:
+        if not _is_int(self.max_retries) or self.max_retries < 0:
             raise UsageError(f"max retries must be 0 or more, got {self.max_retries!r}")
-        if not self.backoff_base >= 0:
+        if not _is_number(self.backoff_base) or not self.backoff_base >= 0:
             raise UsageError(f"backoff base must be 0 or more seconds, got {self.backoff_base!r}")
-        if not self.timeout > 0:
+        if not _is_number(self.timeout) or not self.timeout > 0:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
-        if self.max_batch_bytes < 1:
+        if not _is_int(self.max_batch_bytes) or self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
         if self.node_id is not None and (
             not isinstance(self.node_id, str)
@@ -918,9 +918,21 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _validate_url(url: str, *, allow_insecure_http: bool) -> None:
     """Refuse what cannot be a replay base URL; the message says what to give instead."""
-    if not isinstance(url, str) or not url.strip():
+    if url is not None and not isinstance(url, str):
+        raise UsageError(
+            f"invalid replay URL {url!r}: it must be a string, such as https://events.example.com"
+        )
+    if not url or not url.strip():
         raise UsageError("no replay URL given: pass --url or set REPLAYLOG_URL")
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise UsageError(

@@ -380,7 +380,18 @@ class EventStore:
         optional ``causation_id`` and ``correlation_id``.
         """
         now = utc_now()
-        items = events if type(events) is list else list(events)
+        if type(events) is list:
+            items = events
+        elif isinstance(events, (Mapping, str, bytes)) or not isinstance(events, Iterable):
+            # (an Event is no iterable; a mapping or a string would be taken apart)
+            one = isinstance(events, Mapping) or hasattr(events, "event_id")
+            raise UsageError(
+                "append_many takes a list of events (Event objects or mappings), got"
+                f" {'None' if events is None else type(events).__name__}"
+                + ("; for one event, use append()" if one else "")
+            )
+        else:
+            items = list(events)
         # The collector stays off while the batch is made and written: it makes several
         # objects per event, none of them cyclic, and each collection would walk them
         # (and the caller's items) again. The caller's iterable is consumed before.
