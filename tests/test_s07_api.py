@@ -124,6 +124,18 @@ def test_replay_settings_of_the_wrong_type_are_usage_errors(
     assert store.status()["totals"]["pending"] == 1
 
 
+@pytest.mark.parametrize("sync_timeout", ["2", -1, math.inf, math.nan, True, None])
+def test_emit_with_a_sync_timeout_that_is_no_time_writes_nothing(
+    store: EventStore, root: Path, sync_timeout: Any
+) -> None:
+    # Checked before the append: a failed emit has done nothing.
+    with pytest.raises(UsageError, match="the sync timeout must be a finite number of seconds"):
+        store.emit("feat-1", "T", "a", url="http://127.0.0.1:9", sync_timeout=sync_timeout)
+    assert os.listdir(root) == []
+    with pytest.raises(UsageError, match="the deadline must be a time.monotonic"):
+        store.replay("http://127.0.0.1:9", deadline=str(sync_timeout))
+
+
 def test_move_with_evidence_whose_keys_are_not_strings_is_a_usage_error(
     store: EventStore, root: Path
 ) -> None:

@@ -35,6 +35,7 @@ import gzip
 import hashlib
 import ipaddress
 import json
+import math
 import random
 import re
 import ssl
@@ -133,6 +134,12 @@ class ReplayConfig:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
         if not _is_int(self.max_batch_bytes) or self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
+        if self.deadline is not None and not (
+            _is_number(self.deadline) and math.isfinite(self.deadline)
+        ):
+            raise UsageError(
+                f"the deadline must be a time.monotonic() value, got {self.deadline!r}"
+            )
         if self.node_id is not None and (
             not isinstance(self.node_id, str)
             or not 1 <= len(self.node_id) <= MAX_NAME_CHARS

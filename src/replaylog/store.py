@@ -15,6 +15,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import stat
 import time
@@ -1117,6 +1118,15 @@ class EventStore:
 
         started = time.monotonic()
         ReplayConfig(url=url, token=token, allow_insecure_http=allow_insecure_http)
+        if not (
+            isinstance(sync_timeout, (int, float))
+            and not isinstance(sync_timeout, bool)
+            and 0 <= sync_timeout < math.inf
+        ):
+            raise UsageError(
+                f"the sync timeout must be a finite number of seconds, at least 0, got"
+                f" {sync_timeout!r}"
+            )
         event = self.append(
             feature,
             event_type,
