@@ -354,6 +354,35 @@ def test_a_payload_two_of_whose_keys_json_writes_alike_is_refused(
         assert store.append(FEATURE, "T", "a", {1: "a"}).payload == {"1": "a"}
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*APPEND, "--payload-file", "/dev/zero"],
+        [
+            "move",
+            FEATURE,
+            "WP01",
+            "--to",
+            "planned",
+            "--actor",
+            "a",
+            "--evidence-file",
+            "/dev/zero",
+        ],
+    ],
+)
+def test_an_option_file_that_never_ends_is_refused_not_read_without_end(
+    root: Path, args: list[str]
+) -> None:
+    # /dev/zero (or a pipe that never ends) would be read into memory until none is left.
+    run = cli(root, *args, timeout=30)
+    assert run.code == 2, run
+    assert "from /dev/zero is longer than 64 MiB, and a log line holds at most 1 MiB" in (
+        run.error_line()
+    ), run
+    assert not log_of(root).exists()
+
+
 def nested(depth: int) -> dict[str, object]:
     payload: dict[str, object] = {}
     current = payload

@@ -199,14 +199,33 @@ class CliContext:
         return EventStore.from_environment(self.root, logs_dir=self.logs_dir, index_path=self.index)
 
 
+#: The most of a file (or standard input) an option reads: a log line holds at most
+#: 1 MiB, so a file many times longer cannot be a payload (``/dev/zero``, a pipe that
+#: never ends); it is refused rather than read into memory without end.
+MAX_INPUT_BYTES = 64 << 20
+
+
 def read_file_text(path: str, what: str) -> tuple[str, str]:
-    """``(where, text)`` of a file named by an option, ``-`` for standard input."""
+    """``(where, text)`` of a file named by an option, ``-`` for standard input, read
+    as UTF-8 (as JSON is) and at most :data:`MAX_INPUT_BYTES` of it."""
     where = "standard input" if path == "-" else path
     try:
         if path == "-":
-            return where, sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return where, f.read()
+            stream = getattr(sys.stdin, "buffer", None)
+            if stream is None:  # a text stream put in its place
+                text = sys.stdin.read(MAX_INPUT_BYTES + 1)
+                data = text.encode("utf-8", "surrogatepass")
+            else:
+                data = stream.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise UsageError(
+                f"the {what} from {where} is longer than {MAX_INPUT_BYTES >> 20} MiB, and a"
+                f" log line holds at most 1 MiB: give a file that holds the {what}"
+            )
+        return where, data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read the {what} from {where}: {exc}") from exc
 
