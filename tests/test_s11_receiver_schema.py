@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,29 @@ def test_a_database_holding_foreign_tables_of_those_names_is_refused(db_url: str
             storage.migrate()
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("table", ["events", "notes"])
+def test_a_sqlite_file_of_another_application_is_refused_and_left_byte_for_byte(
+    tmp_path: Path, table: str
+) -> None:
+    # Refused before the receiver's first connection, which would have switched the
+    # file to its own journal mode (kept in the file) even though serve then failed.
+    path = tmp_path / "app.db"
+    con = sqlite3.connect(path)
+    con.execute(f"CREATE TABLE {table} (id INTEGER, what TEXT)")
+    con.execute(f"INSERT INTO {table} VALUES (1, 'keep me')")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    storage = Storage(f"sqlite:///{path}")
+    try:
+        with pytest.raises(ReceiverError, match=f"tables the receiver did not make \\({table}\\)"):
+            storage.migrate()
+    finally:
+        storage.close()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]
 
 
 def test_an_unreachable_postgresql_is_an_error_naming_the_database_not_its_password() -> None:

@@ -95,6 +95,39 @@ HEAD_REVISION = REVISIONS[-1]
 #: other applications' migrations too.
 VERSION_TABLE = "replaylog_server_version"
 
+
+def _refuse_foreign_sqlite(path: str) -> None:
+    """Raise :class:`ReceiverError` if ``path`` is a file the receiver did not make: one
+    that is not a SQLite database, or a database holding tables but not the receiver's
+    version table (another application's). Looked at read-only, before the receiver's
+    first connection sets anything (its journal mode is kept in the file)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        if not os.path.getsize(path):
+            return  # absent or empty: the receiver makes it
+    except OSError:
+        return  # (what it cannot reach, creating it says)
+    try:
+        con = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise ReceiverError(
+            f"{path}: cannot open the receiver's database ({exc}); replaylog changes no"
+            " file it did not make: give `replaylog serve --db` a database of its own"
+        ) from exc
+    if tables and VERSION_TABLE not in tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ReceiverError(
+            f"{path} holds tables the receiver did not make ({shown}): replaylog changes no"
+            " file it did not make; give `replaylog serve --db` a database of its own"
+        )
+
+
 # SQLite's INTEGER PRIMARY KEY is the rowid (BIGINT would not be), PostgreSQL's BIGSERIAL.
 _SEQ_TYPE = BigInteger().with_variant(Integer, "sqlite")
 
@@ -209,6 +242,7 @@ class Storage:
         # a thread waiting here wakes as soon as the lock is free, while one waiting in
         # SQLite's busy handler sleeps for growing intervals.
         self._write_lock = threading.Lock() if backend == "sqlite" else None
+        self._sqlite_file = parsed.database if backend == "sqlite" else None
         try:
             if backend == "sqlite":
                 self.engine = self._sqlite_engine(parsed, busy_timeout)
@@ -267,6 +301,8 @@ class Storage:
         from alembic import command
         from alembic.config import Config
 
+        if self._sqlite_file and self._sqlite_file != ":memory:":
+            _refuse_foreign_sqlite(self._sqlite_file)  # before a connection changes it
         config = Config()
         config.set_main_option("script_location", find_migrations())
         try:
