@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import rebuilt_elsewhere, snapshot
 from receiver import Receiver
 
 from replaylog import EventStore
@@ -711,3 +712,90 @@ def test_a_stalled_log_reader_does_not_hold_up_appends(tmp_path: Path) -> None:
     thread.join(timeout=30)
     with EventStore(root) as store:
         assert [obj["event_id"] for obj in store.read_raw("f")] == [*before, *appended]
+
+
+# --------------------------------------------------------- one store, several threads
+
+
+def _in_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
+    """Run ``work(i)`` in ``count`` threads started together; the errors they raised."""
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        try:
+            start.wait(timeout=30)
+            work(i)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+        assert not thread.is_alive(), "a thread did not finish"
+    return errors
+
+
+def test_threads_that_share_one_store_lose_nothing_and_share_one_clock(tmp_path: Path) -> None:
+    # Each thread uses its own connection to the index and its own descriptors of the
+    # log: as processes do, with nothing said about a thread (such as an index made in
+    # another thread needing to be rebuilt).
+    root = tmp_path / "proj"
+    root.mkdir()
+    store = EventStore(root, fsync=False)
+    per = 150
+
+    def work(i: int) -> None:
+        for j in range(per):
+            store.append("feat", "T", f"writer-{i}", {"j": j})
+            if j % 50 == 0:
+                store.append_many("feat", [{"event_type": "M", "aggregate_id": f"writer-{i}"}] * 3)
+                assert store.status()["totals"]["events"] >= j
+                store.read("feat")
+
+    assert _in_threads(4, work) == []
+    events = store.read("feat")
+    assert len(events) == 4 * (per + 3 * 3)
+    assert len({e.event_id for e in events}) == len(events)
+    assert sorted(e.lamport_clock for e in events) == list(range(1, len(events) + 1))
+    for i in range(4):  # each writer's own order is kept
+        mine = [e.payload["j"] for e in events if e.aggregate_id == f"writer-{i}" and e.payload]
+        assert mine == list(range(per))
+    assert store.verify().problems == []
+    assert snapshot(store) == rebuilt_elsewhere(root, tmp_path / "rebuilt.db")
+    store.close()  # closes what each thread opened, from this thread
+    assert store.status()["totals"]["events"] == len(events)  # and opens again
+    store.close()
+
+
+def test_a_replay_in_one_thread_while_another_appends_to_the_same_store(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "proj"
+    root.mkdir()
+    store = EventStore(root, fsync=False)
+    store.append_many("feat", [{"event_type": "T", "aggregate_id": str(n)} for n in range(2000)])
+    appended: list[str] = []
+    with Receiver() as receiver:
+
+        def work(i: int) -> None:
+            if i == 0:
+                store.replay(receiver.url, batch_size=50)
+            else:
+                for n in range(200):
+                    appended.append(store.append("feat", "T", f"late-{n}").event_id)
+
+        assert _in_threads(2, work) == []
+        report = store.replay(receiver.url, batch_size=500)  # whatever came after the first
+        assert report.pending == 0
+        assert len(receiver.events) == 2200 and set(appended) <= set(receiver.events)
+        assert receiver.duplicates == 0 and receiver.conflicts == []
+    assert store.status()["totals"] == {
+        "events": 2200,
+        "pending": 0,
+        "delivered": 2200,
+        "failed": 0,
+    }
+    store.close()

@@ -11,6 +11,7 @@ values, write, record); ``status.json`` and ``meta.json`` are read and written b
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import errno
 import functools
@@ -135,6 +136,32 @@ def _edge_iter(store: EventStore, items: Iterator[Any]) -> Iterator[Any]:
 _inherited: list[Index] = []  # indexes opened by a parent process: kept, never closed
 
 
+class _ThreadState:
+    """What one thread's calls on an :class:`EventStore` use: a connection to the index
+    (with its clock file) and descriptors of the logs kept open. Each thread has its own,
+    so threads share a store as processes share a project: each takes the logs' locks on
+    descriptors of its own, and SQLite orders their connections' writes."""
+
+    __slots__ = ("appender", "delivery", "index")
+
+    def __init__(self) -> None:
+        self.index: Index | None = None
+        self.delivery: Delivery | None = None
+        self.appender = Appender()
+
+    def close(self) -> None:
+        self.appender.close()
+        index, delivery = self.index, self.delivery
+        self.index = self.delivery = None
+        if index is not None and index.pid != os.getpid():
+            _inherited.append(index)  # a forked child's copy: its parent's to close
+            return
+        if delivery is not None:
+            delivery.close()
+        if index is not None:
+            index.close()
+
+
 class EventStore:
     """The event store of one project root. Use as a context manager, or call ``close``."""
 
@@ -156,11 +183,13 @@ class EventStore:
         )
         self.node_id = node_id or local_node_id()
         self.fsync = fsync
-        self._index: Index | None = None
-        self._delivery: Delivery | None = None
-        self._appender = Appender()
-        # The logs the appender keeps open: a feature in it may take the fast path.
-        self._open_logs = self._appender.open_logs
+        # Each thread that uses the store has its own connection to the index and its
+        # own descriptors of the logs (see _ThreadState); every thread's, for close().
+        # (_thread's own: threading.local and threading.Lock are these, and the import of
+        # threading would cost the CLI's append its start-up time.)
+        self._local = _thread._local()
+        self._states: list[_ThreadState] = []
+        self._states_lock = _thread.allocate_lock()
 
     @classmethod
     def from_environment(
@@ -185,17 +214,37 @@ class EventStore:
         self.close()
 
     def close(self) -> None:
-        """Close the index and the logs kept open (every append is complete on return)."""
-        self._appender.close()
-        if self._index is not None and self._index.pid != os.getpid():
-            _inherited.append(self._index)  # a forked child's copy: its parent's to close
-            self._delivery = self._index = None
-        if self._delivery is not None:
-            self._delivery.close()
-            self._delivery = None
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        """Close the index and the logs kept open, those of every thread that used the
+        store (call it once they are done: every append is complete on return). The
+        store opens them again if it is used after."""
+        with self._states_lock:
+            states = list(self._states)
+        for state in states:
+            state.close()
+
+    def _state(self) -> _ThreadState:
+        """This thread's connection to the index and descriptors of the logs."""
+        try:
+            return self._local.state  # type: ignore[no-any-return]
+        except AttributeError:
+            state = self._local.state = _ThreadState()
+            with self._states_lock:
+                self._states.append(state)
+            return state
+
+    @property
+    def _appender(self) -> Appender:
+        return self._state().appender
+
+    @property
+    def _open_logs(self) -> dict[str, Any]:
+        """The logs this thread's appender keeps open: a feature in it may take the fast path."""
+        return self._state().appender.open_logs
+
+    @property
+    def _index(self) -> Index | None:
+        """This thread's index, if it has opened it."""
+        return self._state().index
 
     # ------------------------------------------------------------------ paths
 
@@ -268,24 +317,27 @@ class EventStore:
 
     @property
     def index(self) -> Index:
-        index = self._index
+        state = self._state()
+        index = state.index
         if index is not None and index.pid != os.getpid():
             # A forked child: SQLite connections must not cross a fork. The parent's is
             # set aside, never used or closed here, and the child opens its own.
             _inherited.append(index)
-            self._index = index = None
-            self._delivery = None
+            state.index = index = None
+            state.delivery = None
         if index is None:
-            index = self._index = Index(self.index_path)
+            index = state.index = Index(self.index_path)
         return index
 
     @property
     def delivery(self) -> Delivery:
-        if self._delivery is None:
+        state = self._state()
+        index = self.index
+        if state.delivery is None:
             from .index.delivery import Delivery
 
-            self._delivery = Delivery(self.index.conn)
-        return self._delivery
+            state.delivery = Delivery(index.conn)
+        return state.delivery
 
     @_edge
     def catch_up(self, features: Iterable[str] | None = None) -> None:
@@ -357,7 +409,8 @@ class EventStore:
         obj = new_line_object(
             event_type, aggregate_id, payload, causation_id, correlation_id, self.node_id
         )
-        if feature in self._open_logs and self._appender.append_to_open_log(
+        appender = self._state().appender
+        if feature in appender.open_logs and appender.append_to_open_log(
             self, feature, [LineTemplate.of_new(obj)], [obj]
         ):  # (a name checked when its log was first opened)
             return obj

@@ -182,7 +182,9 @@ def connect(path: str) -> sqlite3.Connection:
     except OSError as exc:
         raise os_error(exc, path, "open the index") from exc
     try:
-        conn = sqlite3.connect(path, isolation_level=None, timeout=60.0)
+        # Used by one thread (each thread of a store has its own, see store._ThreadState),
+        # but closed by whichever thread closes the store.
+        conn = sqlite3.connect(path, isolation_level=None, timeout=60.0, check_same_thread=False)
     except sqlite3.Error as exc:
         raise _open_error(exc, path) from exc
     try:
