@@ -799,3 +799,24 @@ def test_a_replay_in_one_thread_while_another_appends_to_the_same_store(
         "failed": 0,
     }
     store.close()
+
+
+def test_a_thread_per_task_leaves_no_descriptors_behind_when_its_threads_end(
+    tmp_path: Path,
+) -> None:
+    # What a thread opened (its index connection, clock file and log) is closed when the
+    # thread ends, not only when the store is closed: a server that starts a thread per
+    # request must not run out of descriptors.
+    root = tmp_path / "proj"
+    root.mkdir()
+    store = EventStore(root, fsync=False)
+    store.append("feat", "T", "a")  # this thread's own, kept
+    open_before = len(os.listdir("/proc/self/fd"))
+    for n in range(60):
+        thread = threading.Thread(target=lambda n=n: store.append("feat", "T", f"task-{n}"))
+        thread.start()
+        thread.join(timeout=30)
+    assert len(os.listdir("/proc/self/fd")) <= open_before + 2
+    assert len(store.read("feat")) == 61
+    assert store.status()["totals"]["events"] == 61
+    store.close()

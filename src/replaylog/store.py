@@ -12,6 +12,7 @@ values, write, record); ``status.json`` and ``meta.json`` are read and written b
 from __future__ import annotations
 
 import _thread
+import _weakref
 import contextlib
 import errno
 import functools
@@ -142,12 +143,21 @@ class _ThreadState:
     so threads share a store as processes share a project: each takes the logs' locks on
     descriptors of its own, and SQLite orders their connections' writes."""
 
-    __slots__ = ("appender", "delivery", "index")
+    __slots__ = ("__weakref__", "appender", "delivery", "index")
 
     def __init__(self) -> None:
         self.index: Index | None = None
         self.delivery: Delivery | None = None
         self.appender = Appender()
+
+    def __del__(self) -> None:
+        # The thread has ended (its thread-local state goes with it), or the store is
+        # gone: what it opened is closed now, so that a program that starts a thread per
+        # task does not pile up descriptors until it closes the store.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - nothing to tell at that point
+            pass
 
     def close(self) -> None:
         self.appender.close()
@@ -188,7 +198,7 @@ class EventStore:
         # (_thread's own: threading.local and threading.Lock are these, and the import of
         # threading would cost the CLI's append its start-up time.)
         self._local = _thread._local()
-        self._states: list[_ThreadState] = []
+        self._states: list[_weakref.ReferenceType[_ThreadState]] = []  # held by their threads
         self._states_lock = _thread.allocate_lock()
 
     @classmethod
@@ -218,9 +228,10 @@ class EventStore:
         store (call it once they are done: every append is complete on return). The
         store opens them again if it is used after."""
         with self._states_lock:
-            states = list(self._states)
+            states = [ref() for ref in self._states]
         for state in states:
-            state.close()
+            if state is not None:  # (None: its thread has ended, and closed it)
+                state.close()
 
     def _state(self) -> _ThreadState:
         """This thread's connection to the index and descriptors of the logs."""
@@ -228,8 +239,9 @@ class EventStore:
             return self._local.state  # type: ignore[no-any-return]
         except AttributeError:
             state = self._local.state = _ThreadState()
-            with self._states_lock:
-                self._states.append(state)
+            with self._states_lock:  # (and those of threads that have ended go)
+                self._states = [ref for ref in self._states if ref() is not None]
+                self._states.append(_weakref.ref(state))
             return state
 
     @property
