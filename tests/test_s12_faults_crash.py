@@ -769,3 +769,49 @@ def test_sigkill_during_replay_before_recording_loses_and_garbles_nothing(
         f" {tally.events} events all delivered, {tally.notes.get('resent', 0)} sent twice"
         f" after a kill, 0 with two contents, 0 lost (seed {SEED})"
     )
+
+
+def test_ctrl_c_during_a_replay_says_what_was_delivered_and_the_next_replay_sends_the_rest(
+    tmp_path: Path,
+) -> None:
+    # A command that did part of its work before it was stopped says what it did: the
+    # answers recorded are kept, the other events stay pending.
+    root = tmp_path / "proj"
+    root.mkdir()
+    with EventStore(root, fsync=False) as store:
+        store.append_many("feat", [{"event_type": "T", "aggregate_id": str(n)} for n in range(40)])
+    with Receiver() as receiver:
+        answered = threading.Event()
+
+        def slow(request: RecordedRequest) -> None:
+            if len(receiver.requests) > 2:
+                answered.set()
+            time.sleep(0.2)  # each batch of one takes a while to answer
+
+        receiver.hook = slow
+        replay = subprocess.Popen(
+            [sys.executable, "-m", "replaylog", "--root", str(root), "replay"]
+            + ["--url", receiver.url, "--batch-size", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**child_env(), "REPLAYLOG_FSYNC": "0"},
+        )
+        try:
+            assert answered.wait(timeout=30), "the replay sent nothing"
+            replay.send_signal(signal.SIGINT)
+            _, err = replay.communicate(timeout=30)
+        finally:
+            if replay.poll() is None:
+                replay.kill()
+        assert replay.returncode == 130, err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("Error: interrupted; "), err
+        sent = int(line.removeprefix("Error: interrupted; ").split()[0])
+        with EventStore(root, fsync=False) as store:
+            totals = store.status()["totals"]
+            assert sent >= 2 and totals["delivered"] == sent, (line, totals)
+            assert totals["pending"] == 40 - sent
+            receiver.hook = None
+            assert store.replay(receiver.url).accepted == 40 - sent
+        assert len(receiver.events) == 40 and receiver.conflicts == []

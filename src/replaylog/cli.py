@@ -1,8 +1,9 @@
 """The ``replaylog`` command (SPEC section 6): parse, call one EventStore method, print.
 
 Exit codes: 0 ok; 1 data or I/O error; 2 usage; 3 replay left events pending after
-transient failures; 4 authentication refused. An error is one ``Error: ...`` line on
-stderr, or with ``--json`` an ``{"error": {"type", "message"}}`` object on stdout.
+transient failures; 4 authentication refused; 130 interrupted. An error is one
+``Error: ...`` line on stderr, or with ``--json`` an ``{"error": {"type", "message"}}``
+object on stdout.
 
 A plain ``append`` runs without click, through :mod:`replaylog.fastcli` (SPEC section
 8), which calls the same :func:`~replaylog.fastcli.append_command` as the command here.
@@ -36,7 +37,8 @@ Exit codes:
   1  data or I/O error (corrupt log, bad index, replay stopped)
   2  usage error (bad feature name, bad JSON payload, missing URL)
   3  replay left events pending after transient failures
-  4  authentication refused by the server"""
+  4  authentication refused by the server
+  130  interrupted (Ctrl-C); a replay says what it had done"""
 
 
 T = TypeVar("T")
@@ -399,20 +401,37 @@ def replay(
     with _errors(as_json):
         if not url:
             raise UsageError("no server URL: give --url or set REPLAYLOG_URL")
-        with ctx.store() as store, _progress("replaying", as_json) as on_batch:
-            report, bad = _over_logs(
-                lambda: store.replay(
-                    url,
-                    token=os.environ.get(token_env) or None,
-                    batch_size=batch_size,
-                    max_retries=max_retries,
-                    backoff_base=backoff_base,
-                    timeout=timeout,
-                    feature=feature,
-                    allow_insecure_http=allow_insecure_http,
-                    on_batch=on_batch,
+        with ctx.store() as store, _progress("replaying", as_json) as progress:
+            settled = 0  # events whose answer is recorded, for a replay cut short
+
+            def on_batch(done: int, total: int) -> None:
+                nonlocal settled
+                settled = done
+                if progress is not None:
+                    progress(done, total)
+
+            try:
+                report, bad = _over_logs(
+                    lambda: store.replay(
+                        url,
+                        token=os.environ.get(token_env) or None,
+                        batch_size=batch_size,
+                        max_retries=max_retries,
+                        backoff_base=backoff_base,
+                        timeout=timeout,
+                        feature=feature,
+                        allow_insecure_http=allow_insecure_http,
+                        on_batch=on_batch,
+                    )
                 )
-            )
+            except KeyboardInterrupt:
+                # What was done is kept: say so (a batch in flight stays pending, and a
+                # receiver that stored it answers "duplicate" when it comes again).
+                raise KeyboardInterrupt(
+                    f"interrupted; {settled} event(s) were sent and their answers"
+                    " recorded before, the others stay pending and the next replay sends"
+                    " them"
+                ) from None
         if bad is not None and (as_json or report is None):
             _fail_bad_logs(bad, as_json, report.to_dict() if report is not None else None)
         assert report is not None
@@ -686,9 +705,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(UsageError(exc.format_message()), 2, "--json" in args)
     except click.ClickException as exc:
         _fail(exc, exc.exit_code, "--json" in args)
-    except click.exceptions.Abort:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click's name for a KeyboardInterrupt
+        exit_for(
+            exc.__cause__ if isinstance(exc.__cause__, KeyboardInterrupt) else KeyboardInterrupt(),
+            args,
+        )
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Exception) as exc:  # noqa: BLE001 - SPEC 6: one line, no traceback

@@ -168,7 +168,8 @@ def errors(as_json: bool) -> Iterator[None]:
 def exit_for(exc: BaseException, args: Sequence[str]) -> NoReturn:
     """The line and exit code of a failure that no command turned into one."""
     if isinstance(exc, KeyboardInterrupt):
-        echo("Error: interrupted", err=True)
+        # (a command that did part of its work before it was stopped says what, in exc)
+        echo(f"Error: {exc}" if exc.args else "Error: interrupted", err=True)
         sys.exit(130)
     if isinstance(exc, BrokenPipeError):
         # The reader went away (`replaylog log F | head`): stop quietly, and keep Python
