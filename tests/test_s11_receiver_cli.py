@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,27 @@ def test_a_port_in_use_is_one_error_line_exit_1(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_ctrl_c_stops_the_receiver_as_its_way_out_not_as_an_error(tmp_path: Path) -> None:
+    # uvicorn shuts down gracefully, then raises the SIGINT it caught again: that is how
+    # a receiver in a terminal is stopped, so it exits 0 and says so, with what it stored.
+    db = tmp_path / "server.db"
+    server = LiveServer(f"sqlite:///{db}", tmp_path).start()
+    try:
+        with server.client() as client:
+            stored = client.post("/api/v1/events/batch/", content=body([envelope(1)]))
+            assert stored.status_code == 200, stored.text
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(timeout=30) == 0, server.log()
+    finally:
+        server.stop()
+    log = server.log()
+    assert log.rstrip().endswith("replaylog serve stopped") and "Error" not in log, log
+    again = LiveServer(f"sqlite:///{db}", tmp_path).start()
+    try:
+        with again.client() as client:
+            assert len(client.get("/api/v1/events").json()["events"]) == 1
+    finally:
+        again.stop()

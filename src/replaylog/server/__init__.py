@@ -57,6 +57,13 @@ def serve(
     )
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn has shut down gracefully and raises the SIGINT it caught again: Ctrl-C
+        # is how a receiver in a terminal is stopped, not an error.
+        if not server.started:
+            raise
+        logging.getLogger("uvicorn.error").info("replaylog serve stopped")
+        return
     finally:
         sock.close()
     if not server.started:
