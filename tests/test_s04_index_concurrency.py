@@ -738,13 +738,18 @@ def _in_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
     return errors
 
 
+def _shared_store(tmp_path: Path) -> tuple[Path, EventStore]:
+    """A project and the one store its threads share."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    return root, EventStore(root, fsync=False)
+
+
 def test_threads_that_share_one_store_lose_nothing_and_share_one_clock(tmp_path: Path) -> None:
     # Each thread uses its own connection to the index and its own descriptors of the
     # log: as processes do, with nothing said about a thread (such as an index made in
     # another thread needing to be rebuilt).
-    root = tmp_path / "proj"
-    root.mkdir()
-    store = EventStore(root, fsync=False)
+    root, store = _shared_store(tmp_path)
     per = 150
 
     def work(i: int) -> None:
@@ -773,9 +778,7 @@ def test_threads_that_share_one_store_lose_nothing_and_share_one_clock(tmp_path:
 def test_a_replay_in_one_thread_while_another_appends_to_the_same_store(
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "proj"
-    root.mkdir()
-    store = EventStore(root, fsync=False)
+    _, store = _shared_store(tmp_path)
     store.append_many("feat", [{"event_type": "T", "aggregate_id": str(n)} for n in range(2000)])
     appended: list[str] = []
     with Receiver() as receiver:
@@ -807,9 +810,7 @@ def test_a_thread_per_task_leaves_no_descriptors_behind_when_its_threads_end(
     # What a thread opened (its index connection, clock file and log) is closed when the
     # thread ends, not only when the store is closed: a server that starts a thread per
     # request must not run out of descriptors.
-    root = tmp_path / "proj"
-    root.mkdir()
-    store = EventStore(root, fsync=False)
+    _, store = _shared_store(tmp_path)
     store.append("feat", "T", "a")  # this thread's own, kept
     open_before = len(os.listdir("/proc/self/fd"))
     for n in range(60):
