@@ -122,20 +122,20 @@ class ReplayConfig:
                 "the token contains characters that cannot go in an HTTP header "
                 "(only printable ASCII without spaces is allowed); check REPLAYLOG_TOKEN"
             )
-        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+        if not is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise UsageError(
                 f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {self.batch_size!r}"
             )
-        if not _is_int(self.max_retries) or self.max_retries < 0:
+        if not is_int(self.max_retries) or self.max_retries < 0:
             raise UsageError(f"max retries must be 0 or more, got {self.max_retries!r}")
-        if not _is_number(self.backoff_base) or not self.backoff_base >= 0:
+        if not is_number(self.backoff_base) or not self.backoff_base >= 0:
             raise UsageError(f"backoff base must be 0 or more seconds, got {self.backoff_base!r}")
-        if not _is_number(self.timeout) or not self.timeout > 0:
+        if not is_number(self.timeout) or not self.timeout > 0:
             raise UsageError(f"timeout must be more than 0 seconds, got {self.timeout!r}")
-        if not _is_int(self.max_batch_bytes) or self.max_batch_bytes < 1:
+        if not is_int(self.max_batch_bytes) or self.max_batch_bytes < 1:
             raise UsageError(f"max batch bytes must be at least 1, got {self.max_batch_bytes!r}")
         if self.deadline is not None and not (
-            _is_number(self.deadline) and math.isfinite(self.deadline)
+            is_number(self.deadline) and math.isfinite(self.deadline)
         ):
             raise UsageError(
                 f"the deadline must be a time.monotonic() value, got {self.deadline!r}"
@@ -925,11 +925,13 @@ def _is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """An integer, not a bool (a setting of the API, checked as the option would be)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """An integer or a float, not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

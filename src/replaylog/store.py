@@ -1178,16 +1178,12 @@ class EventStore:
         A URL or token that can never be used (plain http:// to another host, no host)
         is a :class:`UsageError` before anything is written, like a missing URL.
         """
-        from .replay import ReplayConfig
+        from .replay import ReplayConfig, is_number
         from .reports import EmitResult
 
         started = time.monotonic()
         ReplayConfig(url=url, token=token, allow_insecure_http=allow_insecure_http)
-        if not (
-            isinstance(sync_timeout, (int, float))
-            and not isinstance(sync_timeout, bool)
-            and 0 <= sync_timeout < math.inf
-        ):
+        if not (is_number(sync_timeout) and 0 <= sync_timeout < math.inf):
             raise UsageError(
                 f"the sync timeout must be a finite number of seconds, at least 0, got"
                 f" {sync_timeout!r}"
