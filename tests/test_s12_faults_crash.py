@@ -26,6 +26,7 @@ times per activity.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import random
@@ -771,8 +772,9 @@ def test_sigkill_during_replay_before_recording_loses_and_garbles_nothing(
     )
 
 
+@pytest.mark.parametrize("as_json", [False, True])
 def test_ctrl_c_during_a_replay_says_what_was_delivered_and_the_next_replay_sends_the_rest(
-    tmp_path: Path,
+    tmp_path: Path, as_json: bool
 ) -> None:
     # A command that did part of its work before it was stopped says what it did: the
     # answers recorded are kept, the other events stay pending.
@@ -791,7 +793,8 @@ def test_ctrl_c_during_a_replay_says_what_was_delivered_and_the_next_replay_send
         receiver.hook = slow
         replay = subprocess.Popen(
             [sys.executable, "-m", "replaylog", "--root", str(root), "replay"]
-            + ["--url", receiver.url, "--batch-size", "1"],
+            + ["--url", receiver.url, "--batch-size", "1"]
+            + (["--json"] if as_json else []),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -800,13 +803,18 @@ def test_ctrl_c_during_a_replay_says_what_was_delivered_and_the_next_replay_send
         try:
             assert answered.wait(timeout=30), "the replay sent nothing"
             replay.send_signal(signal.SIGINT)
-            _, err = replay.communicate(timeout=30)
+            out, err = replay.communicate(timeout=30)
         finally:
             if replay.poll() is None:
                 replay.kill()
         assert replay.returncode == 130, err
-        line = err.strip().splitlines()[-1]
-        assert line.startswith("Error: interrupted; "), err
+        if as_json:  # SPEC 6: the error object on stdout
+            error = json.loads(out)["error"]
+            assert error["type"] == "KeyboardInterrupt", out
+            line = "Error: " + error["message"]
+        else:
+            line = err.strip().splitlines()[-1]
+        assert line.startswith("Error: interrupted; "), (out, err)
         sent = int(line.removeprefix("Error: interrupted; ").split()[0])
         with EventStore(root, fsync=False) as store:
             totals = store.status()["totals"]

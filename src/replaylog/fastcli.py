@@ -169,8 +169,7 @@ def exit_for(exc: BaseException, args: Sequence[str]) -> NoReturn:
     """The line and exit code of a failure that no command turned into one."""
     if isinstance(exc, KeyboardInterrupt):
         # (a command that did part of its work before it was stopped says what, in exc)
-        echo(f"Error: {exc}" if exc.args else "Error: interrupted", err=True)
-        sys.exit(130)
+        fail(exc, 130, "--json" in args, str(exc) if exc.args else "interrupted")
     if isinstance(exc, BrokenPipeError):
         # The reader went away (`replaylog log F | head`): stop quietly, and keep Python
         # from complaining again when it flushes stdout at exit.
