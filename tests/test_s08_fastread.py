@@ -616,6 +616,41 @@ def test_spec_kitty_s_transitions_and_annotations_are_read_by_typed_decoders(
     assert fast(tmp_path)[0] == "error"
 
 
+def test_a_log_whose_key_sets_alternate_is_read_in_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two key sets of transitions, one line of each in turn: every line ends a run of its
+    # decoder. Each line is decoded at most twice: by the decoder before it, which
+    # refuses it, and by its own (not a second time by the one that refused it).
+    monkeypatch.setattr(fastread, "_typed_shapes", {})
+    monkeypatch.setattr(fastread, "_typed", {})
+    decoded: list[bytes] = []
+    make = fastread._make_typed
+
+    def counting(shape: tuple[str, ...], objects: bool) -> Any:
+        made = make(shape, objects)
+        if made is None:
+            return None
+
+        def decode(line: bytes) -> Any:
+            decoded.append(line)
+            return made.decode(line)
+
+        return made._replace(decode=decode)
+
+    monkeypatch.setattr(fastread, "_make_typed", counting)
+    objs = [
+        spec_kitty_transition(i, **({"review_result": None} if i % 2 else {})) for i in range(400)
+    ]
+    data = b"".join(json.dumps(obj, sort_keys=True).encode() + b"\n" for obj in objs)
+    (tmp_path / EVENTS_FILENAME).write_bytes(data)
+    typed = fastread._parse_typed(BytesIO(data).readlines())
+    assert typed is not None and typed[0] == objs
+    assert len(typed[1]) == 2  # a group per key set
+    assert len(decoded) <= 2 * len(objs)
+    assert_paths_agree(tmp_path)
+
+
 def spec_kitty_record(i: int) -> dict[str, Any]:
     return {"actor": {"display": None, "id": "gen", "kind": "runtime"},
             "at": "2026-06-28T08:51:33.878931+00:00", "event_id": ulid(i),

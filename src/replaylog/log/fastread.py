@@ -26,7 +26,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
-from itertools import accumulate, chain, compress, islice, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import itemgetter, not_, setitem
 from stat import S_ISREG
 from types import GetSetDescriptorType
@@ -667,27 +667,39 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
     if they are not all so (the general way reads them then).
 
     The lines are read in runs: each decoder reads as far as it can (a line of another
-    key set stops it), and the decoder of that line's key set goes on from there."""
+    key set stops it), and the decoder of that line's key set goes on from there. All the
+    runs take their lines from one iterator, so that a log whose key sets alternate is
+    still read in one pass over its lines."""
     count = len(lines)
     objs: list[dict[str, Any]] = []
     runs: list[tuple[_Typed, int, int]] = []
     typed = _typed.get(kind)
     plan: Plan | None = None
-    start = 0
-    while start < count:
+    rest = iter(lines)
+    start = 0  # where the run of ``typed`` starts
+    while True:
         if typed is not None:
             try:
-                objs.extend(map(_as_dict, map(typed.decode, islice(lines, start, None))))
+                objs.extend(map(_as_dict, map(typed.decode, rest)))
             except (ValueError, RecursionError):
-                pass
-            if len(objs) > start:
+                pass  # lines[len(objs)] was taken from ``rest`` and refused
+            end = len(objs)
+            if end > start:
                 plan = typed.plan
-                runs.append((typed, start, len(objs)))
-                start = len(objs)
-                continue
-        learned = _typed_for(kind, lines[start])
+                runs.append((typed, start, end))
+                start = end
+            if start == count:
+                break
+        else:
+            next(rest)  # (no decoder of this kind yet: the first line teaches one)
+        line = lines[start]
+        learned = _typed_for(kind, line)
         if learned is None or learned is typed:
             return None  # a line of no typed key set, or one its decoder refuses
+        try:
+            objs.append(_as_dict(learned.decode(line)))
+        except (ValueError, RecursionError):
+            return None
         typed = learned
     if plan is None:
         return None  # (the ids' alphabet is checked with the chunk's, by _parse)
