@@ -675,6 +675,7 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
     runs: list[tuple[_Typed, int, int]] = []
     typed = _typed.get(kind)
     plan: Plan | None = None
+    before: _Typed | None = None  # the decoder of the run before
     rest = iter(lines)
     start = 0  # where the run of ``typed`` starts
     while True:
@@ -693,14 +694,23 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
         else:
             next(rest)  # (no decoder of this kind yet: the first line teaches one)
         line = lines[start]
+        if before is not None:
+            # Key sets often alternate (spec-kitty's transitions with and without
+            # ``review_result``): the decoder of the run before this one is tried first.
+            try:
+                objs.append(_as_dict(before.decode(line)))
+                typed, before = before, typed
+                continue
+            except (ValueError, RecursionError):
+                pass
         learned = _typed_for(kind, line)
-        if learned is None or learned is typed:
+        if learned is None or learned is typed or learned is before:
             return None  # a line of no typed key set, or one its decoder refuses
         try:
             objs.append(_as_dict(learned.decode(line)))
         except (ValueError, RecursionError):
             return None
-        typed = learned
+        typed, before = learned, typed
     if plan is None:
         return None  # (the ids' alphabet is checked with the chunk's, by _parse)
     times = plan.times  # (one kind: one rule)
