@@ -24,6 +24,7 @@ from .errors import StoreError
 __all__ = [
     "LOCK_EX_NB",
     "LOCK_NOTICE_SECONDS",
+    "ensure_index_folder",
     "flock",
     "fsync_dir",
     "fsync_file",
@@ -33,6 +34,38 @@ __all__ = [
     "temp_beside",
     "wait_for_lock",
 ]
+
+
+def _not_a_folder(directory: str) -> str | None:
+    """The first of ``directory`` and its parents that is there and is not a folder."""
+    path = os.path.abspath(directory)
+    while True:
+        try:
+            st = os.stat(path)
+        except OSError:  # not there, or a parent is not a folder: look further up
+            parent = os.path.dirname(path)
+            if parent == path:
+                return None
+            path = parent
+            continue
+        return None if stat.S_ISDIR(st.st_mode) else path
+
+
+def ensure_index_folder(index_path: str, doing: str) -> None:
+    """Make the folder the index at ``index_path`` (or its lock, its temporary file) goes
+    in. A file where a folder must be (``.replaylog`` made by something else) is named."""
+    directory = os.path.dirname(os.path.abspath(index_path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = _not_a_folder(directory)
+        if blocker is None:
+            raise
+        raise StoreError(
+            f"cannot {doing} {index_path}: {blocker} is not a folder; move it away, or"
+            " give --index (or REPLAYLOG_INDEX) a path of its own",
+            path=blocker,
+        ) from exc
 
 
 def open_regular(

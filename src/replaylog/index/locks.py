@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 
 from ..errors import os_error
-from ..posix import LOCK_EX_NB, wait_for_lock
+from ..posix import LOCK_EX_NB, ensure_index_folder, wait_for_lock
 
 __all__ = ["replay_lock", "replay_lock_path"]
 
@@ -40,7 +40,7 @@ def replay_lock(index_path: str, *, timeout: float | None) -> Iterator[bool]:
     """
     path = replay_lock_path(index_path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ensure_index_folder(path, "open the replay lock")
         fd = os.open(path, _LOCK_FLAGS, 0o600)
     except OSError as exc:
         raise os_error(exc, path, "open the replay lock") from exc

@@ -20,7 +20,7 @@ from ..errors import (
     os_error,
     translate,
 )
-from ..posix import open_regular, wait_for_lock
+from ..posix import ensure_index_folder, open_regular, wait_for_lock
 from .locks import make_replay_lock
 from .sql import (
     ALEMBIC_REVISION,
@@ -116,8 +116,8 @@ def foreign_file(path: str) -> str | None:
     """
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # not there (a file where its folder must be is named when it is made)
     except OSError as exc:
         return f"it cannot be looked at: {exc.strerror}"
     if not stat.S_ISREG(st.st_mode):
@@ -142,8 +142,8 @@ def foreign_file(path: str) -> str | None:
 
 
 def _prepare_dir(path: str) -> None:
+    ensure_index_folder(path, "open the index")
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     if os.path.basename(directory) == ".replaylog":
         ignore = os.path.join(directory, ".gitignore")
         if not os.path.exists(ignore):

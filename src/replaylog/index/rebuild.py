@@ -17,7 +17,7 @@ from ..errors import (
     is_log_problem,
     translate,
 )
-from ..posix import fsync_dir, fsync_file, refuse_links
+from ..posix import ensure_index_folder, fsync_dir, fsync_file, refuse_links
 from .core import Index
 from .locks import replay_lock, replay_lock_path
 from .opening import foreign_file
@@ -161,7 +161,7 @@ def rebuild(
         )
     temp = f"{index_path}.rebuild-{os.getpid()}"
     try:
-        os.makedirs(os.path.dirname(index_path), exist_ok=True)
+        ensure_index_folder(index_path, "rebuild the index")
         _remove_stale(index_path)
         return _rebuild(index_path, logs, root, temp, reset_delivery, skip_bad, progress, wait)
     except (OSError, sqlite3.Error, DiskError) as exc:
