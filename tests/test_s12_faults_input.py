@@ -484,6 +484,23 @@ def test_appends_still_make_the_logs_folder_and_feature_folders_under_an_existin
     assert log_of(root).is_file()
 
 
+@pytest.mark.parametrize("where", ["logs folder", "feature folder"])
+def test_a_file_in_place_of_a_folder_on_the_way_to_a_log_is_named(root: Path, where: str) -> None:
+    # Made by something else: named as what it is, left as it was, nothing written.
+    feature = log_of(root).parent
+    blocker = feature.parent if where == "logs folder" else feature
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("notes\n")
+    for args in (APPEND, ["log", feature.name]):
+        run = cli(root, *args)
+        assert run.code == 1, run
+        line = run.error_line()
+        assert f"{blocker} is not a folder, and a log can only be in a folder there" in line
+        assert "Not a directory" not in line, line
+    assert blocker.read_text() == "notes\n"
+    assert not list(root.rglob(log_of(root).name))  # no log written anywhere
+
+
 @pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "soon"])
 def test_bounds_in_seconds_must_be_finite_and_not_negative(root: Path, value: str) -> None:
     for args in (

@@ -96,7 +96,8 @@ def open_regular(
 
 def refuse_links(root: str, path: str) -> None:
     """Raise :class:`StoreError` if a folder from below ``root`` down to ``path`` is a
-    symbolic link (the ones that do not exist yet are made real by an append)."""
+    symbolic link, or not a folder (the ones that do not exist yet are made real by an
+    append)."""
     relative = os.path.relpath(path, root)
     if relative == os.pardir or relative.startswith(os.pardir + os.sep):
         # A logs folder outside the root (an absolute --logs-dir): named by the user
@@ -118,6 +119,11 @@ def refuse_links(root: str, path: str) -> None:
                 f"{current} is a symbolic link; replaylog refuses to follow a link between"
                 " the root and a log (it could lead anywhere). Replace it with the real"
                 " folder.",
+                path=current,
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(
+                f"{current} is not a folder, and a log can only be in a folder there: move it away",
                 path=current,
             )
 
