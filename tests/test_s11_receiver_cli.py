@@ -63,6 +63,19 @@ def test_an_unreachable_database_is_one_error_line_exit_1(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+def test_a_file_where_the_database_folder_must_be_is_named_exit_1(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("notes\n")
+    url = f"sqlite:///{blocker}/events.db"
+    result = _run("serve", "--port", str(free_port()), "--db", url, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {blocker}/events.db: cannot create the database: {blocker} is not a folder;"
+        " move it away, or give --db another path"
+    ], result.stderr
+    assert blocker.read_text() == "notes\n"
+
+
 def test_a_database_url_of_another_kind_is_a_usage_error(tmp_path: Path) -> None:
     result = _run("serve", "--db", "mysql://u@h/db", cwd=tmp_path)
     assert result.returncode == 2

@@ -28,6 +28,7 @@ __all__ = [
     "flock",
     "fsync_dir",
     "fsync_file",
+    "not_a_folder",
     "open_regular",
     "refuse_links",
     "replace_atomically",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-def _not_a_folder(directory: str) -> str | None:
+def not_a_folder(directory: str) -> str | None:
     """The first of ``directory`` and its parents that is there and is not a folder."""
     path = os.path.abspath(directory)
     while True:
@@ -58,7 +59,7 @@ def ensure_index_folder(index_path: str, doing: str) -> None:
     try:
         os.makedirs(directory, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        blocker = _not_a_folder(directory)
+        blocker = not_a_folder(directory)
         if blocker is None:
             raise
         raise StoreError(

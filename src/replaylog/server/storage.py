@@ -66,6 +66,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from ..errors import ReceiverError, UsageError
 from ..lines.canonical import same_json
+from ..posix import not_a_folder
 
 __all__ = [
     "Busy",
@@ -272,7 +273,17 @@ class Storage:
                 os.makedirs(directory, exist_ok=True)
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             except OSError as exc:
-                raise ReceiverError(f"{path}: cannot create the database: {exc.strerror}") from exc
+                blocker = (
+                    not_a_folder(directory)
+                    if isinstance(exc, (FileExistsError, NotADirectoryError))
+                    else None
+                )
+                why = (
+                    f"{blocker} is not a folder; move it away, or give --db another path"
+                    if blocker is not None
+                    else exc.strerror
+                )
+                raise ReceiverError(f"{path}: cannot create the database: {why}") from exc
         busy_ms = int(busy_timeout * 1000)
 
         @event.listens_for(engine, "connect")
