@@ -383,6 +383,26 @@ def test_an_option_file_that_never_ends_is_refused_not_read_without_end(
     assert not log_of(root).exists()
 
 
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda p: p.mkdir(), "it is a folder"),
+        (lambda p: None, "No such file or directory"),
+        (lambda p: p.write_bytes(b'{"a": "\xff"}'), "not UTF-8 text (byte 8)"),
+    ],
+    ids=["folder", "missing", "not-utf8"],
+)
+def test_an_option_file_that_cannot_be_read_says_why_in_words(
+    root: Path, tmp_path: Path, make: Any, why: str
+) -> None:
+    path = tmp_path / "payload.json"
+    make(path)
+    run = cli(root, *APPEND, "--payload-file", str(path))
+    assert run.code == 2, run
+    assert run.error_line() == f"Error: cannot read the payload from {path}: {why}", run
+    assert not log_of(root).exists()
+
+
 def nested(depth: int) -> dict[str, object]:
     payload: dict[str, object] = {}
     current = payload

@@ -226,8 +226,13 @@ def read_file_text(path: str, what: str) -> tuple[str, str]:
                 f" log line holds at most 1 MiB: give a file that holds the {what}"
             )
         return where, data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the {what} from {where}: {exc}") from exc
+    except OSError as exc:
+        why = "it is a folder" if isinstance(exc, IsADirectoryError) else exc.strerror or exc
+        raise UsageError(f"cannot read the {what} from {where}: {why}") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"cannot read the {what} from {where}: not UTF-8 text (byte {exc.start + 1})"
+        ) from exc
 
 
 def json_object(text: str, what: str, where: str) -> dict[str, Any]:
