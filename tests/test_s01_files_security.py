@@ -233,6 +233,18 @@ def test_a_fifo_in_place_of_a_log_is_refused_by_every_command_without_waiting_on
     assert os.listdir(fifo.parent) == [EVENTS_FILENAME]
 
 
+def test_a_folder_in_place_of_a_log_is_refused_by_every_command_and_left_as_it_was(
+    root: Path, cwd: Path
+) -> None:
+    # A folder opened to write (append, move, repair) fails in the open itself, before
+    # any look at what it is: it is named as the FIFO above is, not as "Is a directory".
+    folder = log_of(root)
+    folder.mkdir(parents=True)
+    assert_every_command_refuses(root, cwd, f"{folder} is not a regular file")
+    assert folder.is_dir() and os.listdir(folder) == []
+    assert os.listdir(folder.parent) == [EVENTS_FILENAME]
+
+
 def test_a_dangling_symlinked_log_creates_no_file_through_it(
     tmp_path: Path, root: Path, cwd: Path
 ) -> None:

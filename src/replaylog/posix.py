@@ -88,6 +88,8 @@ def open_regular(
                 " Replace it with the real file.",
                 path=path,
             ) from exc
+        if exc.errno == errno.EISDIR:  # a folder opened for writing
+            raise StoreError(f"{path} is not a regular file; {refusal}", path=path) from exc
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory opens read-only, then fails
         os.close(fd)
