@@ -305,7 +305,10 @@ def test_a_bad_meta_json_is_an_error_naming_it(project: Path) -> None:
     meta.write_text("{not json")
     r = run(project, "board", FEATURE)
     assert r.code == 1
-    assert f"{meta}: the feature's meta.json is not valid JSON" in r.error_line()
+    assert r.error_line() == (
+        f"Error: {meta}: the feature's meta.json is not valid JSON (a key in double quotes"
+        " expected at character 2); correct it or remove it"  # the reader's words, not json's
+    )
     m = move(project, FEATURE, "WP99", "planned")
     assert m.code == 1
     assert str(meta) in m.error_line()

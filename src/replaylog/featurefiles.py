@@ -61,8 +61,11 @@ def feature_meta(feature_dir: str) -> dict[str, Any] | None:
     try:
         meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        from .log.read import json_error_reason
+
         raise StoreError(
-            f"{path}: the feature's meta.json is not valid JSON ({exc}); correct it or remove it",
+            f"{path}: the feature's meta.json is not valid JSON ({json_error_reason(exc)});"
+            " correct it or remove it",
             path=path,
         ) from exc
     if not isinstance(meta, dict):
