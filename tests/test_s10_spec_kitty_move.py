@@ -741,6 +741,23 @@ def test_status_json_is_replaced_atomically_by_the_new_snapshot(project: Path) -
     assert json.loads(run(project, "board", FEATURE, "--json").out) == snap
 
 
+def test_a_damaged_status_json_is_replaced_by_the_board_and_the_move_says_so(
+    small: Path,
+) -> None:
+    # A derived file (spec-kitty overwrites a damaged one too): replaced, with a warning
+    # in the reader's words, and the move done.
+    path = feature_dir(small, "demo") / "status.json"
+    path.write_text("{not json")
+    r = move(small, "demo", "WP01", "planned")
+    assert r.code == 0, r
+    assert r.err.splitlines() == [
+        f"Warning: {path} was not a readable snapshot (a key in double quotes expected at"
+        " character 2); it was replaced by the board of the log"
+    ]
+    assert status_of(small, "demo") == expected_snapshot(small, "demo")
+    assert status_of(small, "demo")["work_packages"]["WP01"]["lane"] == "planned"
+
+
 def test_status_json_keeps_the_keys_the_board_does_not_make(small: Path) -> None:
     path = feature_dir(small, "demo") / "status.json"
     old = json.loads(path.read_text())

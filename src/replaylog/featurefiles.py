@@ -135,9 +135,12 @@ def write_status_json(path: str, snap: dict[str, Any], *, fsync: bool) -> None:
         try:
             previous = json.loads((read_side_file(path, "status.json") or b"").decode("utf-8"))
         except (StoreError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            from .log.read import json_error_reason
+
             previous = None  # spec-kitty overwrites a damaged snapshot too, but says so here
+            why = exc if isinstance(exc, StoreError) else json_error_reason(exc)
             warnings.warn(
-                f"{path} was not a readable snapshot ({exc}); it was replaced by the board"
+                f"{path} was not a readable snapshot ({why}); it was replaced by the board"
                 " of the log",
                 ReplaylogWarning,
                 stacklevel=2,
