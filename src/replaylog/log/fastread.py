@@ -671,6 +671,8 @@ def _typed_groups(kind: str, lines: list[bytes], positions: list[int]) -> list[G
     runs take their lines from one iterator, so that a log whose key sets alternate is
     still read in one pass over its lines."""
     count = len(lines)
+    if not count:
+        return None
     objs: list[dict[str, Any]] = []
     runs: list[tuple[_Typed, int, int]] = []
     typed = _typed.get(kind)
