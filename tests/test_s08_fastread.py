@@ -649,6 +649,10 @@ def test_a_log_whose_key_sets_alternate_is_read_in_one_pass(
     assert len(typed[1]) == 2  # a group per key set
     assert len(decoded) <= 2 * len(objs)
     assert_paths_agree(tmp_path)
+    # No lines: nothing read, whether a decoder of the kind is known yet or not.
+    assert fastread._typed_groups("transition", [], []) is None
+    monkeypatch.setattr(fastread, "_typed", {})
+    assert fastread._typed_groups("transition", [], []) is None
 
 
 def spec_kitty_record(i: int) -> dict[str, Any]:
