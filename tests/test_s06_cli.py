@@ -918,20 +918,30 @@ def test_a_fifo_in_place_of_the_index_is_named_as_such_not_as_a_disk_error(
     assert not (root / "kitty-specs").exists()
 
 
+@pytest.mark.parametrize("blocker", ["file", "link to nothing"])
 @pytest.mark.parametrize(
     "command",
     [["status"], list(APPEND), ["rebuild-index"], ["replay", "--url", "http://127.0.0.1:9/"]],
 )
-def test_a_file_in_place_of_the_index_folder_is_named(root: Path, command: list[str]) -> None:
-    # `.replaylog` made by something else, as a file: said so, not "File exists".
+def test_a_file_in_place_of_the_index_folder_is_named(
+    root: Path, command: list[str], blocker: str
+) -> None:
+    # `.replaylog` made by something else, as a file or a dangling link: said so, not
+    # "File exists".
     folder = root / ".replaylog"
-    folder.write_text("notes\n")
+    if blocker == "file":
+        folder.write_text("notes\n")
+    else:
+        folder.symlink_to(root / "nowhere")
     r = at(root, *command)
     assert r.code == 1, r
     line = r.error_line()
     assert f"{folder} is not a folder; move it away" in line, line
     assert "File exists" not in line and "Not a directory" not in line, line
-    assert folder.read_text() == "notes\n"  # left as it was
+    if blocker == "file":
+        assert folder.read_text() == "notes\n"  # left as it was
+    else:
+        assert os.readlink(folder) == str(root / "nowhere") and not folder.exists()
     assert not (root / "kitty-specs").exists()
 
 

@@ -38,12 +38,15 @@ __all__ = [
 
 
 def not_a_folder(directory: str) -> str | None:
-    """The first of ``directory`` and its parents that is there and is not a folder."""
+    """The first of ``directory`` and its parents that is there and is not a folder (a
+    link to nothing included)."""
     path = os.path.abspath(directory)
     while True:
         try:
             st = os.stat(path)
         except OSError:  # not there, or a parent is not a folder: look further up
+            if os.path.islink(path):
+                return path
             parent = os.path.dirname(path)
             if parent == path:
                 return None
